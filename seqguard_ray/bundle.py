@@ -1,0 +1,175 @@
+"""The model bundle: one directory that training writes and every way of running reads.
+
+```
+manifest.json        format version, package and library versions, training config, repair policy,
+                     vocabulary, thresholds, training metrics, sha256 of every other file
+encoder.safetensors  encoder weights (config in the manifest)
+state.npz            item statistics and detector state as plain arrays (loaded with allow_pickle=False)
+iforest.skops        the Isolation Forest, loaded by skops with an explicit type allowlist
+```
+Nothing is unpickled. Loading checks the format version and every file's hash, so a truncated or
+tampered bundle gets a clear :class:`BundleError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+MANIFEST = "manifest.json"
+FILES = ("encoder.safetensors", "state.npz", "iforest.skops")
+# Types skops may rebuild besides numpy/sklearn basics; anything else in the file is refused.
+SKOPS_TRUSTED = ["sklearn.tree._tree.Tree"]
+
+
+class BundleError(ValueError):
+    """A model bundle that is missing, corrupt, tampered with or of another format version."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+    import transformers
+
+    from . import __version__
+    return {"seqguard": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def save_bundle(sg, path: str | Path) -> Path:
+    """Write a fitted SeqGuard to directory ``path`` (created; existing bundle files replaced)."""
+    import skops.io as sio
+    from safetensors.torch import save_file
+
+    sg._check_fitted()
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sg.model.state_dict().items()}, str(out / "encoder.safetensors"))
+    ud, ed, st = sg.user_detectors, sg.event_detector, sg.stats
+    arrays = {
+        "stats.log_count": st.log_count, "stats.value_mean": st.value_mean, "stats.taste": st.taste,
+        "stats.value_std": np.array(st.value_std), "stats.main_action": np.array(st.main_action),
+        "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_, "user.knn_ref": ud.knn_ref_,
+        "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
+        "vocab.item_counts": sg.vocab.item_counts,
+    }
+    for name, cal in ud.calibrators_.items():
+        arrays[f"user.cal.{name}"] = cal.reference
+    np.savez(out / "state.npz", **arrays)
+    sio.dump(ud.iforest_, out / "iforest.skops")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "versions": _versions(),
+        "train_config": asdict(sg.config),
+        "encoder_config": sg.model.config.to_dict(),
+        "repair_policy": asdict(sg.policy),
+        "detectors": {"target_fpr": ud.target_fpr, "threshold": ud.threshold_, "n_neighbors": ud.n_neighbors,
+                      "seed": ud.seed, "encoder_columns": list(ud.encoder_columns), "n_trimmed": ud.n_trimmed_},
+        "vocab": {"items": sg.vocab.items, "actions": sg.vocab.actions},
+        "metrics": sg.metrics,
+        "files": {f: _sha256(out / f) for f in FILES},
+    }
+    manifest["model_version"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
+    log.info("wrote model bundle %s (version %s)", out, manifest["model_version"])
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The bundle's manifest, after checking the format version and every file's hash."""
+    p = Path(path)
+    if not p.is_dir():
+        raise BundleError(f"model bundle {p} does not exist or is not a directory")
+    mf = p / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"model bundle {p} has no {MANIFEST}: not a seqguard bundle, or training did not finish")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {p}: {MANIFEST} is corrupt ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"model bundle {p}: {MANIFEST} is not a JSON object")
+    fv = manifest.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise BundleError(f"model bundle {p} has format version {fv!r}; this seqguard reads version {FORMAT_VERSION!r}: retrain or use a matching seqguard")
+    files = manifest.get("files") or {}
+    for f in FILES:
+        fp = p / f
+        if not fp.is_file():
+            raise BundleError(f"model bundle {p} is missing {f}")
+        if files.get(f) != _sha256(fp):
+            raise BundleError(f"model bundle {p}: {f} does not match the manifest's checksum (corrupt or tampered with)")
+    return manifest
+
+
+def load_bundle(path: str | Path):
+    """Read a bundle written by :func:`save_bundle` into a ready SeqGuard."""
+    import skops.io as sio
+    from safetensors.torch import load_file
+
+    from .detectors import Calibrator, EventDetector, UserDetectors
+    from .engine import SeqGuard, TrainConfig
+    from .features import ItemStats
+    from .model import SeqGuardConfig, SeqGuardEncoder
+    from .repair import RepairPolicy
+    from .tokens import Vocab
+
+    p = Path(path)
+    m = read_manifest(p)
+    try:
+        sg = SeqGuard(TrainConfig.from_dict(m["train_config"]), RepairPolicy(**m["repair_policy"]))
+        a = np.load(p / "state.npz", allow_pickle=False)
+        sg.vocab = Vocab(m["vocab"]["items"], m["vocab"]["actions"], a["vocab.item_counts"])
+        sg.stats = ItemStats(a["stats.log_count"], a["stats.value_mean"], float(a["stats.value_std"]),
+                             a["stats.taste"], int(a["stats.main_action"]))
+        cfg = {k: v for k, v in m["encoder_config"].items()}
+        sg.model = SeqGuardEncoder(SeqGuardConfig(**cfg))
+        missing, unexpected = sg.model.load_state_dict(load_file(str(p / "encoder.safetensors")), strict=False)
+        if missing or unexpected:
+            raise BundleError(f"model bundle {p}: encoder weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        sg.model.eval()
+        d = m["detectors"]
+        ud = UserDetectors(target_fpr=d["target_fpr"], n_neighbors=d["n_neighbors"], seed=d["seed"],
+                           encoder_columns=tuple(d["encoder_columns"]))
+        ud.center_, ud.scale_, ud.ecod_ref_, ud.knn_ref_ = a["user.center"], a["user.scale"], a["user.ecod_ref"], a["user.knn_ref"]
+        ud.calibrators_ = {k.split(".", 2)[2]: Calibrator(a[k]) for k in a.files if k.startswith("user.cal.")}
+        ud.combined_ = Calibrator(a["user.combined"])
+        ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])
+        ud.iforest_ = sio.load(p / "iforest.skops", trusted=SKOPS_TRUSTED)
+        from sklearn.neighbors import NearestNeighbors
+        ud._nn = NearestNeighbors(n_neighbors=min(ud.n_neighbors + 1, len(ud.knn_ref_))).fit(ud.knn_ref_)
+        sg.user_detectors = ud
+        ed = EventDetector()
+        ed.ref_, ed.calibrator_ = a["event.ref"], Calibrator(a["event.calibrator"])
+        sg.event_detector = ed
+        sg.metrics = m.get("metrics", {})
+        sg.model_version = m.get("model_version", "")
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError) as exc:
+        raise BundleError(f"model bundle {p} cannot be read: {type(exc).__name__}: {exc}") from exc
+    return sg

@@ -1,0 +1,435 @@
+"""The in-process engine: fit / score / repair, sklearn-style. Ray code wraps these stages.
+
+Stages (each a method, so Ray Data and Ray Serve can run them separately):
+
+1. ``tokenize``: EventLog -> :class:`~seqguard_ray.features.Seqs` (ids, gaps)
+2. ``encode``: Seqs -> per-event surprisal (N, 3) and per-user embeddings (U, H)
+3. ``detect``: -> per-user score, verdict, type, reasons; per-event score and verdict
+4. ``repair``: -> which events survive, with weights and a reason per action
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .detectors import DETECTORS, EventDetector, UserDetectors
+from .events import EventLog, from_frame, read_events
+from .features import EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, event_features, user_features
+from .model import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
+from .repair import RepairPolicy
+from .tokens import Vocab, gap_buckets, owner_positions, windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. Every field is stored in the bundle."""
+
+    epochs: int | None = None   # encoder epochs; None = enough for ~target_steps optimiser steps (2..40)
+    target_steps: int = 800     # optimiser steps aimed at when epochs is None
+    batch_size: int = 64        # windows per training batch
+    lr: float = 2e-3            # AdamW learning rate (cosine decay, short warm-up)
+    seed: int = 0               # seeds torch, numpy and the detectors
+    max_len: int = 128          # events per encoder window
+    context: int = 16           # events of overlap on each side between windows of a long history
+    hidden_size: int = 64       # encoder width
+    num_layers: int = 2         # encoder layers
+    num_heads: int = 2          # attention heads
+    min_item_count: int = 2     # items seen fewer times share the unknown bucket
+    target_fpr: float = 0.01    # share of normal users flagged at the decision threshold
+    score_batch_size: int = 128  # windows per scoring batch
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs is None or self.epochs >= 1,
+            "target_steps": self.target_steps >= 1, "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0, "max_len": 8 <= self.max_len <= 4096,
+            "context": 0 <= 2 * self.context < self.max_len, "hidden_size": self.hidden_size >= 8,
+            "num_layers": self.num_layers >= 1,
+            "num_heads": self.num_heads >= 1 and self.hidden_size % self.num_heads == 0,
+            "min_item_count": self.min_item_count >= 1, "target_fpr": 0 < self.target_fpr < 0.5,
+            "score_batch_size": self.score_batch_size >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid training config: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class Encoded:
+    """Output of the encoder stage for a set of users."""
+
+    seqs: Seqs
+    user_emb: np.ndarray  # (U, H) float32
+
+
+@dataclass
+class Scored:
+    """Output of the detector stage, aligned with the EventLog's users and (sorted) events."""
+
+    score: np.ndarray          # (U,) in [0, 1], higher = more anomalous
+    anomalous: np.ndarray      # (U,) bool
+    anomaly_type: np.ndarray   # (U,) str
+    reasons: list[list[str]]   # (U,) human-readable reasons
+    event_score: np.ndarray    # (N,) in [0, 1]
+    event_anomalous: np.ndarray  # (N,) bool
+    detector_scores: np.ndarray  # (U, len(DETECTORS)) calibrated per-detector scores
+
+
+@dataclass
+class ScoreResult:
+    """What ``seqguard score`` writes: users, events (input order) and the log it came from."""
+
+    users: pd.DataFrame
+    events: pd.DataFrame
+    log: EventLog
+    scored: Scored
+
+
+@dataclass
+class RepairResult:
+    repaired: pd.DataFrame       # surviving events, all input columns + weight
+    actions: pd.DataFrame        # one row per user that was acted on: user_id, anomaly_type, action, events_dropped
+    summary: dict[str, int]
+
+
+def as_log(events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error") -> EventLog:
+    if isinstance(events, EventLog):
+        return events
+    if isinstance(events, pd.DataFrame):
+        return from_frame(events, on_bad_rows=on_bad_rows)
+    return read_events(events, on_bad_rows=on_bad_rows)
+
+
+def _progress(it, **kw):
+    from tqdm.auto import tqdm
+    return tqdm(it, disable=not log.isEnabledFor(logging.INFO), **kw)
+
+
+class SeqGuard:
+    """Learn normal behaviour sequences, then score and repair logs.
+
+    >>> sg = SeqGuard(TrainConfig(epochs=2)).fit("train.parquet")
+    >>> result = sg.score("today.parquet")        # users / events frames
+    >>> repaired = sg.repair(result).repaired     # surviving events with a weight column
+    """
+
+    def __init__(self, config: TrainConfig | None = None, policy: RepairPolicy | None = None):
+        self.config = config or TrainConfig()
+        self.policy = policy or RepairPolicy()
+        self.vocab: Vocab | None = None
+        self.stats: ItemStats | None = None
+        self.model: SeqGuardEncoder | None = None
+        self.event_detector: EventDetector | None = None
+        self.user_detectors: UserDetectors | None = None
+        self.metrics: dict = {}
+
+    # ------------------------------------------------------------------ stages
+    def tokenize(self, log_: EventLog) -> Seqs:
+        self._check_fitted(need_model=False)
+        return Seqs(
+            offsets=log_.offsets, ts=log_.ts, item=self.vocab.item_ids(log_.item),
+            action=self.vocab.action_ids(log_.action), value=log_.value,
+            surprisal=np.zeros((log_.n_events, 3), np.float32),
+        )
+
+    def _windows(self, seqs: Seqs):
+        c = self.config
+        return windows(seqs.offsets, max_len=c.max_len, context=c.context)
+
+    @staticmethod
+    def _token_arrays(seqs: Seqs) -> dict[str, np.ndarray]:
+        return {"items": seqs.item, "actions": seqs.action, "gaps": gap_buckets(seqs.ts, seqs.offsets)}
+
+    def encode(self, seqs: Seqs) -> Encoded:
+        """Fill ``seqs.surprisal`` (N, 3) and compute user embeddings (U, H)."""
+        if self.model is None:
+            raise RuntimeError("this SeqGuard has no encoder: call fit() or SeqGuard.load(dir)")
+        starts, lengths, own = self._windows(seqs)
+        tok = self._token_arrays(seqs)
+        H = self.model.config.hidden_size
+        win_sur = np.zeros((len(starts), self.config.max_len, 3), np.float32)
+        win_emb = np.zeros((len(starts), H), np.float32)
+        device = next(self.model.parameters()).device
+        for batch in iter_window_batches(tok, starts, lengths, max_len=self.config.max_len,
+                                         batch_size=self.config.score_batch_size, shuffle=False):
+            w = batch.pop("window").numpy()
+            s, e = surprisal(self.model, **{k: v.to(device) for k, v in batch.items()})
+            win_sur[w, : s.shape[1]] = s.cpu().numpy()
+            win_emb[w] = e.cpu().numpy()
+        win, pos = owner_positions(starts, lengths, own, len(seqs.ts))
+        seqs.surprisal = win_sur[win, pos]
+        # user embedding: length-weighted mean of its windows' embeddings
+        win_user = np.searchsorted(seqs.offsets, starts, side="right") - 1
+        user_emb = np.zeros((seqs.n_users, H), np.float64)
+        np.add.at(user_emb, win_user, win_emb * lengths[:, None])
+        user_emb /= np.maximum(np.diff(seqs.offsets), 1)[:, None]
+        return Encoded(seqs, user_emb.astype(np.float32))
+
+    def detect(self, enc: Encoded) -> Scored:
+        """Scores, verdicts, types and reasons for users and events."""
+        self._check_fitted()
+        seqs = enc.seqs
+        ef = event_features(seqs, self.stats)
+        local = self.event_detector.score(ef)
+        uf, segments = user_features(seqs, self.stats, ef, local)
+        score, per_det = self.user_detectors.score(uf, enc.user_emb)
+        thr = self.user_detectors.threshold_
+        anomalous = score >= thr
+        U = seqs.n_users
+        atype = np.full(U, "normal", dtype=object)
+        ev_score = np.minimum(local, np.repeat(score, np.diff(seqs.offsets)))
+        ev_anom = np.zeros(len(local), bool)
+        reasons: list[list[str]] = [[] for _ in range(U)]
+        flagged = np.flatnonzero(anomalous)
+        if len(flagged):
+            self._localize(enc, ef, local, uf, segments, score, flagged, atype, ev_score, ev_anom, reasons)
+        tails = self.user_detectors.feature_tails(uf)
+        for u in flagged:
+            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u]) + reasons[u]
+        return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det)
+
+    # where a flagged user's anomaly lies: a part of the history, or all of it
+    def _localize(self, enc, ef, local, uf, segments, score, flagged, atype, ev_score, ev_anom, reasons):
+        seqs, off, thr = enc.seqs, enc.seqs.offsets, self.user_detectors.threshold_
+        n_ev = np.diff(off)
+        uix = seqs.user_index()
+        in_flagged = np.isin(uix, flagged)
+        replay = ef[:, EVENT_FEATURES.index("replay")] > 0
+        seg_mask = np.zeros(len(local), bool)
+        for u in flagged:
+            a, b = segments[u]
+            if b > a:
+                seg_mask[off[u] + a: off[u] + b] = True
+        candidates = {
+            "injection": local >= thr,
+            "replay": replay,
+            "takeover": seg_mask,
+        }
+        best_set = {}
+        for name, cand in candidates.items():
+            cand = cand & in_flagged
+            size = np.bincount(uix[cand], minlength=seqs.n_users)
+            ok = (size > 0) & (size <= 0.6 * n_ev) & (n_ev - size >= 5)
+            users = np.flatnonzero(ok & np.isin(np.arange(seqs.n_users), flagged))
+            if len(users) == 0:
+                continue
+            keep = ~(cand & np.isin(uix, users))
+            sub = seqs.subset(keep)
+            sub_ef = event_features(sub, self.stats)
+            sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
+            res_score, _ = self.user_detectors.score(sub_uf[users], enc.user_emb[users])
+            for u, r in zip(users, res_score):
+                if r < thr and (u not in best_set or size[u] < best_set[u][1]):
+                    best_set[u] = (name, size[u], r)
+        for u in flagged:
+            a, b = off[u], off[u + 1]
+            if u in best_set:
+                name, size, r = best_set[u]
+                cand = candidates[name][a:b]
+                atype[u] = name
+                ev_score[a:b] = np.where(cand, np.maximum(local[a:b], score[u]), np.minimum(local[a:b], r))
+                ev_anom[a:b] = cand
+                reasons[u].append(f"{size} of {b - a} events explain it: without them the history scores {r:.3f} (normal)")
+            else:
+                atype[u] = self._whole_type(uf[u])
+                ev_score[a:b] = np.maximum(local[a:b], score[u])
+                ev_anom[a:b] = True
+                reasons[u].append("the whole history is anomalous: no part of it explains the score")
+
+    _BOT_FEATURES = ("log_events", "log_span_s", "log_rate_per_active_hour", "median_log_gap", "gap_spread",
+                     "fast_gap_share", "gap_regularity", "hour_entropy", "main_action_share", "action_entropy",
+                     "unseen_action_share", "mean_timing_surprisal")
+    _SHILL_FEATURES = ("mean_log_count", "std_log_count", "unknown_item_share", "distinct_item_share",
+                       "top_item_share", "value_mean", "value_std", "value_extreme_share", "value_deviation",
+                       "value_item_corr", "mean_item_surprisal", "taste_coherence")
+
+    def _whole_type(self, uf_row: np.ndarray) -> str:
+        tails = self.user_detectors.feature_tails(uf_row[None, :])[0]
+        t = dict(zip(USER_FEATURES, tails))
+        bot = max(t[f] for f in self._BOT_FEATURES)
+        shill = max(t[f] for f in self._SHILL_FEATURES)
+        strong = -math.log(0.01)
+        if max(bot, shill) < strong:
+            return "other"
+        return "bot" if bot >= shill else "shilling"
+
+    def _reasons(self, u, score, per_det, uf_row, tails_row) -> list[str]:
+        det = ", ".join(f"{d} {p:.3f}" for d, p in zip(DETECTORS, per_det) if p >= 0.95)
+        out = [f"score {score:.3f} >= threshold {self.user_detectors.threshold_:.3f}" + (f" (detectors: {det})" if det else "")]
+        q = self.metrics.get("feature_quantiles")
+        for j in np.argsort(-tails_row)[:3]:
+            if tails_row[j] < -math.log(0.05):
+                break
+            typical = f" (typical {q[0][j]:.3g}..{q[1][j]:.3g})" if q else ""
+            out.append(f"{USER_FEATURES[j]} = {uf_row[j]:.3g}{typical}")
+        return out
+
+    # ------------------------------------------------------------------ API
+    def fit(self, events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error") -> SeqGuard:
+        """Train the encoder on the log (self-supervised), then fit and calibrate the detectors."""
+        c = self.config
+        t0 = time.perf_counter()
+        torch.manual_seed(c.seed)
+        log_ = as_log(events, on_bad_rows=on_bad_rows)
+        if log_.n_users < 5:
+            raise ValueError(f"need at least 5 users to train, got {log_.n_users}")
+        self.vocab = Vocab.build(log_.item, log_.action, min_count=c.min_item_count)
+        seqs = Seqs(log_.offsets, log_.ts, self.vocab.item_ids(log_.item), self.vocab.action_ids(log_.action),
+                    log_.value, np.zeros((log_.n_events, 3), np.float32))
+        self.stats = ItemStats.fit(seqs, self.vocab.n_items, seed=c.seed)
+        self.model = SeqGuardEncoder(self._model_config())
+        history = self.train_encoder_local(seqs)
+        t_train = time.perf_counter() - t0
+        self.fit_detectors(self.encode(seqs))
+        self.metrics.update({
+            "train_events": int(log_.n_events), "train_users": int(log_.n_users),
+            "vocab_items": len(self.vocab.items), "epochs": len(history),
+            "final_loss": history[-1]["loss"] if history else None,
+            "encoder_train_s": round(t_train, 2), "fit_s": round(time.perf_counter() - t0, 2),
+            "bad_rows_skipped": log_.bad_rows.count,
+        })
+        return self
+
+    def _model_config(self) -> SeqGuardConfig:
+        c = self.config
+        return SeqGuardConfig(n_items=self.vocab.n_items, n_actions=self.vocab.n_actions,
+                              hidden_size=c.hidden_size, num_layers=c.num_layers, num_heads=c.num_heads,
+                              intermediate_size=2 * c.hidden_size, max_len=c.max_len)
+
+    def epochs_for(self, n_windows: int) -> int:
+        c = self.config
+        if c.epochs is not None:
+            return c.epochs
+        steps = max(1, math.ceil(n_windows / c.batch_size))
+        return int(min(40, max(2, math.ceil(c.target_steps / steps))))
+
+    def train_encoder_local(self, seqs: Seqs) -> list[dict]:
+        c = self.config
+        starts, lengths, _ = self._windows(seqs)
+        tok = self._token_arrays(seqs)
+        epochs = self.epochs_for(len(starts))
+        steps = max(1, math.ceil(len(starts) / c.batch_size))
+        bar = _progress(range(epochs), desc="train encoder", unit="epoch")
+        it = iter(bar)
+
+        def make_batches(epoch):
+            next(it, None)
+            return iter_window_batches(tok, starts, lengths, max_len=c.max_len, batch_size=c.batch_size,
+                                       shuffle=True, seed=c.seed + epoch)
+
+        def report(epoch, m):
+            bar.set_postfix(loss=f"{m['loss']:.3f}")
+
+        history = train_encoder(self.model, make_batches, epochs=epochs, lr=c.lr, seed=c.seed,
+                                steps_per_epoch=steps, on_epoch_end=report)
+        bar.close()
+        return history
+
+    def fit_detectors(self, enc: Encoded) -> None:
+        """Fit the event detector and the user ensemble on encoded training data."""
+        c = self.config
+        seqs = enc.seqs
+        ef = event_features(seqs, self.stats)
+        self.event_detector = EventDetector().fit(ef, seed=c.seed)
+        local = self.event_detector.score(ef)
+        uf, _ = user_features(seqs, self.stats, ef, local)
+        enc_cols = tuple(USER_FEATURES.index(f) for f in ("mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal"))
+        self.user_detectors = UserDetectors(target_fpr=c.target_fpr, seed=c.seed, encoder_columns=enc_cols).fit(uf, enc.user_emb)
+        # refit the event reference on events of users the ensemble keeps as normal
+        score, _ = self.user_detectors.score(uf, enc.user_emb)
+        normal_users = score < self.user_detectors.threshold_
+        keep_ev = np.repeat(normal_users, np.diff(seqs.offsets))
+        if keep_ev.sum() >= 100:
+            self.event_detector = EventDetector().fit(ef[keep_ev], seed=c.seed)
+        self.metrics["feature_quantiles"] = np.quantile(uf[normal_users] if normal_users.sum() >= 5 else uf, [0.05, 0.95], axis=0).tolist()
+        self.metrics["train_flagged_share"] = float(1 - normal_users.mean())
+        self.metrics["trimmed_users"] = self.user_detectors.n_trimmed_
+
+    def _check_fitted(self, need_model: bool = True) -> None:
+        if self.vocab is None or (need_model and (self.model is None or self.user_detectors is None)):
+            raise RuntimeError("this SeqGuard is not fitted: call fit() or SeqGuard.load(dir)")
+
+    def score_log(self, log_: EventLog) -> Scored:
+        return self.detect(self.encode(self.tokenize(log_)))
+
+    def score(self, events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error") -> ScoreResult:
+        """Score a log: per-user and per-event results (events in input order)."""
+        log_ = as_log(events, on_bad_rows=on_bad_rows)
+        scored = self.score_log(log_)
+        return ScoreResult(users_frame(log_, scored), events_frame(log_, scored), log_, scored)
+
+    def repair(self, result: ScoreResult) -> RepairResult:
+        """Apply the repair policy to a scored log."""
+        log_, s = result.log, result.scored
+        keep, weight, ev_action, user_action = self.policy.apply(log_.offsets, s.anomaly_type, s.event_score, s.event_anomalous)
+        repaired = log_.frame.loc[keep].copy()
+        repaired["weight"] = weight[keep]
+        repaired = repaired.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+        dropped = np.add.reduceat((~keep).astype(np.int64), log_.offsets[:-1]) if log_.n_events else np.zeros(0, int)
+        acted = np.flatnonzero(user_action != "pass")
+        actions = pd.DataFrame({
+            "user_id": log_.frame["user_id"].to_numpy()[log_.offsets[:-1]][acted],
+            "anomaly_type": s.anomaly_type[acted].astype(str),
+            "action": user_action[acted].astype(str),
+            "events_dropped": dropped[acted],
+        })
+        summary = {
+            "events_in": int(log_.n_events), "events_kept": int(keep.sum()), "events_dropped": int((~keep).sum()),
+            "events_downweighted": int(((weight < 1) & keep).sum()),
+            "users_quarantined": int((user_action == "quarantine").sum()),
+            "histories_cut": int(((user_action == "cut") & (dropped > 0)).sum()),
+            "users_with_events_dropped": int(((user_action == "drop_events") & (dropped > 0)).sum()),
+        }
+        return RepairResult(repaired, actions, summary)
+
+    def save(self, path: str | Path) -> Path:
+        from .bundle import save_bundle
+        return save_bundle(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SeqGuard:
+        from .bundle import load_bundle
+        return load_bundle(path)
+
+
+def users_frame(log_: EventLog, s: Scored) -> pd.DataFrame:
+    """users.parquet: user_id (input value and type), score, anomalous, anomaly_type, reasons."""
+    return pd.DataFrame({
+        "user_id": log_.frame["user_id"].to_numpy()[log_.offsets[:-1]],
+        "score": s.score.astype(np.float64),
+        "anomalous": s.anomalous.astype(bool),
+        "anomaly_type": s.anomaly_type.astype(str),
+        "reasons": ["; ".join(r) for r in s.reasons],
+        "n_events": np.diff(log_.offsets),
+    })
+
+
+def events_frame(log_: EventLog, s: Scored) -> pd.DataFrame:
+    """events.parquet in input order: user_id, item_id, ts (input values), event_score, anomalous, row."""
+    f = log_.frame
+    out = pd.DataFrame({
+        "user_id": f["user_id"].to_numpy(), "item_id": f["item_id"].to_numpy(), "ts": f["ts"].to_numpy(),
+        "event_score": s.event_score.astype(np.float64), "anomalous": s.event_anomalous.astype(bool),
+        "row": f["_row"].to_numpy(),
+    })
+    for col in ("user_id", "item_id", "ts"):
+        out[col] = out[col].astype(f[col].dtype)
+    return out.sort_values("row", kind="stable").reset_index(drop=True)

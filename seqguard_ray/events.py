@@ -1,0 +1,237 @@
+"""Behaviour logs in: reading, validation and per-user time-ordered sequences.
+
+Required columns: ``user_id``, ``item_id``, ``ts`` (int seconds or milliseconds, or a timestamp
+type). Optional: ``action`` (string, default ``"click"``) and ``value`` (float). Any other column
+is carried through unchanged to the repaired output. Rows that cannot be used are counted and
+shown; with ``on_bad_rows="error"`` (the default) they stop the run, with ``"skip"`` they are
+left out and reported. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("user_id", "item_id", "ts")
+DEFAULT_ACTION = "click"
+# Largest accepted timestamp after unit detection: 2100-01-01 in seconds.
+MAX_TS_SECONDS = 4_102_444_800
+# Integer timestamps above this are read as milliseconds (1e11 s is the year 5138).
+MS_THRESHOLD = 100_000_000_000
+MAX_ID_LENGTH = 256
+BAD_ROW_EXAMPLES = 5
+
+
+class EventsError(ValueError):
+    """The behaviour log cannot be used as given; the message names the problem."""
+
+
+@dataclass
+class BadRows:
+    """Rows that could not be used: count, a reason per row and the first few examples."""
+
+    count: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        by_reason = ", ".join(f"{n} {r}" for r, n in self.reasons.items())
+        shown = "\n  ".join(self.examples)
+        return f"{self.count} bad row(s) ({by_reason}); first ones:\n  {shown}"
+
+
+@dataclass
+class EventLog:
+    """A validated log, sorted by user then time.
+
+    ``frame`` keeps every input column with its original values and types, plus ``_row`` (the
+    input row number). The normalised arrays below are aligned with ``frame`` rows:
+
+    - ``user`` (N,) str, ``item`` (N,) str: ids as strings (integers printed without decimals)
+    - ``ts`` (N,) float64 seconds, ``action`` (N,) str, ``value`` (N,) float64 (NaN if absent)
+    - ``offsets`` (U + 1,) int64: events of user ``u`` are rows ``offsets[u]:offsets[u+1]``
+    """
+
+    frame: pd.DataFrame
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    action: np.ndarray
+    value: np.ndarray
+    offsets: np.ndarray
+    bad_rows: BadRows = field(default_factory=BadRows)
+
+    @property
+    def n_events(self) -> int:
+        return len(self.ts)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def users(self) -> np.ndarray:
+        """(U,) the user id string of each sequence."""
+        return self.user[self.offsets[:-1]]
+
+    def user_index(self) -> np.ndarray:
+        """(N,) the sequence number of each event."""
+        return np.repeat(np.arange(self.n_users), np.diff(self.offsets))
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """Read a Parquet file or directory, a CSV or a JSONL file into an Arrow table."""
+    p = Path(path)
+    if not p.exists():
+        raise EventsError(f"events path does not exist: {p}")
+    try:
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in {".parquet", ".pq"})
+            if not files:
+                raise EventsError(f"events directory {p} holds no .parquet files")
+            return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+        suffix = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
+        if p.stat().st_size == 0:
+            raise EventsError(f"events file is empty: {p}")
+        if suffix in {".parquet", ".pq"}:
+            return pq.read_table(p)
+        if suffix in {".csv", ".csv.gz", ".tsv"}:
+            opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            # Ids stay strings unless they are clean integers; nothing is coerced silently.
+            return pacsv.read_csv(p, parse_options=opts)
+        if suffix in {".jsonl", ".json", ".ndjson", ".jsonl.gz"}:
+            return pajson.read_json(p)
+    except EventsError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+        raise EventsError(f"cannot read events file {p}: {exc}") from exc
+    raise EventsError(f"unsupported events format {p.suffix!r} for {p}: use .parquet, .csv or .jsonl")
+
+
+def read_events(path: str | Path, *, on_bad_rows: str = "error") -> EventLog:
+    """Read and validate a behaviour log from disk. See :func:`from_frame`."""
+    table = read_table(path)
+    return from_frame(table.to_pandas(), on_bad_rows=on_bad_rows, source=str(path))
+
+
+def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "events") -> EventLog:
+    """Validate a frame of events and sort it into per-user sequences.
+
+    Raises :class:`EventsError` for a missing column, an empty log, or (with
+    ``on_bad_rows="error"``) any bad row; the message counts them and shows the first ones.
+    """
+    if on_bad_rows not in ("error", "skip"):
+        raise EventsError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise EventsError(
+            f"{source}: missing required column(s) {missing}; found columns {list(df.columns)}"
+        )
+    if len(df) == 0:
+        raise EventsError(f"{source}: the log holds no events")
+    df = df.reset_index(drop=True)
+    df["_row"] = np.arange(len(df), dtype=np.int64)
+
+    bad = pd.Series("", index=df.index, dtype=object)
+
+    def mark(mask: np.ndarray | pd.Series, reason: str) -> None:
+        mask = np.asarray(mask, dtype=bool) & (bad.to_numpy() == "")
+        bad[mask] = reason
+
+    user = _ids_to_str(df["user_id"], "user_id", mark)
+    item = _ids_to_str(df["item_id"], "item_id", mark)
+    ts = _ts_to_seconds(df["ts"], mark)
+    if "action" in df.columns:
+        a = df["action"]
+        action = a.astype(object).where(a.notna(), DEFAULT_ACTION).astype(str).to_numpy()
+        mark(np.char.str_len(action.astype(str)) > 64, "action longer than 64 characters")
+    else:
+        action = np.full(len(df), DEFAULT_ACTION, dtype=object)
+    if "value" in df.columns:
+        v = pd.to_numeric(df["value"], errors="coerce")
+        mark(v.isna() & df["value"].notna(), "value is not a number")
+        value = v.to_numpy(dtype=np.float64)
+        mark(np.isinf(value), "value is infinite")
+    else:
+        value = np.full(len(df), np.nan)
+
+    bad_mask = bad.to_numpy() != ""
+    report = BadRows()
+    if bad_mask.any():
+        report.count = int(bad_mask.sum())
+        report.reasons = bad[bad_mask].value_counts().to_dict()
+        for i in np.flatnonzero(bad_mask)[:BAD_ROW_EXAMPLES]:
+            row = {c: df.at[i, c] for c in REQUIRED}
+            report.examples.append(f"row {i}: {bad[i]}: {row}")
+        if on_bad_rows == "error":
+            raise EventsError(f"{source}: {report.describe()}\n(use --on-bad-rows skip to leave them out)")
+        log.warning("%s: skipping %s", source, report.describe())
+        keep = ~bad_mask
+        if not keep.any():
+            raise EventsError(f"{source}: every row is bad: {report.describe()}")
+        df, user, item, ts, action, value = (
+            df[keep].reset_index(drop=True), user[keep], item[keep], ts[keep], action[keep], value[keep]
+        )
+
+    order = np.lexsort((df["_row"].to_numpy(), ts, user))
+    df = df.iloc[order].reset_index(drop=True)
+    user, item, ts, action, value = user[order], item[order], ts[order], action[order], value[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    offsets = np.r_[starts, len(user)].astype(np.int64)
+    return EventLog(df, user, item, ts, action.astype(object), value, offsets, report)
+
+
+def _ids_to_str(col: pd.Series, name: str, mark) -> np.ndarray:
+    """Ids as strings; integral floats (CSV ints with gaps) print without decimals."""
+    mark(col.isna(), f"{name} is null")
+    if pd.api.types.is_float_dtype(col):
+        vals = col.to_numpy()
+        integral = np.isfinite(vals) & (np.floor(vals) == vals)
+        mark(col.notna() & ~integral, f"{name} is not an integer or string")
+        out = np.where(integral, np.nan_to_num(vals).astype(np.int64).astype(str), "")
+        return out.astype(object)
+    if pd.api.types.is_bool_dtype(col):
+        mark(np.ones(len(col), bool), f"{name} must be an integer or a string, not bool")
+        return col.astype(str).to_numpy(dtype=object)
+    out = col.astype(object).where(col.notna(), "").astype(str).to_numpy(dtype=object)
+    lengths = np.fromiter((len(s) for s in out), dtype=np.int64, count=len(out))
+    mark(col.notna() & (lengths == 0), f"{name} is empty")
+    mark(lengths > MAX_ID_LENGTH, f"{name} longer than {MAX_ID_LENGTH} characters")
+    return out
+
+
+def _ts_to_seconds(col: pd.Series, mark) -> np.ndarray:
+    """Timestamps as float seconds since the epoch; int ms are detected by magnitude."""
+    mark(col.isna(), "ts is null")
+    if pd.api.types.is_datetime64_any_dtype(col):
+        ts = col.dt.tz_localize(None) if getattr(col.dt, "tz", None) is not None else col
+        secs = ts.astype("datetime64[ns]").astype("int64").to_numpy() / 1e9
+        secs = np.where(col.isna().to_numpy(), np.nan, secs)
+    else:
+        num = pd.to_numeric(col, errors="coerce")
+        unparsed = num.isna() & col.notna()
+        if unparsed.any() and col.dtype == object:
+            parsed = pd.to_datetime(col[unparsed], errors="coerce", utc=True)
+            ok = parsed.notna()
+            num = num.astype(np.float64)
+            num[parsed.index[ok]] = parsed[ok].astype("int64").to_numpy() / 1e9
+            unparsed = num.isna() & col.notna()
+        mark(unparsed, "ts is not a number or a timestamp")
+        secs = num.to_numpy(dtype=np.float64)
+        finite = secs[np.isfinite(secs)]
+        if finite.size and np.nanmax(np.abs(finite)) > MS_THRESHOLD:
+            secs = secs / 1000.0
+    mark(~np.isfinite(secs) & col.notna().to_numpy(), "ts is not finite")
+    mark(secs < 0, "ts is negative")
+    mark(secs > MAX_TS_SECONDS, "ts is after the year 2100")
+    return np.nan_to_num(secs, nan=0.0)

@@ -1,0 +1,333 @@
+"""Per-event and per-user features from token ids, timing, values and the encoder's surprisal.
+
+Everything here is numpy over flat event arrays cut by ``offsets`` (user ``u`` owns rows
+``offsets[u]:offsets[u+1]``), so a subset of events (a residual history) is featurised the same
+way as a whole log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+
+from .tokens import N_SPECIAL, UNK
+
+TASTE_DIM = 32
+REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay
+BURST_WINDOW_S = 60.0  # events within this many seconds count toward local density
+
+
+@dataclass
+class Seqs:
+    """Flat per-event arrays of many users' sequences (all aligned, sorted by user then time)."""
+
+    offsets: np.ndarray   # (U + 1,) int64
+    ts: np.ndarray        # (N,) float64 seconds
+    item: np.ndarray      # (N,) int64 vocab ids
+    action: np.ndarray    # (N,) int64 action ids
+    value: np.ndarray     # (N,) float64, NaN where absent
+    surprisal: np.ndarray  # (N, 3) float32 item/action/gap surprisal in nats
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    def user_index(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_users), np.diff(self.offsets))
+
+    def subset(self, keep: np.ndarray) -> Seqs:
+        """The same users with only the events where ``keep`` (N,) is True."""
+        counts = np.add.reduceat(keep.astype(np.int64), self.offsets[:-1]) if len(keep) else np.zeros(0, np.int64)
+        counts = np.where(np.diff(self.offsets) > 0, counts, 0)
+        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        return Seqs(offsets, self.ts[keep], self.item[keep], self.action[keep], self.value[keep], self.surprisal[keep])
+
+
+@dataclass
+class ItemStats:
+    """What the training data says about items, indexed by vocab id (V = vocab size)."""
+
+    log_count: np.ndarray   # (V,) log1p(training count); 0 for specials and the unknown bucket
+    value_mean: np.ndarray  # (V,) mean value per item (global mean where unknown)
+    value_std: float        # global std of values (1.0 when no values)
+    taste: np.ndarray       # (V, TASTE_DIM) float32 unit vectors from the user-item matrix; 0 for unknown
+    main_action: int        # the most common action id
+
+    @classmethod
+    def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0) -> ItemStats:
+        counts = np.bincount(seqs.item, minlength=n_items).astype(np.float64)
+        log_count = np.log1p(counts)
+        log_count[:N_SPECIAL] = 0.0
+        v = seqs.value
+        has_v = np.isfinite(v)
+        gmean = float(v[has_v].mean()) if has_v.any() else 0.0
+        sums = np.bincount(seqs.item[has_v], weights=v[has_v], minlength=n_items)
+        nv = np.bincount(seqs.item[has_v], minlength=n_items)
+        value_mean = np.where(nv > 0, sums / np.maximum(nv, 1), gmean)
+        value_std = float(v[has_v].std()) if has_v.sum() > 1 else 1.0
+        main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
+        return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action)
+
+
+def _taste_vectors(seqs: Seqs, n_items: int, seed: int) -> np.ndarray:
+    """Item vectors from a truncated SVD of the tf-idf weighted user x item matrix (LSA)."""
+    uix = seqs.user_index()
+    m = sp.csr_matrix((np.ones(len(uix)), (uix, seqs.item)), shape=(seqs.n_users, n_items))
+    m.data = np.log1p(m.data)
+    idf = np.log((1 + seqs.n_users) / (1 + np.diff(m.tocsc().indptr)))
+    m = m @ sp.diags(idf)
+    out = np.zeros((n_items, TASTE_DIM), np.float32)
+    k = min(TASTE_DIM, min(m.shape) - 1)
+    if k >= 2:
+        svd = TruncatedSVD(n_components=k, random_state=seed, n_iter=7)
+        svd.fit(m)
+        vecs = (svd.components_.T * svd.singular_values_).astype(np.float32)  # (V, k)
+        out[:, :k] = vecs
+    out[:N_SPECIAL] = 0.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.where(norms > 0, out / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-event features: every column oriented so that larger = more anomalous
+
+EVENT_FEATURES = (
+    "item_surprisal",      # -log p(item | context) from the encoder
+    "timing_surprisal",    # -log p(action, gap | context)
+    "burst",               # log of events within +-60 s
+    "rarity",              # -log training count of the item
+    "taste_distance",      # 1 - cos(item, user's profile)
+    "repeat",              # log1p(earlier occurrences of the item in this history)
+    "replay",              # the event belongs to an item n-gram seen earlier in this history
+    "value_deviation",     # |value - item's mean value| / global std
+)
+
+
+def _segment_sums(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(U, ...) sums of x over each user's rows; empty users get 0."""
+    c = np.concatenate([np.zeros((1,) + x.shape[1:], x.dtype), np.cumsum(x, axis=0)])
+    return c[offsets[1:]] - c[offsets[:-1]]
+
+
+def _prev_occurrences(uix: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """(N,) how many earlier events of the same user have the same key."""
+    order = np.lexsort((np.arange(len(key)), key, uix))
+    k, u = key[order], uix[order]
+    new = np.r_[True, (k[1:] != k[:-1]) | (u[1:] != u[:-1])]
+    grp_start = np.maximum.accumulate(np.where(new, np.arange(len(k)), 0))
+    out = np.empty(len(key), np.int64)
+    out[order] = np.arange(len(k)) - grp_start
+    return out
+
+
+def user_profiles(seqs: Seqs, stats: ItemStats) -> np.ndarray:
+    """(U, TASTE_DIM) unit mean taste vector of each user's known items."""
+    prof = _segment_sums(stats.taste[seqs.item].astype(np.float64), seqs.offsets)
+    n = np.linalg.norm(prof, axis=1, keepdims=True)
+    return prof / np.maximum(n, 1e-12)
+
+
+def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
+    """(N, len(EVENT_FEATURES)) per-event features."""
+    n = len(seqs.ts)
+    uix = seqs.user_index()
+    first = np.zeros(n, bool)
+    first[seqs.offsets[:-1][np.diff(seqs.offsets) > 0]] = True
+    # events of the same user within +-BURST_WINDOW_S
+    key = uix.astype(np.float64) * 1e12 + seqs.ts
+    lo = np.searchsorted(key, key - BURST_WINDOW_S, side="left")
+    hi = np.searchsorted(key, key + BURST_WINDOW_S, side="right")
+    burst = np.log(hi - lo)
+    rarity = -stats.log_count[seqs.item]
+    prof = user_profiles(seqs, stats)[uix]
+    known = seqs.item >= N_SPECIAL
+    taste = np.where(known, 1.0 - np.einsum("nd,nd->n", stats.taste[seqs.item], prof), 0.0)
+    repeat = np.log1p(_prev_occurrences(uix, seqs.item))
+    # replay: the n-gram ending here occurred earlier in the same history; mark its events
+    gram = seqs.item.copy()
+    for j in range(1, REPLAY_N):
+        prev = np.r_[np.full(j, -1), seqs.item[:-j]]
+        same_user = np.r_[np.zeros(j, bool), uix[j:] == uix[:-j]]
+        gram = gram * 1_000_003 + np.where(same_user, prev, -1)
+    full = np.r_[np.zeros(REPLAY_N - 1, bool), uix[REPLAY_N - 1:] == uix[:1 - REPLAY_N]] if n >= REPLAY_N else np.zeros(n, bool)
+    # an n-gram of one repeated item is a burst, not a replay
+    varied = np.ones(n, bool)
+    if n >= REPLAY_N:
+        varied[REPLAY_N - 1:] = seqs.item[REPLAY_N - 1:] != seqs.item[:1 - REPLAY_N]
+    hit = full & varied & (_prev_occurrences(uix, gram) > 0)
+    replay = hit.astype(np.float64)
+    for j in range(1, REPLAY_N):
+        replay[:-j] = np.maximum(replay[:-j], hit[j:] & (uix[:-j] == uix[j:]))
+    has_v = np.isfinite(seqs.value)
+    vdev = np.where(has_v, np.abs(np.nan_to_num(seqs.value) - stats.value_mean[seqs.item]) / stats.value_std, 0.0)
+    out = np.stack([
+        seqs.surprisal[:, 0], seqs.surprisal[:, 1] + seqs.surprisal[:, 2], burst, rarity, taste, repeat, replay, vdev,
+    ], axis=1)
+    return out.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-user features (two-sided: the detectors decide which direction is unusual)
+
+USER_FEATURES = (
+    "log_events", "log_span_s", "log_rate_per_active_hour", "median_log_gap", "gap_spread",
+    "fast_gap_share", "gap_regularity", "hour_entropy", "mean_log_count", "std_log_count",
+    "unknown_item_share", "distinct_item_share", "top_item_share", "replay_share",
+    "main_action_share", "action_entropy", "unseen_action_share",
+    "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
+    "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
+    "taste_coherence", "taste_shift",
+)
+
+
+def _entropy_by_user(uix: np.ndarray, key: np.ndarray, n_users: int) -> np.ndarray:
+    """(U,) Shannon entropy (nats) of each user's key distribution."""
+    if len(key) == 0:
+        return np.zeros(n_users)
+    pair = uix.astype(np.int64) * (int(key.max()) + 1) + key
+    uniq, cnt = np.unique(pair, return_counts=True)
+    u = uniq // (int(key.max()) + 1)
+    tot = np.bincount(u, weights=cnt, minlength=n_users)[u]
+    p = cnt / tot
+    return np.bincount(u, weights=-p * np.log(p), minlength=n_users)
+
+
+def _rolling_max_mean(x: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+    """(U,) max over each user of the mean of x over ``width`` consecutive events."""
+    out = np.zeros(len(offsets) - 1)
+    c = np.r_[0.0, np.cumsum(x)]
+    for u, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        n = b - a
+        if n == 0:
+            continue
+        w = min(width, n)
+        out[u] = ((c[a + w:b + 1] - c[a:b - w + 1]) / w).max()
+    return out
+
+
+def best_segment(vecs: np.ndarray, *, grid: int = 24, min_frac: float = 0.1, max_frac: float = 0.7) -> tuple[float, int, int]:
+    """The contiguous segment [a, b) whose mean differs most from the rest.
+
+    vecs: (n, d). Returns (R^2, a, b): the share of the sequence's variance explained by splitting
+    it into the segment and the rest (0 when the history is too short to tell).
+    """
+    n = len(vecs)
+    if n < 8:
+        return 0.0, 0, 0
+    total = ((vecs - vecs.mean(0)) ** 2).sum()
+    if total <= 1e-12:
+        return 0.0, 0, 0
+    cuts = np.unique(np.linspace(0, n, min(grid, n) + 1).round().astype(int))
+    c = np.vstack([np.zeros(vecs.shape[1]), np.cumsum(vecs, 0)])
+    s_all = c[-1]
+    best = (0.0, 0, 0)
+    lo, hi = max(3, int(min_frac * n)), int(max_frac * n)
+    for a in cuts:
+        bs = cuts[(cuts - a >= lo) & (cuts - a <= hi)]
+        if len(bs) == 0:
+            continue
+        seg = c[bs] - c[a]                   # (k, d)
+        m = (bs - a)[:, None].astype(float)  # (k, 1)
+        rest = s_all - seg
+        between = ((seg / m - (rest / (n - m))) ** 2).sum(1) * (m[:, 0] * (n - m[:, 0]) / n)
+        j = int(between.argmax())
+        if between[j] / total > best[0]:
+            best = (float(between[j] / total), int(a), int(bs[j]))
+    return best
+
+
+def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U, len(USER_FEATURES)) per-user features and (U, 2) best taste segment [a, b) per user.
+
+    ``ef``: (N, len(EVENT_FEATURES)) from :func:`event_features`; ``event_local``: (N,) per-event
+    local anomaly (from the event detector), used for the segment-level surprisal.
+    """
+    U, off = seqs.n_users, seqs.offsets
+    n_ev = np.diff(off).astype(np.float64)
+    nz = np.maximum(n_ev, 1)
+    uix = seqs.user_index()
+    ts = seqs.ts
+    gaps = np.diff(ts, prepend=ts[:1]) if len(ts) else ts
+    not_first = np.ones(len(ts), bool)
+    not_first[off[:-1][n_ev > 0]] = False
+    lg = np.log1p(np.maximum(gaps, 0.0))
+    ng = np.maximum(_segment_sums(not_first.astype(float), off), 1)
+    span = np.where(n_ev > 0, ts[np.maximum(off[1:] - 1, 0)] - ts[np.minimum(off[:-1], max(len(ts) - 1, 0))], 0.0) if len(ts) else np.zeros(U)
+    hours = np.floor(ts / 3600.0).astype(np.int64)
+    new_hour = np.r_[True, (hours[1:] != hours[:-1]) | (uix[1:] != uix[:-1])] if len(ts) else np.zeros(0, bool)
+    active_hours = np.maximum(_segment_sums(new_hour.astype(float), off), 1)
+
+    mean_lg = _segment_sums(lg * not_first, off) / ng
+    med_lg = np.zeros(U)
+    regular = np.zeros(U)
+    hour_ent = _entropy_by_user(uix, (np.floor(ts / 3600.0) % 24).astype(np.int64), U)
+    for u in np.flatnonzero(n_ev >= 3):
+        g = lg[off[u] + 1:off[u + 1]]
+        med = np.median(g)
+        med_lg[u] = med
+        regular[u] = np.mean(np.abs(g - med) < 0.1)
+    spread = np.sqrt(np.maximum(_segment_sums(lg ** 2 * not_first, off) / ng - mean_lg ** 2, 0.0))
+    fast = _segment_sums(((gaps < 2.0) & not_first).astype(float), off) / ng
+
+    lc = stats.log_count[seqs.item]
+    mean_lc = _segment_sums(lc, off) / nz
+    std_lc = np.sqrt(np.maximum(_segment_sums(lc ** 2, off) / nz - mean_lc ** 2, 0.0))
+    unknown = _segment_sums((seqs.item < N_SPECIAL).astype(float), off) / nz
+    prev = _prev_occurrences(uix, seqs.item)
+    distinct = _segment_sums((prev == 0).astype(float), off) / nz
+    top_share = np.zeros(U)
+    replay_share = _segment_sums(ef[:, EVENT_FEATURES.index("replay")], off) / nz
+    main_share = _segment_sums((seqs.action == stats.main_action).astype(float), off) / nz
+    act_ent = _entropy_by_user(uix, seqs.action, U)
+    # a non-main action on an item this user never touched before (e.g. purchase without a view)
+    unseen_action = _segment_sums(((seqs.action != stats.main_action) & (prev == 0)).astype(float), off) / nz
+
+    has_v = np.isfinite(seqs.value)
+    v = np.nan_to_num(seqs.value)
+    nv = np.maximum(_segment_sums(has_v.astype(float), off), 1)
+    v_mean = _segment_sums(v, off) / nv
+    v_std = np.sqrt(np.maximum(_segment_sums(v ** 2, off) / nv - v_mean ** 2, 0.0))
+    if has_v.any():
+        vlo, vhi = np.nanmin(seqs.value), np.nanmax(seqs.value)
+        extreme = has_v & ((v <= vlo) | (v >= vhi)) & (vhi > vlo)
+    else:
+        extreme = np.zeros(len(v), bool)
+    v_extreme = _segment_sums(extreme.astype(float), off) / nv
+    v_dev = _segment_sums(ef[:, EVENT_FEATURES.index("value_deviation")], off) / nv
+    im = stats.value_mean[seqs.item]
+    v_corr = np.zeros(U)
+
+    s_item = _segment_sums(seqs.surprisal[:, 0].astype(np.float64), off) / nz
+    s_time = _segment_sums((seqs.surprisal[:, 1] + seqs.surprisal[:, 2]).astype(np.float64), off) / nz
+    seg_local = _rolling_max_mean(event_local, off, 8)
+    known = seqs.item >= N_SPECIAL
+    coherence = np.where(n_ev > 0, 1.0 - _segment_sums(ef[:, EVENT_FEATURES.index("taste_distance")], off) / nz, 0.0)
+    shift = np.zeros(U)
+    segments = np.zeros((U, 2), np.int64)
+    for u in np.flatnonzero(n_ev >= 3):
+        a, b = off[u], off[u + 1]
+        counts = np.bincount(seqs.item[a:b])
+        top_share[u] = counts.max() / (b - a)
+        hv = has_v[a:b]
+        if hv.sum() >= 3:
+            x, y = v[a:b][hv], im[a:b][hv]
+            if x.std() > 1e-9 and y.std() > 1e-9:
+                v_corr[u] = float(np.corrcoef(x, y)[0, 1])
+        k = known[a:b]
+        if k.sum() >= 8:
+            r2, s0, s1 = best_segment(stats.taste[seqs.item[a:b]].astype(np.float64))
+            shift[u] = r2
+            segments[u] = (s0, s1)
+    feats = np.stack([
+        np.log1p(n_ev), np.log1p(np.maximum(span, 0)), np.log(nz / active_hours), med_lg, spread,
+        fast, regular, hour_ent, mean_lc, std_lc,
+        unknown, distinct, top_share, replay_share,
+        main_share, act_ent, unseen_action,
+        v_mean, v_std, v_extreme, v_dev, v_corr,
+        s_item, s_time, seg_local,
+        coherence, shift,
+    ], axis=1)
+    return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments

@@ -1,0 +1,219 @@
+"""The sequence encoder: a BERT-style Transformer over events, trained by masked-event prediction.
+
+An event is the sum of an item, an action and a time-gap embedding (positions are added by
+BERT). Training masks whole events and predicts their item, action and gap bucket. At scoring
+time every event is masked once (``n_mask_groups`` passes, each masking every k-th event) and its
+surprisal ``-log p(item, action, gap | context)`` is read off; the sequence embedding is the mean
+of the unmasked last hidden states.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel, PretrainedConfig, PreTrainedModel
+
+from .tokens import MASK, N_GAP_BUCKETS, PAD
+
+log = logging.getLogger(__name__)
+
+
+class SeqGuardConfig(PretrainedConfig):
+    """Encoder hyper-parameters; the model is built from this alone.
+
+    Args:
+        n_items (int, default 1000): item id space incl. specials (PAD, MASK, UNK).
+        n_actions (int, default 8): action id space incl. specials.
+        n_gaps (int, default tokens.N_GAP_BUCKETS): time-gap buckets.
+        hidden_size (int, default 64): width of every layer.
+        num_layers (int, default 2): Transformer layers.
+        num_heads (int, default 2): attention heads.
+        intermediate_size (int, default 128): feed-forward width.
+        max_len (int, default 128): events per window.
+        dropout (float, default 0.1): dropout in the Transformer.
+        mask_prob (float, default 0.2): share of events masked per training window.
+        n_mask_groups (int, default 4): scoring passes; pass r masks events at i % n == r.
+    """
+
+    model_type = "seqguard-encoder"
+
+    def __init__(self, n_items: int = 1000, n_actions: int = 8, n_gaps: int = N_GAP_BUCKETS,
+                 hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
+                 intermediate_size: int = 128, max_len: int = 128, dropout: float = 0.1,
+                 mask_prob: float = 0.2, n_mask_groups: int = 4, **kwargs):
+        self.n_items = n_items
+        self.n_actions = n_actions
+        self.n_gaps = n_gaps
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.max_len = max_len
+        self.dropout = dropout
+        self.mask_prob = mask_prob
+        self.n_mask_groups = n_mask_groups
+        super().__init__(**kwargs)
+
+
+class SeqGuardEncoder(PreTrainedModel):
+    config_class = SeqGuardConfig
+    base_model_prefix = "seqguard"
+
+    def __init__(self, config: SeqGuardConfig):
+        super().__init__(config)
+        h = config.hidden_size
+        self.item_emb = nn.Embedding(config.n_items, h, padding_idx=PAD)
+        self.action_emb = nn.Embedding(config.n_actions, h, padding_idx=PAD)
+        self.gap_emb = nn.Embedding(config.n_gaps, h, padding_idx=PAD)
+        self.bert = BertModel(BertConfig(
+            vocab_size=4, hidden_size=h, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_len, type_vocab_size=1,
+            hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+        ), add_pooling_layer=False)
+        self.item_proj = nn.Linear(h, h)
+        self.item_bias = nn.Parameter(torch.zeros(config.n_items))
+        self.action_head = nn.Linear(h, config.n_actions)
+        self.gap_head = nn.Linear(h, config.n_gaps)
+        self.post_init()
+
+    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """items, actions, gaps: (B, T) ids with PAD=0. Returns hidden (B, T, H) and logits."""
+        x = self.item_emb(items) + self.action_emb(actions) + self.gap_emb(gaps)  # (B, T, H)
+        mask = (gaps != PAD).long()  # gaps are never PAD for real events, even masked ones
+        hidden = self.bert(inputs_embeds=x, attention_mask=mask).last_hidden_state  # (B, T, H)
+        item_logits = self.item_proj(hidden) @ self.item_emb.weight.T + self.item_bias  # (B, T, V)
+        return {
+            "hidden": hidden,
+            "item": item_logits,
+            "action": self.action_head(hidden),
+            "gap": self.gap_head(hidden),
+        }
+
+
+def _mask_events(items, actions, gaps, masked):
+    """Replace masked events' ids by MASK; returns new tensors. masked: (B, T) bool."""
+    return (items.masked_fill(masked, MASK), actions.masked_fill(masked, MASK), gaps.masked_fill(masked, MASK))
+
+
+def masked_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator, mask_prob: float) -> torch.Tensor:
+    """Masked-event prediction loss on one batch of windows. ``model`` may be DDP-wrapped."""
+    items, actions, gaps = batch["items"], batch["actions"], batch["gaps"]
+    real = gaps != PAD
+    masked = (torch.rand(items.shape, generator=generator) < mask_prob).to(items.device) & real
+    # At least one masked event per window keeps every window (and DDP's gradients) in play.
+    first = torch.zeros_like(masked)
+    first[:, 0] = True
+    masked = masked | (first & real & ~masked.any(dim=1, keepdim=True))
+    out = model(*_mask_events(items, actions, gaps, masked))
+    return (
+        F.cross_entropy(out["item"][masked], items[masked])
+        + F.cross_entropy(out["action"][masked], actions[masked])
+        + F.cross_entropy(out["gap"][masked], gaps[masked])
+    )
+
+
+def train_encoder(model: SeqGuardEncoder, make_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]], *,
+                  epochs: int, lr: float = 2e-3, weight_decay: float = 0.01, seed: int = 0,
+                  steps_per_epoch: int | None = None,
+                  on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+                  optimizer: torch.optim.Optimizer | None = None, start_epoch: int = 0) -> list[dict[str, float]]:
+    """Plain-PyTorch training loop over ``make_batches(epoch)``; Ray Train runs it unchanged.
+
+    ``model`` may be DDP-wrapped. Returns per-epoch metrics (loss, windows/s).
+    """
+    inner = model.module if hasattr(model, "module") else model
+    opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    total = max(1, epochs * (steps_per_epoch or 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    ) if steps_per_epoch else None
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        t0, n, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        for batch in make_batches(epoch):
+            loss = masked_loss(model, batch, gen, inner.config.mask_prob)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_sum += float(loss.detach())
+            n += int(batch["items"].shape[0])
+            steps += 1
+        metrics = {"epoch": epoch, "loss": loss_sum / max(1, steps), "windows_per_s": n / (time.perf_counter() - t0)}
+        log.info("epoch %d: loss %.4f, %.0f windows/s", epoch, metrics["loss"], metrics["windows_per_s"])
+        history.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return history
+
+
+@torch.inference_mode()
+def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-event surprisal (B, T, 3) [item, action, gap] in nats and window embeddings (B, H).
+
+    Each event is masked in exactly one of ``n_mask_groups`` passes.
+    """
+    model.eval()
+    k = model.config.n_mask_groups
+    B, T = items.shape
+    real = gaps != PAD
+    pos = torch.arange(T, device=items.device).expand(B, T)
+    out = torch.zeros(B, T, 3, device=items.device)
+    emb = None
+    for r in range(k):
+        masked = (pos % k == r) & real
+        if not masked.any():
+            continue
+        o = model(*_mask_events(items, actions, gaps, masked))
+        for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
+            lp = torch.log_softmax(o[name].float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
+            out[..., j] = torch.where(masked, -lp, out[..., j])
+        if emb is None:
+            keep = (real & ~masked).float().unsqueeze(-1)  # (B, T, 1)
+            emb = (o["hidden"] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+    if emb is None:
+        emb = torch.zeros(B, model.config.hidden_size, device=items.device)
+    return out, emb
+
+
+def batch_windows(tokens: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
+    """Stack windows into padded (B, T) tensors. tokens: name -> (N,) int64 event ids."""
+    T = int(min(max_len, lengths.max())) if len(lengths) else 1
+    idx = starts[:, None] + np.arange(T)[None, :]  # (B, T)
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    idx = np.where(valid, idx, 0)
+    return {k: torch.from_numpy(np.where(valid, v[idx], PAD)) for k, v in tokens.items()}
+
+
+def iter_window_batches(tokens: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray, *,
+                        max_len: int, batch_size: int, shuffle: bool, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of windows; length-sorted buckets keep padding small."""
+    order = np.arange(len(starts))
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(order)
+        # sort within chunks of 32 batches by length, then shuffle batches
+        chunk = batch_size * 32
+        parts = [p[np.argsort(lengths[p], kind="stable")] for p in np.array_split(order, max(1, len(order) // chunk))]
+        order = np.concatenate(parts) if parts else order
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        rng.shuffle(batches)
+    else:
+        order = np.argsort(lengths, kind="stable")
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for b in batches:
+        out = batch_windows(tokens, starts[b], lengths[b], max_len)
+        out["window"] = torch.from_numpy(b)
+        yield out

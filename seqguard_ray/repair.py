@@ -1,0 +1,105 @@
+"""Repair policy: what to do with each anomaly type, and the per-event outcome with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# The documented set of anomaly types (users.parquet anomaly_type).
+ANOMALY_TYPES = {
+    "normal": "nothing unusual at the target false-positive rate",
+    "bot": "the whole history is automated: timing, rate or action mix unlike people",
+    "shilling": "the whole history is a fake profile: item, popularity or value pattern unlike people",
+    "injection": "a real history with injected events (e.g. click-farm bursts); the injected events are marked",
+    "takeover": "a real history with a contiguous stretch in another taste (account takeover); the stretch is marked",
+    "replay": "a real history with replayed (copied) segments; the copies are marked",
+    "other": "the whole history is anomalous in a way none of the types above describes",
+}
+
+ACTIONS = {
+    "quarantine": "drop every event of the user",
+    "drop_events": "drop the anomalous events, down-weight doubtful ones",
+    "cut": "drop the history from the first to the last anomalous event (the takeover stretch)",
+    "downweight": "keep every event; anomalous and doubtful ones get a lower weight",
+    "pass": "keep everything unchanged",
+}
+
+
+def _default_actions() -> dict[str, str]:
+    return {"normal": "pass", "bot": "quarantine", "shilling": "quarantine", "other": "quarantine",
+            "injection": "drop_events", "replay": "drop_events", "takeover": "cut"}
+
+
+@dataclass
+class RepairPolicy:
+    """A repair action per anomaly type.
+
+    Args:
+        actions: anomaly type -> one of ACTIONS.
+        doubt_threshold: kept events of flagged users with an event score at least this are
+            down-weighted (default 0.9).
+        doubt_weight: weight given to doubtful events (default 0.5).
+        anomalous_weight: weight given to anomalous events that a "downweight" action keeps
+            (default 0.1).
+    """
+
+    actions: dict[str, str] = field(default_factory=_default_actions)
+    doubt_threshold: float = 0.9
+    doubt_weight: float = 0.5
+    anomalous_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        unknown_types = set(self.actions) - set(ANOMALY_TYPES)
+        if unknown_types:
+            raise ValueError(f"repair policy names unknown anomaly type(s) {sorted(unknown_types)}; known: {sorted(ANOMALY_TYPES)}")
+        bad = {t: a for t, a in self.actions.items() if a not in ACTIONS}
+        if bad:
+            raise ValueError(f"repair policy has unknown action(s) {bad}; known: {sorted(ACTIONS)}")
+        for name in ("doubt_threshold", "doubt_weight", "anomalous_weight"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        self.actions = {**_default_actions(), **self.actions}
+
+    def apply(self, offsets: np.ndarray, anomaly_type: np.ndarray, event_score: np.ndarray,
+              event_anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Decide each event's fate.
+
+        offsets (U + 1,), anomaly_type (U,) str, event_score (N,), event_anomalous (N,) bool.
+        Returns keep (N,) bool, weight (N,) float, event_action (N,) str reason, user_action (U,) str.
+        """
+        n = len(event_score)
+        keep = np.ones(n, bool)
+        weight = np.ones(n)
+        ev_action = np.full(n, "", dtype=object)
+        user_action = np.empty(len(anomaly_type), dtype=object)
+        for u, t in enumerate(anomaly_type):
+            a, b = int(offsets[u]), int(offsets[u + 1])
+            act = self.actions.get(t, "pass")
+            user_action[u] = act
+            if act == "pass" or b == a:
+                continue
+            anom = event_anomalous[a:b]
+            doubt = ~anom & (event_score[a:b] >= self.doubt_threshold)
+            if act == "quarantine":
+                keep[a:b] = False
+                ev_action[a:b] = f"dropped: user quarantined as {t}"
+                continue
+            if act == "cut" and anom.any():
+                idx = np.flatnonzero(anom)
+                cut = np.zeros(b - a, bool)
+                cut[idx[0]:idx[-1] + 1] = True
+                keep[a:b] &= ~cut
+                ev_action[a:b][cut] = f"dropped: cut at {t} point"
+            elif act == "drop_events":
+                keep[a:b] &= ~anom
+                ev_action[a:b][anom] = f"dropped: anomalous event ({t})"
+            elif act == "downweight":
+                weight[a:b][anom] = self.anomalous_weight
+                ev_action[a:b][anom] = f"down-weighted: anomalous event ({t})"
+            kept_doubt = doubt & keep[a:b]
+            weight[a:b][kept_doubt] = np.minimum(weight[a:b][kept_doubt], self.doubt_weight)
+            ev_action[a:b][kept_doubt] = f"down-weighted: doubtful event ({t})"
+        weight[~keep] = 0.0
+        return keep, weight, ev_action, user_action
