@@ -1,10 +1,24 @@
-"""seqguard: catch and repair anomalous user behaviour sequences in recommender logs."""
+"""seqguard: catch and repair anomalous user behaviour sequences in recommender logs.
+
+Public API (imported lazily, so light modules such as ``seqguard_ray.events`` do not pay for torch):
+``SeqGuard``, ``TrainConfig``, ``ScoreResult``, ``RepairResult``, ``RepairPolicy``,
+``ANOMALY_TYPES``, ``EventsError``, ``read_events``.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .engine import RepairResult, ScoreResult, SeqGuard, TrainConfig  # noqa: E402
-from .events import EventsError, read_events  # noqa: E402
-from .repair import ANOMALY_TYPES, RepairPolicy  # noqa: E402
+_EXPORTS = {
+    "SeqGuard": "engine", "TrainConfig": "engine", "ScoreResult": "engine", "RepairResult": "engine",
+    "RepairPolicy": "repair", "ANOMALY_TYPES": "repair", "EventsError": "events", "read_events": "events",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["SeqGuard", "TrainConfig", "ScoreResult", "RepairResult", "RepairPolicy", "ANOMALY_TYPES",
-           "EventsError", "read_events", "__version__"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -221,7 +221,7 @@ def _ts_to_seconds(col: pd.Series, mark) -> np.ndarray:
         num = pd.to_numeric(col, errors="coerce")
         unparsed = num.isna() & col.notna()
         if unparsed.any() and col.dtype == object:
-            parsed = pd.to_datetime(col[unparsed], errors="coerce", utc=True)
+            parsed = pd.to_datetime(col[unparsed], errors="coerce", utc=True, format="mixed")
             ok = parsed.notna()
             num = num.astype(np.float64)
             num[parsed.index[ok]] = parsed[ok].astype("int64").to_numpy() / 1e9

@@ -264,8 +264,8 @@ def _score_cell(score: float) -> str:
     if not np.isfinite(score):
         return '<span class="muted">n/a</span>'
     return (
-        f'<span class="scorebar"><span style="width:{score * 100:.1f}%;background:{_score_color(score)}"></span></span>'
-        f'<span class="mono">{score:.3f}</span>'
+        f'<span class="nowrap"><span class="scorebar"><span style="width:{score * 100:.1f}%;background:{_score_color(score)}"></span></span>'
+        f'<span class="mono">{score:.3f}</span></span>'
     )
 
 
@@ -439,16 +439,22 @@ def _svg_histogram(
         parts.append(f'<text x="{px(t):.1f}" y="{mt + ph + 15}" class="tick" text-anchor="middle">{t:.1f}</text>')
     base = mt + ph
     for (label, _, color), c in zip(groups, counts):
-        pts = [f"{px(0):.1f},{base:.1f}"]
+        # one closed outline per run of non-empty bins, so empty bins draw no line on the axis
+        d = []
         for i, n in enumerate(c):
+            if n == 0:
+                continue
             y = py(n)
-            pts.append(f"{px(edges[i]):.1f},{y:.1f}")
-            pts.append(f"{px(edges[i + 1]):.1f},{y:.1f}")
-        pts.append(f"{px(1):.1f},{base:.1f}")
-        parts.append(
-            f'<polygon points="{" ".join(pts)}" fill="{color}" fill-opacity="0.22" stroke="{color}" '
-            f'stroke-width="1.6" stroke-linejoin="round"><title>{_e(label)}: {_int(c.sum())}</title></polygon>'
-        )
+            if i == 0 or c[i - 1] == 0:
+                d.append(f"M{px(edges[i]):.1f},{base:.1f}")
+            d.append(f"L{px(edges[i]):.1f},{y:.1f}L{px(edges[i + 1]):.1f},{y:.1f}")
+            if i == len(c) - 1 or c[i + 1] == 0:
+                d.append(f"L{px(edges[i + 1]):.1f},{base:.1f}")
+        if d:
+            parts.append(
+                f'<path d="{"".join(d)}" fill="{color}" fill-opacity="0.22" stroke="{color}" '
+                f'stroke-width="1.6" stroke-linejoin="round"><title>{_e(label)}: {_int(c.sum())}</title></path>'
+            )
     if threshold is not None:
         x = px(threshold)
         parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{base}" class="thr"/>')
@@ -482,7 +488,7 @@ def _svg_timeline(
     ``positions`` are the event indices of the drawn marks (all of them unless the history was
     thinned); ``elapsed`` is seconds since the user's first event for each drawn mark.
     """
-    ml, mr, mt, mb = 44, 14, 18, 40
+    ml, mr, mt, mb = 44, 26, 18, 40
     pw, ph = width - ml - mr, height - mt - mb
     span = max(n_total - 1, 1)
 
@@ -610,6 +616,7 @@ def _attacked_event_mask(events, users, u_labels, ev_labels) -> np.ndarray:
 def _quality_section(users, events, u_labels, ev_labels, colors) -> str:
     charts, notes = [], []
     roc_series, pr_series, roc_legend, pr_legend, op_points, pr_points = [], [], [], [], [], []
+    op_legend: list[tuple[str, str, str]] = []
 
     if u_labels is not None:
         labelled = u_labels.notna().to_numpy()
@@ -629,7 +636,10 @@ def _quality_section(users, events, u_labels, ev_labels, colors) -> str:
             op_fpr, op_tpr = flag[~y].mean(), flag[y].mean()
             op_prec = flag[y].sum() / max(flag.sum(), 1)
             op_points.append((op_fpr, op_tpr, USER_COLOR, f"operating point: FPR {op_fpr:.3f}, TPR {op_tpr:.3f}"))
-            roc_legend.append((USER_COLOR, f"flag threshold: FPR {op_fpr:.3f}, TPR {op_tpr:.3f}", "dot"))
+            op_legend = [
+                (USER_COLOR, f"users flagged: FPR {op_fpr:.3f}, TPR {op_tpr:.3f}", "dot"),
+                (USER_COLOR, f"users flagged: recall {op_tpr:.3f}, precision {op_prec:.3f}", "dot"),
+            ]
             pr_points = [(op_tpr, op_prec, USER_COLOR, f"operating point: recall {op_tpr:.3f}, precision {op_prec:.3f}")]
 
     if ev_labels is not None:
@@ -645,6 +655,9 @@ def _quality_section(users, events, u_labels, ev_labels, colors) -> str:
             roc_legend.append((EVENT_COLOR, f"events of attacked users (ROC-AUC {auc:.3f}, n={int(mask.sum()):,})", "line"))
             pr_legend.append((EVENT_COLOR, f"events of attacked users (AP {ap:.3f}, base rate {prev:.3f})", "line"))
 
+    if op_legend:
+        roc_legend.append(op_legend[0])
+        pr_legend.append(op_legend[1])
     if roc_series:
         charts.append(
             _chart_card(
@@ -813,7 +826,7 @@ def _timeline_section(users, events, u_labels, ev_labels, max_timelines, colors)
         badges = [_badge(u["anomaly_type"], colors.get(u["anomaly_type"], "#555"))]
         if isinstance(true, str):
             badges.append(f'<span class="muted">true:</span> {_badge(true, colors.get(true, "#555"))}')
-        meta = [f'score <b class="mono">{_num(u["score"])}</b>' if np.isfinite(u["score"]) else "score n/a"]
+        meta = [f'score <b class="mono">{u["score"]:.3f}</b>' if np.isfinite(u["score"]) else "score n/a"]
         if g is None or g.empty:
             svg = _note("This user has no events in the events table.")
         else:
@@ -898,6 +911,8 @@ def _top_users_section(users, events, u_labels, colors) -> str:
 
 
 def _info_value(v, depth: int = 0) -> str:
+    if v is None:
+        return '<span class="muted">—</span>'
     if isinstance(v, Mapping):
         if depth >= 3 or not v:
             return _e(repr(dict(v))[:MAX_REASONS_CHARS]) if v else '<span class="muted">{}</span>'
@@ -982,10 +997,12 @@ table.kv td:first-child{color:#4b5563;width:40%}
 table.nested{font-size:12px}table.nested th{display:none}
 .tablecard{padding:4px 6px;overflow-x:auto}
 .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
-.uid{word-break:break-all}
+.uid{word-break:break-all}table.users td:nth-child(2){max-width:240px}.nowrap{white-space:nowrap}
 .scorebar{display:inline-block;width:56px;height:7px;background:#eef0f3;border-radius:4px;margin-right:8px;vertical-align:middle;overflow:hidden}
 .scorebar span{display:block;height:100%}
 ul.reasons{margin:0;padding-left:16px}ul.reasons li{margin:1px 0}
+table.users ul.reasons{padding:0;list-style:none}table.users ul.reasons li{display:inline;margin:0}
+table.users ul.reasons li+li::before{content:" · ";color:#9ca3af}
 .note{color:var(--muted);font-size:13px;margin:8px 0}
 .warn{color:#b45309}
 .muted{color:var(--muted)}

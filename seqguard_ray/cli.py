@@ -1,0 +1,186 @@
+"""Command line: ``seqguard train | score | demo`` (and, with Ray, ``serve`` and ``client``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("seqguard")
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    return v
+
+
+def _fpr(s: str) -> float:
+    v = float(s)
+    if not 0 < v < 0.5:
+        raise argparse.ArgumentTypeError(f"must be in (0, 0.5), got {s}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .ray_cli import add_ray_args
+    p = argparse.ArgumentParser(prog="seqguard", description="Catch and repair anomalous user behaviour sequences in recommender logs.")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model bundle on a behaviour log",
+                       description="Train the sequence encoder (self-supervised) and fit the calibrated detectors.")
+    t.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL with user_id, item_id, ts")
+    t.add_argument("--model", required=True, help="output model bundle directory")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--target-fpr", type=_fpr, default=0.01, help="share of normal users flagged (default 0.01)")
+    t.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
+                   help="stop on unusable rows (default) or skip and report them")
+    add_ray_args(t, command="train")
+
+    s = sub.add_parser("score", help="score and repair a behaviour log with a model bundle",
+                       description="Write OUT/users.parquet, OUT/events.parquet and OUT/repaired.parquet.")
+    s.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL")
+    s.add_argument("--model", required=True, help="model bundle directory from `seqguard train`")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--report", default=None, help="also write an HTML report to this path")
+    s.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
+                   help="stop on unusable rows (default) or skip and report them")
+    add_ray_args(s, command="score")
+
+    d = sub.add_parser("demo", help="demo data -> train -> score -> repair -> report, all local",
+                       description="Generate labelled demo data, train, score, repair and write a report.")
+    d.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    d.add_argument("--users", type=_positive_int, default=1000, help="normal users to simulate (default 1000)")
+    d.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    from .serve_cli import add_parsers
+    add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .bundle import BundleError
+    from .events import EventsError
+    try:
+        cmds = {"train": cmd_train, "score": cmd_score, "demo": cmd_demo}
+        return cmds[args.command](args) if args.command in cmds else args.handler(args)
+    except (EventsError, BundleError, ValueError, FileNotFoundError) as exc:
+        print(f"seqguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args) -> int:
+    from .ray_cli import choose_engine, cmd_train_ray
+    if choose_engine(args) == "ray":
+        return cmd_train_ray(args)
+    from .engine import SeqGuard, TrainConfig
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr)
+    t0 = time.perf_counter()
+    sg = SeqGuard(cfg).fit(args.events, on_bad_rows=args.on_bad_rows)
+    sg.save(args.model)
+    log.info("trained on %d events of %d users in %.1f s; bundle in %s",
+             sg.metrics["train_events"], sg.metrics["train_users"], time.perf_counter() - t0, args.model)
+    return 0
+
+
+def write_outputs(sg, result, out: str | Path) -> dict:
+    """Write users/events/repaired Parquet (+ actions, summary) into ``out``; returns the repair summary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = sg.repair(result)
+    pq.write_table(pa.Table.from_pandas(result.users, preserve_index=False), out / "users.parquet")
+    pq.write_table(pa.Table.from_pandas(result.events, preserve_index=False), out / "events.parquet")
+    pq.write_table(pa.Table.from_pandas(rep.repaired, preserve_index=False), out / "repaired.parquet")
+    pq.write_table(pa.Table.from_pandas(rep.actions, preserve_index=False), out / "actions.parquet")
+    summary = {**rep.summary, "users": int(len(result.users)), "users_flagged": int(result.users["anomalous"].sum()),
+               "by_type": result.users.loc[result.users["anomalous"], "anomaly_type"].value_counts().to_dict(),
+               "bad_rows_skipped": result.log.bad_rows.count}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def cmd_score(args) -> int:
+    from .ray_cli import choose_engine, cmd_score_ray
+    if choose_engine(args) == "ray":
+        return cmd_score_ray(args)
+    from .engine import SeqGuard
+    t0 = time.perf_counter()
+    sg = SeqGuard.load(args.model)
+    result = sg.score(args.events, on_bad_rows=args.on_bad_rows)
+    summary = write_outputs(sg, result, args.out)
+    if args.report:
+        from .report import write_report
+        write_report(args.report, users=result.users, events=result.events, repair_summary=_ints(summary),
+                     model_info=_model_info(sg))
+    log.info("scored %d events of %d users in %.1f s: %d flagged %s; outputs in %s",
+             summary["events_in"], summary["users"], time.perf_counter() - t0, summary["users_flagged"],
+             summary["by_type"], args.out)
+    return 0
+
+
+def _ints(summary: dict) -> dict[str, int]:
+    return {k: v for k, v in summary.items() if isinstance(v, int)}
+
+
+def _model_info(sg) -> dict:
+    return {"model version": getattr(sg, "model_version", "in memory"), "threshold": sg.user_detectors.threshold_,
+            "target FPR": sg.config.target_fpr, "training events": sg.metrics.get("train_events"),
+            "training users": sg.metrics.get("train_users"), "encoder epochs": sg.metrics.get("epochs"),
+            "final loss": sg.metrics.get("final_loss")}
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from .demo import generate, write_events
+    from .engine import SeqGuard, TrainConfig
+    from .report import write_report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train = generate(n_users=args.users, seed=args.seed)
+    test = generate(n_users=args.users, seed=args.seed + 1)
+    write_events(train.events, out / "train_events.parquet")
+    write_events(test.events, out / "events.parquet")
+    log.info("demo data: %d training events, %d scoring events (%d users, %d attacked)", len(train.events),
+             len(test.events), test.user_type.size, int((test.user_type != "normal").sum()))
+    sg = SeqGuard(TrainConfig(epochs=args.epochs, seed=args.seed)).fit(out / "train_events.parquet")
+    sg.save(out / "model")
+    sg = SeqGuard.load(out / "model")
+    result = sg.score(out / "events.parquet")
+    summary = write_outputs(sg, result, out)
+    labels = test.user_type.reindex(result.users["user_id"].to_numpy()).fillna("normal")
+    y = (labels.to_numpy() != "normal")
+    ev_labels = test.event_injected[result.events["row"].to_numpy()]
+    write_report(out / "report.html", users=result.users, events=result.events, repair_summary=_ints(summary),
+                 user_labels=labels, event_labels=ev_labels, model_info=_model_info(sg),
+                 title="seqguard demo")
+    s = result.users["score"].to_numpy()
+    attacked = np.isin(result.events["user_id"].to_numpy(), result.users["user_id"].to_numpy()[y])
+    print(f"users: {len(y)} ({y.sum()} attacked)  ROC-AUC {roc_auc_score(y, s):.3f}  PR-AUC {average_precision_score(y, s):.3f}")
+    print(f"events in attacked users: PR-AUC {average_precision_score(ev_labels[attacked], result.events['event_score'].to_numpy()[attacked]):.3f}")
+    print(f"repair: {summary}")
+    print(f"done in {time.perf_counter() - t0:.0f} s: report {out / 'report.html'}, outputs in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures. Ray is started at most once per test session (it costs seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session: no dashboard, fractional CPUs, stopped at the end."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    try:
+        from ray import serve
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+def make_events(n_users: int = 60, seed: int = 0):
+    """A small random log: heavy-tailed items, lognormal gaps, two actions, values."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = rng.integers(6, 60, n_users)
+    user = np.repeat([f"u{i}" for i in range(n_users)], n)
+    start = np.repeat(1_600_000_000 + rng.integers(0, 10**6, n_users), n)
+    gaps = rng.lognormal(4, 2, n.sum())
+    ts = start + np.concatenate([np.cumsum(g) for g in np.split(gaps, np.cumsum(n)[:-1])]).astype(np.int64)
+    return pd.DataFrame({
+        "user_id": user, "item_id": (rng.zipf(1.4, n.sum()) % 300).astype(np.int64), "ts": ts,
+        "action": rng.choice(["view", "click"], n.sum(), p=[0.8, 0.2]), "value": rng.random(n.sum()),
+    })
+
+
+@pytest.fixture(scope="session")
+def tiny_events():
+    return make_events()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_events):
+    """A fitted SeqGuard with a tiny encoder (hidden 32, 1 layer, 1 epoch): seconds to train."""
+    from seqguard_ray import SeqGuard, TrainConfig
+
+    return SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(tiny_events)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model, tmp_path_factory):
+    return tiny_model.save(tmp_path_factory.mktemp("bundle") / "model")

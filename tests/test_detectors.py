@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from seqguard_ray.detectors import DETECTORS, Calibrator, EventDetector, UserDetectors, combine
+
+
+def test_calibrator_is_monotone_and_inside_unit_interval():
+    cal = Calibrator.fit(np.arange(100.0))
+    x = np.linspace(-10, 200, 500)
+    p = cal(x)
+    assert (np.diff(p) >= 0).all() and (p > 0).all() and (p < 1).all()
+    assert cal(np.array([1e9]))[0] > 0.99 and cal(np.array([-1e9]))[0] < 0.01
+
+
+def test_combine_rewards_agreement():
+    p = np.array([[0.5, 0.5], [0.99, 0.5], [0.99, 0.99]])
+    c = combine(p)
+    assert c[0] < c[1] < c[2]
+
+
+def test_user_detectors_find_planted_outliers_and_respect_fpr():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(2000, 6))
+    outliers = rng.normal(size=(40, 6)) + np.array([5, 0, 0, -5, 0, 0])
+    X = np.vstack([normal, outliers])  # a poisoned training set
+    emb = rng.normal(size=(len(X), 4))
+    det = UserDetectors(target_fpr=0.01, seed=0).fit(X, emb)
+    assert det.n_trimmed_ >= 30  # the planted group is left out of the reference
+    test_normal = rng.normal(size=(2000, 6))
+    s_norm, per = det.score(test_normal, rng.normal(size=(2000, 4)))
+    s_out, _ = det.score(outliers + 0.1, emb[-40:])
+    assert per.shape == (2000, len(DETECTORS))
+    assert ((s_norm >= 0) & (s_norm <= 1)).all()
+    fpr = (s_norm >= det.threshold_).mean()
+    assert fpr < 0.03
+    assert (s_out >= det.threshold_).mean() > 0.9
+    y = np.r_[np.zeros(2000), np.ones(40)]
+    assert roc_auc_score(y, np.r_[s_norm, s_out]) > 0.99
+
+
+def test_user_detectors_reject_bad_args():
+    with pytest.raises(ValueError, match="target_fpr"):
+        UserDetectors(target_fpr=0.7).fit(np.zeros((10, 2)), np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="at least 5 users"):
+        UserDetectors().fit(np.zeros((3, 2)), np.zeros((3, 2)))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        UserDetectors().score(np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+def test_event_detector_one_sided():
+    rng = np.random.default_rng(1)
+    ef = rng.normal(size=(5000, 3))
+    det = EventDetector().fit(ef)
+    s = det.score(np.array([[0.0, 0.0, 0.0], [6.0, 6.0, 6.0], [-6.0, -6.0, -6.0]]))
+    assert s[1] > 0.999 and s[2] < s[0]

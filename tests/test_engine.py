@@ -1,0 +1,105 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqguard_ray import ANOMALY_TYPES, SeqGuard, TrainConfig
+from seqguard_ray.bundle import BundleError
+
+
+def test_score_contract(tiny_model, tiny_events):
+    r = tiny_model.score(tiny_events)
+    u, e = r.users, r.events
+    assert list(u.columns[:5]) == ["user_id", "score", "anomalous", "anomaly_type", "reasons"]
+    assert len(u) == tiny_events.user_id.nunique() and len(e) == len(tiny_events)
+    assert u.score.between(0, 1).all() and e.event_score.between(0, 1).all()
+    assert set(u.anomaly_type) <= set(ANOMALY_TYPES)
+    assert (u.anomaly_type[~u.anomalous] == "normal").all()
+    # events come back in input order with the input's values and types
+    assert (e.user_id.to_numpy() == tiny_events.user_id.to_numpy()).all()
+    assert e.item_id.dtype == tiny_events.item_id.dtype and (e.ts.to_numpy() == tiny_events.ts.to_numpy()).all()
+    # anomalous events only in anomalous users; flagged users have reasons
+    flagged = set(u.user_id[u.anomalous])
+    assert set(e.user_id[e.anomalous]) <= flagged
+    assert all(u.reasons[u.anomalous].str.len() > 0)
+
+
+def test_unknown_items_and_single_event_users_are_scored(tiny_model):
+    df = pd.DataFrame({"user_id": ["new", "solo", "new"], "item_id": [999999, 1, 123456], "ts": [10, 20, 30],
+                       "action": ["view", "never-seen-action", "view"], "value": [1.0, 2.0, np.nan]})
+    r = tiny_model.score(df)
+    assert len(r.users) == 2 and len(r.events) == 3
+    assert np.isfinite(r.events.event_score).all()
+
+
+def test_repair_keeps_columns_and_adds_weight(tiny_model, tiny_events):
+    df = tiny_events.assign(note=np.arange(len(tiny_events)).astype(str))
+    r = tiny_model.score(df)
+    rep = tiny_model.repair(r)
+    assert list(rep.repaired.columns) == list(df.columns) + ["weight"]
+    assert rep.summary["events_in"] == len(df) == rep.summary["events_kept"] + rep.summary["events_dropped"]
+    assert rep.repaired.weight.between(0, 1).all()
+    assert (rep.repaired["note"].isin(df["note"])).all()
+
+
+def test_scoring_is_deterministic(tiny_model, tiny_events):
+    a = tiny_model.score(tiny_events).users.score.to_numpy()
+    b = tiny_model.score(tiny_events).users.score.to_numpy()
+    assert np.array_equal(a, b)
+
+
+def test_unfitted_and_bad_config():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SeqGuard().score(pd.DataFrame({"user_id": [1], "item_id": [1], "ts": [1]}))
+    with pytest.raises(ValueError, match="num_heads"):
+        TrainConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="unknown training config key"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="at least 5 users"):
+        SeqGuard().fit(pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "ts": [1, 2]}))
+
+
+def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
+    loaded = SeqGuard.load(tiny_bundle)
+    a = tiny_model.score(tiny_events)
+    b = loaded.score(tiny_events)
+    np.testing.assert_allclose(a.users.score, b.users.score, atol=1e-6)
+    np.testing.assert_allclose(a.events.event_score, b.events.event_score, atol=1e-6)
+    assert len(loaded.model_version) == 12
+
+
+def test_corrupt_bundles(tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    with pytest.raises(BundleError, match="does not exist"):
+        SeqGuard.load(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        SeqGuard.load(empty)
+
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(tiny_bundle, d)
+        return d
+
+    d = copy("tampered")
+    with open(d / "state.npz", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(BundleError, match="checksum"):
+        SeqGuard.load(d)
+    d = copy("version")
+    m = json.loads((d / "manifest.json").read_text())
+    m["format_version"] = "999"
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format version '999'"):
+        SeqGuard.load(d)
+    d = copy("garbled")
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="corrupt"):
+        SeqGuard.load(d)
+    d = copy("missing_file")
+    (d / "iforest.skops").unlink()
+    with pytest.raises(BundleError, match="missing iforest.skops"):
+        SeqGuard.load(d)

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqguard_ray.events import EventsError, from_frame, read_events
+
+
+def frame(**cols):
+    base = {"user_id": ["a", "a", "b"], "item_id": [1, 2, 3], "ts": [30, 10, 20]}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_sorted_per_user_and_row_numbers_kept():
+    log = from_frame(frame())
+    assert log.user.tolist() == ["a", "a", "b"]
+    assert log.ts.tolist() == [10.0, 30.0, 20.0]
+    assert log.frame["_row"].tolist() == [1, 0, 2]
+    assert log.offsets.tolist() == [0, 2, 3]
+    assert log.action.tolist() == ["click"] * 3
+    assert np.isnan(log.value).all()
+
+
+def test_missing_column_is_named():
+    with pytest.raises(EventsError, match=r"missing required column\(s\) \['ts'\]"):
+        from_frame(pd.DataFrame({"user_id": [1], "item_id": [2]}))
+
+
+def test_empty_log():
+    with pytest.raises(EventsError, match="no events"):
+        from_frame(frame().iloc[:0])
+
+
+def test_bad_rows_error_counts_and_shows_them():
+    df = frame(ts=[10, None, "yesterday-ish"], item_id=[1, 2, None])
+    with pytest.raises(EventsError) as e:
+        from_frame(df)
+    msg = str(e.value)
+    assert "2 bad row(s)" in msg and "ts is null" in msg and "row 1" in msg and "--on-bad-rows skip" in msg
+
+
+def test_bad_rows_skip_reports(caplog):
+    df = frame(ts=[10, -5, 20])
+    log = from_frame(df, on_bad_rows="skip")
+    assert log.n_events == 2 and log.bad_rows.count == 1
+    assert log.bad_rows.reasons == {"ts is negative": 1}
+    assert "skipping" in caplog.text
+
+
+def test_all_rows_bad():
+    with pytest.raises(EventsError, match="every row is bad"):
+        from_frame(frame(user_id=[None, None, None]), on_bad_rows="skip")
+
+
+def test_milliseconds_and_timestamps_become_seconds():
+    ms = from_frame(frame(ts=[1_600_000_000_000, 1_600_000_001_000, 1_600_000_002_000]))
+    assert ms.ts.tolist() == [1_600_000_000.0, 1_600_000_001.0, 1_600_000_002.0]
+    stamps = pd.to_datetime(["2024-01-01 00:00:10", "2024-01-01 00:00:00", "2024-01-02 00:00:00"])
+    t = from_frame(frame(ts=stamps))
+    assert t.ts[1] - t.ts[0] == 10.0
+
+
+def test_future_and_nonnumeric_values_are_bad_rows():
+    with pytest.raises(EventsError, match="after the year 2100"):
+        from_frame(frame(ts=[10, 20, 5_000_000_000]))
+    with pytest.raises(EventsError, match="value is not a number"):
+        from_frame(frame(value=[1.0, "x", 2.0]))
+
+
+def test_integer_like_float_ids_and_duplicates_kept():
+    log = from_frame(pd.DataFrame({"user_id": [1.0, 1.0], "item_id": [5.0, 5.0], "ts": [1, 1]}))
+    assert log.user.tolist() == ["1", "1"] and log.item.tolist() == ["5", "5"]
+    assert log.n_events == 2  # exact duplicates are a signal, never dropped
+
+
+def test_non_integer_float_id_is_bad():
+    with pytest.raises(EventsError, match="item_id is not an integer or string"):
+        from_frame(frame(item_id=[1.5, 2.0, 3.0]))
+
+
+def test_unicode_ids(tmp_path):
+    log = from_frame(frame(user_id=["ユーザー", "ユーザー", "😀"]))
+    assert log.n_users == 2
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl", "dir"])
+def test_read_formats_keep_extra_columns(tmp_path, fmt):
+    df = frame(extra=["x", "y", "z"])
+    if fmt == "parquet":
+        p = tmp_path / "e.parquet"
+        df.to_parquet(p)
+    elif fmt == "csv":
+        p = tmp_path / "e.csv"
+        df.to_csv(p, index=False)
+    elif fmt == "jsonl":
+        p = tmp_path / "e.jsonl"
+        p.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))
+    else:
+        p = tmp_path / "d"
+        p.mkdir()
+        pq.write_table(pa.Table.from_pandas(df.iloc[:2]), p / "part-0.parquet")
+        pq.write_table(pa.Table.from_pandas(df.iloc[2:]), p / "part-1.parquet")
+    log = read_events(p)
+    assert log.n_events == 3 and "extra" in log.frame.columns
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(EventsError, match="does not exist"):
+        read_events(tmp_path / "nope.parquet")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(EventsError, match="empty"):
+        read_events(empty)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(EventsError, match="cannot read"):
+        read_events(bad)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"user_id": 1, "item_id": 2, "ts": 3}\n{"user_id": 1, "item_id"\n')
+    with pytest.raises(EventsError, match="cannot read"):
+        read_events(broken)
+    with pytest.raises(EventsError, match="unsupported events format"):
+        read_events(tmp_path / "empty.csv".replace("csv", "txt")) if False else read_events(_touch(tmp_path / "x.txt"))
+
+
+def _touch(p):
+    p.write_text("user_id,item_id,ts\n")
+    return p

@@ -1,0 +1,212 @@
+"""Tests for seqguard_ray.report: a self-contained, escaped, size-bounded HTML page."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqguard_ray.report import CURVE_POINTS, TOP_USERS, _downsample_path, _pick_timeline_users, write_report
+
+EVIL = "<script>alert(1)</script>"
+TYPES = ["bot", "injection", "shilling", "takeover", "replay"]
+
+
+def make_inputs(n_users: int = 120, events_per_user: int = 30, seed: int = 0, attack_rate: float = 0.2):
+    """Users, events, user labels and event labels; attacked users score higher."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"u{i}" for i in range(n_users)], dtype=object)
+    ids[0] = EVIL
+    truth = np.full(n_users, "normal", dtype=object)
+    attacked = rng.random(n_users) < attack_rate
+    attacked[0] = True
+    truth[attacked] = rng.choice(TYPES, size=int(attacked.sum()))
+    score = np.clip(np.where(attacked, rng.beta(5, 2, n_users), rng.beta(2, 5, n_users)), 0, 1)
+    score[0] = 0.95
+    flagged = score > 0.6
+    users = pd.DataFrame(
+        {
+            "user_id": ids,
+            "score": score,
+            "anomalous": flagged,
+            "anomaly_type": np.where(flagged, truth, "normal"),
+            "reasons": np.where(flagged, "burst of 40 events in 1 min; <b>new</b> items", ""),
+        }
+    )
+    uid = np.repeat(ids, events_per_user)
+    injected = np.repeat(attacked, events_per_user) & (rng.random(len(uid)) < 0.5)
+    ev_score = np.where(injected, rng.beta(5, 2, len(uid)), rng.beta(2, 6, len(uid)))
+    events = pd.DataFrame(
+        {
+            "user_id": uid,
+            "item_id": rng.integers(0, 1000, len(uid)),
+            "ts": 1_700_000_000 + np.tile(np.arange(events_per_user) * 60, n_users),
+            "event_score": ev_score,
+            "anomalous": ev_score > 0.6,
+        }
+    )
+    return users, events, pd.Series(truth, index=ids), injected
+
+
+REPAIR = {"events_in": 3600, "events_kept": 3400, "events_dropped": 150, "events_downweighted": 50, "users_quarantined": 4}
+MODEL = {"model_version": "test-1", "threshold": 0.6, "target_fpr": 0.01, "training": {"val_auc": 0.93}}
+
+
+@pytest.fixture
+def inputs():
+    return make_inputs()
+
+
+def full_report(tmp_path, inputs, **kw):
+    users, events, labels, injected = inputs
+    args = dict(users=users, events=events, user_labels=labels, event_labels=injected,
+                repair_summary=REPAIR, model_info=MODEL)
+    args.update(kw)
+    path = write_report(tmp_path / "sub" / "report.html", **args)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_writes_file_and_returns_path(tmp_path, inputs):
+    path, page = full_report(tmp_path, inputs)
+    assert path.is_file() and path.name == "report.html"
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.rstrip().endswith("</html>")
+
+
+def test_self_contained(tmp_path, inputs):
+    _, page = full_report(tmp_path, inputs)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert not re.search(r"<(script|link|iframe|img)\b", page, re.I)
+    assert "@import" not in page and "url(" not in page
+
+
+def test_contains_sections(tmp_path, inputs):
+    _, page = full_report(tmp_path, inputs)
+    for anchor in ("summary", "quality", "scores", "timelines", "repair", "flagged", "model"):
+        assert f'id="{anchor}"' in page
+    assert "ROC-AUC" in page and "AP " in page
+    assert "Per attack type" in page
+    assert "threshold 0.6" in page  # decision line on the user histogram
+    assert "users quarantined" in page and "events downweighted" in page
+    assert "test-1" in page and "val_auc" in page
+    assert page.count('class="card timeline"') == 6
+
+
+def test_escapes_untrusted_text(tmp_path, inputs):
+    _, page = full_report(tmp_path, inputs, title="<i>t</i>")
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>new</b>" not in page and "&lt;b&gt;new&lt;/b&gt;" in page
+    assert "<i>t</i>" not in page
+
+
+def test_works_without_labels(tmp_path, inputs):
+    users, events, _, _ = inputs
+    path = write_report(tmp_path / "r.html", users=users, events=events)
+    page = path.read_text(encoding="utf-8")
+    assert 'id="quality"' not in page
+    assert 'id="timelines"' in page and "No repair summary" in page
+    assert "ROC" not in page
+
+
+def test_event_labels_only(tmp_path, inputs):
+    users, events, _, injected = inputs
+    page = write_report(tmp_path / "r.html", users=users, events=events, event_labels=injected).read_text()
+    assert 'id="quality"' in page and "events of attacked users" in page
+
+
+def test_empty_flagged_set(tmp_path, inputs):
+    users, events, labels, injected = inputs
+    users = users.assign(anomalous=False)
+    events = events.assign(anomalous=False)
+    page = write_report(tmp_path / "r.html", users=users, events=events, user_labels=labels,
+                        event_labels=injected).read_text()
+    assert "No flagged users to show." in page
+    assert "No users were flagged." in page
+    assert 'class="card timeline"' not in page
+
+
+def test_empty_frames(tmp_path, inputs):
+    users, events, _, _ = inputs
+    path = write_report(tmp_path / "r.html", users=users.iloc[:0], events=events.iloc[:0])
+    assert "No users were flagged." in path.read_text()
+
+
+@pytest.mark.parametrize("column", ["user_id", "score", "anomalous", "anomaly_type", "reasons"])
+def test_rejects_users_missing_column(tmp_path, inputs, column):
+    users, events, _, _ = inputs
+    with pytest.raises(ValueError, match=f"users is missing required column.*'{column}'"):
+        write_report(tmp_path / "r.html", users=users.drop(columns=column), events=events)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_rejects_events_missing_column(tmp_path, inputs):
+    users, events, _, _ = inputs
+    with pytest.raises(ValueError, match="events is missing required column.*'event_score'"):
+        write_report(tmp_path / "r.html", users=users, events=events.drop(columns="event_score"))
+
+
+def test_rejects_score_out_of_range(tmp_path, inputs):
+    users, events, _, _ = inputs
+    users.loc[5, "score"] = 1.5
+    with pytest.raises(ValueError, match=r"users.score must lie in \[0, 1\].*1.5"):
+        write_report(tmp_path / "r.html", users=users, events=events)
+
+
+def test_rejects_misaligned_event_labels(tmp_path, inputs):
+    users, events, _, injected = inputs
+    with pytest.raises(ValueError, match="event_labels must have shape"):
+        write_report(tmp_path / "r.html", users=users, events=events, event_labels=injected[:-1])
+
+
+def test_nan_scores_are_reported_not_fatal(tmp_path, inputs):
+    users, events, labels, injected = inputs
+    events.loc[:9, "event_score"] = np.nan
+    page = write_report(tmp_path / "r.html", users=users, events=events, user_labels=labels,
+                        event_labels=injected).read_text()
+    assert "10 rows have no events.event_score" in page
+
+
+def test_datetime_timestamps(tmp_path, inputs):
+    users, events, _, _ = inputs
+    events["ts"] = pd.to_datetime(events["ts"], unit="s", utc=True)
+    page = write_report(tmp_path / "r.html", users=users, events=events).read_text()
+    assert "from 2023-11-14" in page
+
+
+def test_timeline_users_diverse_types_first():
+    users = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "c", "d", "e"],
+            "score": [0.99, 0.98, 0.97, 0.6, 0.1],
+            "anomalous": [True, True, True, True, False],
+            "anomaly_type": ["bot", "bot", "bot", "replay", "normal"],
+            "reasons": [""] * 5,
+        }
+    )
+    picked = users.loc[_pick_timeline_users(users, 2), "user_id"].tolist()
+    assert picked == ["a", "d"]
+    assert _pick_timeline_users(users, 0) == []
+    assert len(_pick_timeline_users(users, 10)) == 4
+
+
+def test_downsample_keeps_ends_and_bounds_points():
+    x = np.linspace(0, 1, 100_000)
+    y = np.sqrt(x)
+    xs, ys = _downsample_path(x, y, 300)
+    assert len(xs) <= 302
+    assert (xs[0], ys[0], xs[-1], ys[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(xs) >= 0)
+
+
+def test_large_input_gives_bounded_file(tmp_path):
+    users, events, labels, injected = make_inputs(n_users=4000, events_per_user=100, seed=1)
+    users.loc[1:5, "reasons"] = "x" * 50_000  # huge reasons are truncated
+    path, page = full_report(tmp_path, (users, events, labels, injected))
+    assert path.stat().st_size < 1_500_000
+    for points in re.findall(r'<polyline points="([^"]*)"', page):
+        assert len(points.split()) <= CURVE_POINTS + 2
+    n_rows = page.split('id="flagged"')[1].split("</table>")[0].count("<tr>") - 1
+    assert n_rows == TOP_USERS
