@@ -65,7 +65,7 @@ def save_bundle(sg, path: str | Path) -> Path:
     arrays = {
         "stats.log_count": st.log_count, "stats.value_mean": st.value_mean, "stats.taste": st.taste,
         "stats.value_std": np.array(st.value_std), "stats.main_action": np.array(st.main_action),
-        "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_, "user.knn_ref": ud.knn_ref_,
+        "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_,
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
         "vocab.item_counts": sg.vocab.item_counts,
     }
@@ -79,7 +79,7 @@ def save_bundle(sg, path: str | Path) -> Path:
         "train_config": asdict(sg.config),
         "encoder_config": sg.model.config.to_dict(),
         "repair_policy": asdict(sg.policy),
-        "detectors": {"target_fpr": ud.target_fpr, "threshold": ud.threshold_, "n_neighbors": ud.n_neighbors,
+        "detectors": {"target_fpr": ud.target_fpr, "threshold": ud.threshold_,
                       "seed": ud.seed, "encoder_columns": list(ud.encoder_columns), "n_trimmed": ud.n_trimmed_},
         "vocab": {"items": sg.vocab.items, "actions": sg.vocab.actions},
         "metrics": sg.metrics,
@@ -153,15 +153,13 @@ def load_bundle(path: str | Path):
             raise BundleError(f"model bundle {p}: encoder weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         sg.model.eval()
         d = m["detectors"]
-        ud = UserDetectors(target_fpr=d["target_fpr"], n_neighbors=d["n_neighbors"], seed=d["seed"],
+        ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
                            encoder_columns=tuple(d["encoder_columns"]))
-        ud.center_, ud.scale_, ud.ecod_ref_, ud.knn_ref_ = a["user.center"], a["user.scale"], a["user.ecod_ref"], a["user.knn_ref"]
+        ud.center_, ud.scale_, ud.ecod_ref_ = a["user.center"], a["user.scale"], a["user.ecod_ref"]
         ud.calibrators_ = {k.split(".", 2)[2]: Calibrator(a[k]) for k in a.files if k.startswith("user.cal.")}
         ud.combined_ = Calibrator(a["user.combined"])
         ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])
         ud.iforest_ = sio.load(p / "iforest.skops", trusted=SKOPS_TRUSTED)
-        from sklearn.neighbors import NearestNeighbors
-        ud._nn = NearestNeighbors(n_neighbors=min(ud.n_neighbors + 1, len(ud.knn_ref_))).fit(ud.knn_ref_)
         sg.user_detectors = ud
         ed = EventDetector()
         ed.ref_, ed.calibrator_ = a["event.ref"], Calibrator(a["event.calibrator"])

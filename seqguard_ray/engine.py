@@ -190,7 +190,7 @@ class SeqGuard:
         ef = event_features(seqs, self.stats)
         local = self.event_detector.score(ef)
         uf, segments = user_features(seqs, self.stats, ef, local)
-        score, per_det = self.user_detectors.score(uf, enc.user_emb)
+        score, per_det = self.user_detectors.score(uf)
         thr = self.user_detectors.threshold_
         anomalous = score >= thr
         U = seqs.n_users
@@ -235,7 +235,7 @@ class SeqGuard:
             sub = seqs.subset(keep)
             sub_ef = event_features(sub, self.stats)
             sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
-            res_score, _ = self.user_detectors.score(sub_uf[users], enc.user_emb[users])
+            res_score, _ = self.user_detectors.score(sub_uf[users])
             for u, r in zip(users, res_score):
                 if r < thr and (u not in best_set or size[u] < best_set[u][1]):
                     best_set[u] = (name, size[u], r)
@@ -352,9 +352,9 @@ class SeqGuard:
         local = self.event_detector.score(ef)
         uf, _ = user_features(seqs, self.stats, ef, local)
         enc_cols = tuple(USER_FEATURES.index(f) for f in ("mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal"))
-        self.user_detectors = UserDetectors(target_fpr=c.target_fpr, seed=c.seed, encoder_columns=enc_cols).fit(uf, enc.user_emb)
+        self.user_detectors = UserDetectors(target_fpr=c.target_fpr, seed=c.seed, encoder_columns=enc_cols).fit(uf)
         # refit the event reference on events of users the ensemble keeps as normal
-        score, _ = self.user_detectors.score(uf, enc.user_emb)
+        score, _ = self.user_detectors.score(uf)
         normal_users = score < self.user_detectors.threshold_
         keep_ev = np.repeat(normal_users, np.diff(seqs.offsets))
         if keep_ev.sum() >= 100:
