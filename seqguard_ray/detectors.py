@@ -108,6 +108,7 @@ class UserDetectors:
     """
 
     target_fpr: float = 0.01
+    trim_share: float = 0.05   # most anomalous share of training users left out of the references
     seed: int = 0
     encoder_columns: tuple[int, ...] = ()   # feature columns that carry the encoder's surprisal
     # learned state
@@ -121,33 +122,46 @@ class UserDetectors:
     n_trimmed_: int = 0
 
     def fit(self, feats: np.ndarray) -> UserDetectors:
-        """feats: (U, F) user features of the training users."""
+        """feats: (U, F) user features of the training users (possibly poisoned)."""
         if not 0 < self.target_fpr < 0.5:
             raise ValueError(f"target_fpr must be in (0, 0.5), got {self.target_fpr}")
+        if not 0 <= self.trim_share < 0.5:
+            raise ValueError(f"trim_share must be in [0, 0.5), got {self.trim_share}")
         if len(feats) < 5:
             raise ValueError(f"need at least 5 users to fit the detectors, got {len(feats)}")
+        # 1. references: leave out the most anomalous trim_share of users, iteratively, so that
+        #    attackers in the training log do not make later attackers look ordinary
         keep = np.ones(len(feats), bool)
         for _ in range(3):
-            self._fit_once(feats[keep])
+            self._fit_reference(feats[keep])
+            self._fit_calibration(feats[keep])
             raw = combine(self._calibrated(feats))
-            ref = raw[keep]
-            q1, q3 = np.quantile(ref, [0.25, 0.75])
-            new_keep = raw <= q3 + 3.0 * (q3 - q1)
-            if new_keep.sum() < max(5, 0.5 * len(feats)) or (new_keep == keep).all():
+            new_keep = raw <= np.quantile(raw, 1.0 - self.trim_share)
+            if new_keep.sum() < 5 or (new_keep == keep).all():
                 break
             keep = new_keep
-        self.n_trimmed_ = int((~keep).sum())
-        self._fit_once(feats[keep])
-        p = self._calibrated(feats[keep])
-        self.combined_ = Calibrator.fit(combine(p))
+        self._fit_reference(feats[keep])
+        # 2. calibration: every training user except far-out outliers (Tukey's fence), so the
+        #    threshold's false-positive rate is measured on the whole normal population
+        self._fit_calibration(feats[keep])
+        raw = combine(self._calibrated(feats))
+        q1, q3 = np.quantile(raw[keep], [0.25, 0.75])
+        normal = raw <= q3 + 3.0 * (q3 - q1)
+        if normal.sum() < 5:
+            normal = keep
+        self.n_trimmed_ = int((~normal).sum())
+        self._fit_calibration(feats[normal])
+        self.combined_ = Calibrator.fit(combine(self._calibrated(feats[normal])))
         self.threshold_ = 1.0 - self.target_fpr
         return self
 
-    def _fit_once(self, feats: np.ndarray) -> None:
+    def _fit_reference(self, feats: np.ndarray) -> None:
         self.center_, self.scale_ = _robust_scale(feats)
         z = self._z(feats)
         self.ecod_ref_ = np.sort(z, axis=0)[:: max(1, len(z) // MAX_REFERENCE)]
         self.iforest_ = IsolationForest(n_estimators=200, random_state=self.seed).fit(z)
+
+    def _fit_calibration(self, feats: np.ndarray) -> None:
         raw = self._raw(feats)
         self.calibrators_ = {d: Calibrator.fit(raw[:, i]) for i, d in enumerate(DETECTORS)}
 

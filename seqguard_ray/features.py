@@ -175,7 +175,7 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
 USER_FEATURES = (
     "log_events", "log_span_s", "log_rate_per_active_hour", "median_log_gap", "gap_spread",
     "fast_gap_share", "gap_regularity", "hour_entropy", "mean_log_count", "std_log_count",
-    "unknown_item_share", "distinct_item_share", "top_item_share", "replay_share",
+    "unknown_item_share", "distinct_item_share", "top_item_share", "replay_share", "longest_replay_run",
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
@@ -205,6 +205,16 @@ def _rolling_max_mean(x: np.ndarray, offsets: np.ndarray, width: int) -> np.ndar
             continue
         w = min(width, n)
         out[u] = ((c[a + w:b + 1] - c[a:b - w + 1]) / w).max()
+    return out
+
+
+def _longest_run(flag: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(U,) the longest run of consecutive True events inside each user's history."""
+    out = np.zeros(len(offsets) - 1)
+    for u in np.flatnonzero(np.add.reduceat(flag.astype(np.int64), offsets[:-1]) * (np.diff(offsets) > 0) > 0) if len(flag) else []:
+        f = np.r_[False, flag[offsets[u]:offsets[u + 1]], False].astype(np.int8)
+        d = np.flatnonzero(np.diff(f))
+        out[u] = (d[1::2] - d[::2]).max()
     return out
 
 
@@ -279,7 +289,9 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     prev = _prev_occurrences(uix, seqs.item)
     distinct = _segment_sums((prev == 0).astype(float), off) / nz
     top_share = np.zeros(U)
-    replay_share = _segment_sums(ef[:, EVENT_FEATURES.index("replay")], off) / nz
+    replay = ef[:, EVENT_FEATURES.index("replay")] > 0
+    replay_share = _segment_sums(replay.astype(float), off) / nz
+    longest_run = _longest_run(replay, off)
     main_share = _segment_sums((seqs.action == stats.main_action).astype(float), off) / nz
     act_ent = _entropy_by_user(uix, seqs.action, U)
     # a non-main action on an item this user never touched before (e.g. purchase without a view)
@@ -307,6 +319,9 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     coherence = np.where(n_ev > 0, 1.0 - _segment_sums(ef[:, EVENT_FEATURES.index("taste_distance")], off) / nz, 0.0)
     shift = np.zeros(U)
     segments = np.zeros((U, 2), np.int64)
+    # habits ride along with taste in the segment search: hour of day and pace
+    hour = 2 * np.pi * (ts % 86400) / 86400
+    habits = np.stack([0.5 * np.sin(hour), 0.5 * np.cos(hour), 0.1 * (lg - lg.mean()) * not_first], axis=1) if len(ts) else np.zeros((0, 3))
     for u in np.flatnonzero(n_ev >= 3):
         a, b = off[u], off[u + 1]
         counts = np.bincount(seqs.item[a:b])
@@ -318,13 +333,13 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
                 v_corr[u] = float(np.corrcoef(x, y)[0, 1])
         k = known[a:b]
         if k.sum() >= 8:
-            r2, s0, s1 = best_segment(stats.taste[seqs.item[a:b]].astype(np.float64))
+            r2, s0, s1 = best_segment(np.hstack([stats.taste[seqs.item[a:b]], habits[a:b]]))
             shift[u] = r2
             segments[u] = (s0, s1)
     feats = np.stack([
         np.log1p(n_ev), np.log1p(np.maximum(span, 0)), np.log(nz / active_hours), med_lg, spread,
         fast, regular, hour_ent, mean_lc, std_lc,
-        unknown, distinct, top_share, replay_share,
+        unknown, distinct, top_share, replay_share, np.log1p(longest_run),
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
