@@ -179,7 +179,7 @@ USER_FEATURES = (
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
-    "taste_coherence", "taste_shift",
+    "taste_coherence", "taste_shift", "segment_novelty",
 )
 
 
@@ -247,6 +247,21 @@ def best_segment(vecs: np.ndarray, *, grid: int = 24, min_frac: float = 0.1, max
         if between[j] / total > best[0]:
             best = (float(between[j] / total), int(a), int(bs[j]))
     return best
+
+
+def segment_novelty(taste: np.ndarray, a: int, b: int, *, cap: int = 256) -> float:
+    """How new the segment [a, b) is to the rest of the history: mean over its items of
+    1 - the best cosine to any item outside it. People return to their tastes; an account taken
+    over by someone else does not. taste: (n, d) unit vectors (0 for unknown items)."""
+    inside = taste[a:b]
+    outside = np.vstack([taste[:a], taste[b:]])
+    inside = inside[np.linalg.norm(inside, axis=1) > 0]
+    outside = outside[np.linalg.norm(outside, axis=1) > 0]
+    if len(inside) == 0 or len(outside) == 0:
+        return 0.0
+    inside = inside[:: max(1, len(inside) // cap)]
+    outside = outside[:: max(1, len(outside) // cap)]
+    return float(1.0 - (inside @ outside.T).max(axis=1).mean())
 
 
 def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -318,6 +333,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     known = seqs.item >= N_SPECIAL
     coherence = np.where(n_ev > 0, 1.0 - _segment_sums(ef[:, EVENT_FEATURES.index("taste_distance")], off) / nz, 0.0)
     shift = np.zeros(U)
+    novelty = np.zeros(U)
     segments = np.zeros((U, 2), np.int64)
     # habits ride along with taste in the segment search: hour of day and pace
     hour = 2 * np.pi * (ts % 86400) / 86400
@@ -336,6 +352,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
             r2, s0, s1 = best_segment(np.hstack([stats.taste[seqs.item[a:b]], habits[a:b]]))
             shift[u] = r2
             segments[u] = (s0, s1)
+            novelty[u] = segment_novelty(stats.taste[seqs.item[a:b]], s0, s1)
     feats = np.stack([
         np.log1p(n_ev), np.log1p(np.maximum(span, 0)), np.log(nz / active_hours), med_lg, spread,
         fast, regular, hour_ent, mean_lc, std_lc,
@@ -343,6 +360,6 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
-        coherence, shift,
+        coherence, shift, novelty,
     ], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments
