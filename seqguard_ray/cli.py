@@ -156,20 +156,19 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train = generate(n_users=args.users, seed=args.seed)
-    test = generate(n_users=args.users, seed=args.seed + 1)
-    write_events(train.events, out / "train_events.parquet")
-    write_events(test.events, out / "events.parquet")
-    log.info("demo data: %d training events, %d scoring events (%d users, %d attacked)", len(train.events),
-             len(test.events), test.user_type.size, int((test.user_type != "normal").sum()))
-    sg = SeqGuard(TrainConfig(epochs=args.epochs, seed=args.seed)).fit(out / "train_events.parquet")
+    # One poisoned log, as in production: train on it, then score and repair that same log.
+    data = generate(n_users=args.users, seed=args.seed)
+    write_events(data.events, out / "events.parquet")
+    log.info("demo data: %d events of %d users, %d attacked (%s)", len(data.events), data.user_type.size,
+             int((data.user_type != "normal").sum()), data.user_type[data.user_type != "normal"].value_counts().to_dict())
+    sg = SeqGuard(TrainConfig(epochs=args.epochs, seed=args.seed)).fit(out / "events.parquet")
     sg.save(out / "model")
     sg = SeqGuard.load(out / "model")
     result = sg.score(out / "events.parquet")
     summary = write_outputs(sg, result, out)
-    labels = test.user_type.reindex(result.users["user_id"].to_numpy()).fillna("normal")
+    labels = data.user_type.reindex(result.users["user_id"].to_numpy()).fillna("normal")
     y = (labels.to_numpy() != "normal")
-    ev_labels = test.event_injected[result.events["row"].to_numpy()]
+    ev_labels = data.event_injected[result.events["row"].to_numpy()]
     write_report(out / "report.html", users=result.users, events=result.events, repair_summary=_ints(summary),
                  user_labels=labels, event_labels=ev_labels, model_info=_model_info(sg),
                  title="seqguard demo")

@@ -1,0 +1,42 @@
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from seqguard_ray.cli import main
+
+
+def test_train_then_score_writes_the_contract(tmp_path, tiny_events, tiny_bundle):
+    ev = tmp_path / "events.csv"
+    tiny_events.assign(extra="x").to_csv(ev, index=False)
+    out = tmp_path / "out"
+    assert main(["-q", "score", "--events", str(ev), "--model", str(tiny_bundle), "--out", str(out),
+                 "--report", str(out / "report.html")]) == 0
+    users = pq.read_table(out / "users.parquet").to_pandas()
+    events = pq.read_table(out / "events.parquet").to_pandas()
+    repaired = pq.read_table(out / "repaired.parquet").to_pandas()
+    assert {"user_id", "score", "anomalous", "anomaly_type", "reasons"} <= set(users.columns)
+    assert len(events) == len(tiny_events) and events.item_id.dtype == tiny_events.item_id.dtype
+    assert list(repaired.columns) == list(tiny_events.columns) + ["extra", "weight"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["events_in"] == len(tiny_events) == summary["events_kept"] + summary["events_dropped"]
+    assert (out / "report.html").stat().st_size > 1000
+
+
+def test_train_cli(tmp_path, tiny_events):
+    ev = tmp_path / "events.parquet"
+    tiny_events.to_parquet(ev)
+    assert main(["-q", "train", "--events", str(ev), "--model", str(tmp_path / "m"), "--epochs", "1"]) == 0
+    assert (tmp_path / "m" / "manifest.json").is_file()
+
+
+def test_cli_errors_are_clear(tmp_path, tiny_bundle, capsys):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"user_id": [1], "item": [2], "ts": [3]}).to_csv(bad, index=False)
+    assert main(["score", "--events", str(bad), "--model", str(tiny_bundle), "--out", str(tmp_path / "o")]) == 2
+    assert "missing required column(s) ['item_id']" in capsys.readouterr().err
+    assert main(["score", "--events", str(bad), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--events", "x", "--model", "y", "--epochs", "0"])
