@@ -65,6 +65,7 @@ def save_bundle(sg, path: str | Path) -> Path:
     arrays = {
         "stats.log_count": st.log_count, "stats.value_mean": st.value_mean, "stats.taste": st.taste,
         "stats.value_std": np.array(st.value_std), "stats.main_action": np.array(st.main_action),
+        "stats.value_range": np.array([st.value_lo, st.value_hi]),
         "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_,
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
         "vocab.item_counts": sg.vocab.item_counts,
@@ -145,7 +146,7 @@ def load_bundle(path: str | Path):
         a = np.load(p / "state.npz", allow_pickle=False)
         sg.vocab = Vocab(m["vocab"]["items"], m["vocab"]["actions"], a["vocab.item_counts"])
         sg.stats = ItemStats(a["stats.log_count"], a["stats.value_mean"], float(a["stats.value_std"]),
-                             a["stats.taste"], int(a["stats.main_action"]))
+                             a["stats.taste"], int(a["stats.main_action"]), *map(float, a["stats.value_range"]))
         cfg = {k: v for k, v in m["encoder_config"].items()}
         sg.model = SeqGuardEncoder(SeqGuardConfig(**cfg))
         missing, unexpected = sg.model.load_state_dict(load_file(str(p / "encoder.safetensors")), strict=False)

@@ -55,6 +55,8 @@ class ItemStats:
     value_std: float        # global std of values (1.0 when no values)
     taste: np.ndarray       # (V, TASTE_DIM) float32 unit vectors from the user-item matrix; 0 for unknown
     main_action: int        # the most common action id
+    value_lo: float = 0.0   # smallest training value (0 when no values)
+    value_hi: float = 0.0   # largest training value
 
     @classmethod
     def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0) -> ItemStats:
@@ -69,7 +71,8 @@ class ItemStats:
         value_mean = np.where(nv > 0, sums / np.maximum(nv, 1), gmean)
         value_std = float(v[has_v].std()) if has_v.sum() > 1 else 1.0
         main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
-        return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action)
+        lo, hi = (float(v[has_v].min()), float(v[has_v].max())) if has_v.any() else (0.0, 0.0)
+        return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi)
 
 
 def _taste_vectors(seqs: Seqs, n_items: int, seed: int) -> np.ndarray:
@@ -317,11 +320,9 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     nv = np.maximum(_segment_sums(has_v.astype(float), off), 1)
     v_mean = _segment_sums(v, off) / nv
     v_std = np.sqrt(np.maximum(_segment_sums(v ** 2, off) / nv - v_mean ** 2, 0.0))
-    if has_v.any():
-        vlo, vhi = np.nanmin(seqs.value), np.nanmax(seqs.value)
-        extreme = has_v & ((v <= vlo) | (v >= vhi)) & (vhi > vlo)
-    else:
-        extreme = np.zeros(len(v), bool)
+    # at the training range's ends (not this batch's: a user's score must not depend on batch-mates)
+    vlo, vhi = stats.value_lo, stats.value_hi
+    extreme = has_v & ((v <= vlo) | (v >= vhi)) & (vhi > vlo)
     v_extreme = _segment_sums(extreme.astype(float), off) / nv
     v_dev = _segment_sums(ef[:, EVENT_FEATURES.index("value_deviation")], off) / nv
     im = stats.value_mean[seqs.item]
@@ -337,7 +338,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     segments = np.zeros((U, 2), np.int64)
     # habits ride along with taste in the segment search: hour of day and pace
     hour = 2 * np.pi * (ts % 86400) / 86400
-    habits = np.stack([0.5 * np.sin(hour), 0.5 * np.cos(hour), 0.1 * (lg - lg.mean()) * not_first], axis=1) if len(ts) else np.zeros((0, 3))
+    habits = np.stack([0.5 * np.sin(hour), 0.5 * np.cos(hour), 0.1 * lg * not_first], axis=1) if len(ts) else np.zeros((0, 3))
     for u in np.flatnonzero(n_ev >= 3):
         a, b = off[u], off[u + 1]
         counts = np.bincount(seqs.item[a:b])

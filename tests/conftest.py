@@ -10,7 +10,8 @@ def ray_local():
     """One local Ray for the whole session: no dashboard, fractional CPUs, stopped at the end."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        # address='local': never join another Ray that happens to run on this machine
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     try:
