@@ -254,7 +254,7 @@ class SeqGuard:
                 ev_anom[a:b] = True
                 reasons[u].append("the whole history is anomalous: no part of it explains the score")
 
-    _BOT_FEATURES = ("log_events", "log_span_s", "log_rate_per_active_hour", "median_log_gap", "gap_spread",
+    _BOT_FEATURES = ("log_rate_per_active_hour", "median_log_gap", "gap_spread",
                      "fast_gap_share", "gap_regularity", "hour_entropy", "main_action_share", "action_entropy",
                      "unseen_action_share", "mean_timing_surprisal")
     _SHILL_FEATURES = ("mean_log_count", "std_log_count", "unknown_item_share", "distinct_item_share",

@@ -175,8 +175,12 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # per-user features (two-sided: the detectors decide which direction is unusual)
 
+# Volume (number of events, span of time) is left out on purpose: heavy human users are
+# common and legitimate; automation shows in rate, pace and regularity instead. With volume
+# in, the false positives were the heaviest users, so quarantining them removed many clean
+# events (MovieLens: ROC-AUC 0.980 -> 0.986 and PR-AUC 0.853 -> 0.887 without it).
 USER_FEATURES = (
-    "log_events", "log_span_s", "log_rate_per_active_hour", "median_log_gap", "gap_spread",
+    "log_rate_per_active_hour", "median_log_gap", "gap_spread",
     "fast_gap_share", "gap_regularity", "hour_entropy", "mean_log_count", "std_log_count",
     "unknown_item_share", "distinct_item_share", "top_item_share", "replay_share", "longest_replay_run",
     "main_action_share", "action_entropy", "unseen_action_share",
@@ -283,7 +287,6 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     not_first[off[:-1][n_ev > 0]] = False
     lg = np.log1p(np.maximum(gaps, 0.0))
     ng = np.maximum(_segment_sums(not_first.astype(float), off), 1)
-    span = np.where(n_ev > 0, ts[np.maximum(off[1:] - 1, 0)] - ts[np.minimum(off[:-1], max(len(ts) - 1, 0))], 0.0) if len(ts) else np.zeros(U)
     hours = np.floor(ts / 3600.0).astype(np.int64)
     new_hour = np.r_[True, (hours[1:] != hours[:-1]) | (uix[1:] != uix[:-1])] if len(ts) else np.zeros(0, bool)
     active_hours = np.maximum(_segment_sums(new_hour.astype(float), off), 1)
@@ -291,7 +294,8 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     mean_lg = _segment_sums(lg * not_first, off) / ng
     med_lg = np.zeros(U)
     regular = np.zeros(U)
-    hour_ent = _entropy_by_user(uix, (np.floor(ts / 3600.0) % 24).astype(np.int64), U)
+    # relative to the most a history of this length can reach, so heavy users are not odd by size
+    hour_ent = _entropy_by_user(uix, (np.floor(ts / 3600.0) % 24).astype(np.int64), U) / np.log(np.clip(n_ev, 2, 24))
     for u in np.flatnonzero(n_ev >= 3):
         g = lg[off[u] + 1:off[u + 1]]
         med = np.median(g)
@@ -342,7 +346,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     for u in np.flatnonzero(n_ev >= 3):
         a, b = off[u], off[u + 1]
         counts = np.bincount(seqs.item[a:b])
-        top_share[u] = counts.max() / (b - a)
+        top_share[u] = (counts.max() - 1) / (b - a)  # 0 when every item is distinct, at any length
         hv = has_v[a:b]
         if hv.sum() >= 3:
             x, y = v[a:b][hv], im[a:b][hv]
@@ -355,7 +359,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
             segments[u] = (s0, s1)
             novelty[u] = segment_novelty(stats.taste[seqs.item[a:b]], s0, s1)
     feats = np.stack([
-        np.log1p(n_ev), np.log1p(np.maximum(span, 0)), np.log(nz / active_hours), med_lg, spread,
+        np.log(nz / active_hours), med_lg, spread,
         fast, regular, hour_ent, mean_lc, std_lc,
         unknown, distinct, top_share, replay_share, np.log1p(longest_run),
         main_share, act_ent, unseen_action,

@@ -1,0 +1,444 @@
+"""Serving core without Ray: validation, limits, conversions, auth, status mapping, generated code,
+and the plain grpc.aio server end to end (real gRPC client)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+from serving_helpers import TOKEN, score_events, tiny_bundle
+
+from seqguard_ray.bundle import BundleError
+from seqguard_ray.detectors import DETECTORS
+from seqguard_ray.client import SeqGuardClient
+from seqguard_ray.events import EventsError
+from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
+from seqguard_ray.serving import (
+    Authenticator, InvalidArgument, Limits, ModelStore, ResourceExhausted, ScoringService, SeqBatch, Unauthenticated,
+    Unavailable, check_size, events_to_proto, load_token, parse_batch_request, parse_score_request,
+    requests_from_frame, status_for, token_digest,
+)
+
+SC = grpc.StatusCode
+
+
+def req(n=3, user="u1", **ev):
+    base = dict(item_id="i1", ts=1_700_000_000, action="view")
+    base.update(ev)
+    return pb.ScoreRequest(user_id=user, events=[pb.Event(**{**base, "ts": base["ts"] + i}) for i in range(n)])
+
+
+# --------------------------------------------------------------------------- generated code
+def test_generated_code_is_up_to_date():
+    from seqguard_ray.protos_gen import stale_files
+
+    assert stale_files() == [], "run `python -m seqguard_ray.protos_gen` after editing protos/"
+
+
+def test_proto_keeps_contract_names_and_numbers():
+    f = pb.ScoreResponse.DESCRIPTOR.fields_by_name
+    assert [(n, f[n].number) for n in ("user_id", "score", "anomalous", "anomaly_type", "event_scores", "reasons")] == \
+        [("user_id", 1), ("score", 2), ("anomalous", 3), ("anomaly_type", 4), ("event_scores", 5), ("reasons", 6)]
+    e = pb.Event.DESCRIPTOR.fields_by_name
+    assert [e[n].number for n in ("item_id", "ts", "action", "value")] == [1, 2, 3, 4]
+    r = pb.RepairResponse.DESCRIPTOR.fields_by_name
+    assert [r[n].number for n in ("score", "events", "weights", "actions")] == [1, 2, 3, 4]
+    svc = pb.DESCRIPTOR.services_by_name["SeqGuard"]
+    assert svc.full_name == "seqguard.v1.SeqGuard"
+    assert {m.name for m in svc.methods} == {"Score", "ScoreBatch", "Repair", "ModelInfo"}
+
+
+# --------------------------------------------------------------------------- validation
+def test_parse_valid_request_defaults():
+    r = req(2)
+    r.events[0].value = 2.5
+    r.events[1].action = ""
+    b = parse_score_request(r, Limits())
+    assert b.n_seqs == 1 and b.n_events == 2 and b.user_ids == ["u1"]
+    assert b.value[0] == 2.5 and np.isnan(b.value[1])
+    assert list(b.action) == ["view", "click"]  # empty action = the batch path's default
+    assert b.ts.dtype == np.float64 and b.ts[0] == 1_700_000_000
+
+
+def test_parse_milliseconds_per_sequence():
+    b = parse_score_request(req(2, ts=1_700_000_000_123), Limits())
+    assert b.ts[0] == pytest.approx(1_700_000_000.123)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r.events[1].ClearField("item_id"), "events[1].item_id is empty"),
+    (lambda r: setattr(r.events[2], "ts", 0), "events[2].ts = 0"),
+    (lambda r: setattr(r.events[0], "ts", -5), "events[0].ts = -5"),
+    (lambda r: setattr(r.events[1], "ts", 5_000_000_000), "events[1].ts = 5000000000 is out of range"),
+    (lambda r: setattr(r.events[0], "value", float("inf")), "events[0].value is infinite"),
+    (lambda r: setattr(r.events[0], "action", "a" * 65), "events[0].action is longer"),
+    (lambda r: setattr(r.events[0], "item_id", "x" * 300), "events[0].item_id is longer"),
+    (lambda r: r.ClearField("user_id"), "user_id is empty"),
+    (lambda r: r.ClearField("events"), "events is empty"),
+])
+def test_bad_input_names_the_field(mutate, field):
+    r = req(3)
+    mutate(r)
+    with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_score_request(r, Limits())
+
+
+def test_limits_events_and_sequences():
+    lim = Limits(max_events_per_sequence=5, max_sequences_per_batch=2)
+    with pytest.raises(InvalidArgument, match="events has 6 events, over the limit of 5"):
+        parse_score_request(req(6), lim)
+    with pytest.raises(InvalidArgument, match="requests has 3 sequences, over the limit of 2"):
+        parse_batch_request(pb.ScoreBatchRequest(requests=[req(1)] * 3), lim)
+    with pytest.raises(InvalidArgument, match="requests is empty"):
+        parse_batch_request(pb.ScoreBatchRequest(), lim)
+    bad = req(2)
+    bad.events[1].item_id = ""
+    with pytest.raises(InvalidArgument, match=r"requests\[1\]\.events\[1\]\.item_id"):
+        parse_batch_request(pb.ScoreBatchRequest(requests=[req(2), bad]), lim)
+    with pytest.raises(ResourceExhausted, match="over the limit of 100"):
+        check_size(req(20), Limits(max_message_bytes=100))
+    with pytest.raises(ValueError, match="max_events_per_sequence"):
+        Limits(max_events_per_sequence=0)
+    with pytest.raises(ValueError, match="unknown limit"):
+        Limits.from_dict({"max_events": 3})
+
+
+def test_concat_and_to_frame_keep_order():
+    a, b = parse_score_request(req(2, user="x"), Limits()), parse_score_request(req(3, user="x"), Limits())
+    m, bounds = SeqBatch.concat([a, b, a])
+    assert list(bounds) == [0, 1, 2, 3] and list(m.offsets) == [0, 2, 5, 7] and m.user_ids == ["x", "x", "x"]
+    f = m.to_frame()
+    assert f["user_id"].nunique() == 3  # same caller id, still separate sequences
+    assert list(f["user_id"]) == sorted(f["user_id"])
+
+
+def test_requests_from_frame_prints_ids_like_the_batch_path():
+    df = pd.DataFrame({"user_id": [7, 7, 8], "item_id": [123, 5, 9], "ts": [1, 2, 3], "value": [1.0, np.nan, 2.0]})
+    reqs = requests_from_frame(df)
+    assert [r.user_id for r in reqs] == ["7", "8"]
+    assert [e.item_id for e in reqs[0].events] == ["123", "5"]
+    assert reqs[0].events[0].HasField("value") and not reqs[0].events[1].HasField("value")
+    assert events_to_proto([{"item_id": 4.0, "ts": 10}])[0].item_id == "4"
+
+
+# --------------------------------------------------------------------------- status codes
+class BackPressureError(Exception):
+    pass
+
+
+class RayActorError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc, code", [
+    (InvalidArgument("x"), SC.INVALID_ARGUMENT), (ResourceExhausted("x"), SC.RESOURCE_EXHAUSTED),
+    (Unauthenticated("x"), SC.UNAUTHENTICATED), (Unavailable("x"), SC.UNAVAILABLE),
+    (EventsError("bad"), SC.INVALID_ARGUMENT), (BundleError("gone"), SC.UNAVAILABLE),
+    (TimeoutError(), SC.DEADLINE_EXCEEDED), (asyncio.TimeoutError(), SC.DEADLINE_EXCEEDED),
+    (BackPressureError("queue full"), SC.RESOURCE_EXHAUSTED), (RayActorError("died"), SC.UNAVAILABLE),
+    (asyncio.CancelledError(), SC.CANCELLED), (ZeroDivisionError("secret detail"), SC.INTERNAL),
+])
+def test_status_for(exc, code):
+    got, details = status_for(exc)
+    assert got == code
+    assert "Traceback" not in details
+    if code == SC.INTERNAL:
+        assert "secret detail" not in details and "reference" in details
+
+
+def test_status_for_unwraps_ray_task_error_cause():
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            self.cause = cause
+    assert status_for(RayTaskError(Unavailable("no model")))[0] == SC.UNAVAILABLE
+    # bug seen in test_replica_killed_mid_traffic: an upstream replica's death arrived as a
+    # RayServeException raised `from` an ActorDiedError and became INTERNAL instead of UNAVAILABLE
+    class ActorDiedError(Exception):
+        pass
+    try:
+        try:
+            raise ActorDiedError("killed")
+        except ActorDiedError as inner:
+            raise RuntimeError("upstream actor died") from inner
+    except RuntimeError as exc:
+        assert status_for(exc)[0] == SC.UNAVAILABLE
+
+
+# --------------------------------------------------------------------------- auth
+def test_auth():
+    a = Authenticator(token_digest("s3cret"))
+    a.check([("authorization", "Bearer s3cret")])
+    a.check([("Authorization", b"bearer s3cret")])
+    for md, msg in [([], "missing"), ([("authorization", "Bearer nope")], "invalid"),
+                    ([("authorization", "Basic s3cret")], "invalid"), ([("authorization", "s3cret")], "invalid")]:
+        with pytest.raises(Unauthenticated, match=msg):
+            a.check(md)
+    Authenticator(None).check([])  # auth off
+    with pytest.raises(ValueError):
+        Authenticator("not-a-digest")
+
+
+def test_load_token(tmp_path):
+    f = tmp_path / "tok"
+    f.write_text("abc\n")
+    assert load_token(f) == "abc"
+    assert load_token(None, env={"SEQGUARD_TOKEN": "xyz"}) == "xyz"
+    assert load_token(None, env={}) is None
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_token(tmp_path / "empty")
+
+
+def test_model_store_versions():
+    class M:
+        def __init__(self, d):
+            self.model_version = d.split("/")[-1]
+
+    s = ModelStore(M, keep=2)
+    with pytest.raises(Unavailable):
+        s.current
+    s.load("x/v1")
+    s.load("x/v2")
+    assert s.current.model_version == "v2"
+    assert s.get("v1", "x/v1").model_version == "v1"   # the previous bundle is kept for in-flight work
+    s.load("x/v3")
+    assert s.get("v2", "x/v2").model_version == "v2"
+    with pytest.raises(Unavailable, match="no longer available"):
+        s.get("v9", "x/v4")
+
+
+# --------------------------------------------------------------------------- plain server, end to end
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory, 0)
+
+
+@pytest.fixture(scope="module")
+def engine(bundle):
+    from seqguard_ray.serving import load_engine
+    return load_engine(str(bundle), torch_threads=1)
+
+
+class _Server:
+    """A plain grpc.aio server on its own event loop thread."""
+
+    def __init__(self, service: ScoringService):
+        from seqguard_ray.grpc_server import create_server
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server, self.port = asyncio.run_coroutine_threadsafe(create_server("127.0.0.1:0", service), self.loop).result(30)
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def plain(engine, bundle):
+    from seqguard_ray.grpc_server import InProcessBackend
+
+    backend = InProcessBackend(engine, model_dir=str(bundle))
+    srv = _Server(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(max_message_bytes=200_000)))
+    yield srv
+    srv.stop()
+    backend.close()
+
+
+@pytest.fixture
+def client(plain):
+    with SeqGuardClient(f"127.0.0.1:{plain.port}", TOKEN, timeout_s=30, retries=0) as c:
+        yield c
+
+
+def test_scores_equal_engine(client, engine):
+    df = score_events()
+    ref = engine.score(df)
+    resp = client.score_frame(df)
+    users = ref.users.set_index("user_id")
+    assert [r.user_id for r in resp.responses] == list(df["user_id"].drop_duplicates())
+    for r in resp.responses:
+        u = users.loc[r.user_id]
+        assert r.score == pytest.approx(u["score"], abs=1e-6)
+        assert r.anomalous == u["anomalous"] and r.anomaly_type == u["anomaly_type"]
+        ev = ref.events[ref.events["user_id"] == r.user_id].sort_values("row")
+        np.testing.assert_allclose(r.event_scores, ev["event_score"], atol=1e-6)
+        assert list(r.event_anomalous) == list(ev["anomalous"])
+        assert r.model_version == engine.model_version and set(r.detector_scores) == set(DETECTORS)
+    assert any(r.anomalous for r in resp.responses), "the test data should hold an anomalous user"
+
+
+def test_score_one_and_repair_equal_engine(client, engine):
+    df = score_events()
+    ref = engine.score(df)
+    flagged = ref.users.loc[ref.users["anomalous"], "user_id"]
+    uid = flagged.iloc[0] if len(flagged) else ref.users["user_id"].iloc[0]
+    one = df[df["user_id"] == uid].iloc[::-1]  # out of time order on purpose
+    recs = one[["item_id", "ts", "action", "value"]].to_dict("records")
+    s = client.score(uid, recs)
+    ref1 = engine.score(one)
+    assert s.score == pytest.approx(ref1.users["score"].iloc[0], abs=1e-6)
+    np.testing.assert_allclose(s.event_scores, ref1.events.sort_values("row")["event_score"], atol=1e-6)
+    r = client.repair(uid, recs)
+    rep = engine.repair(ref1)
+    assert len(r.events) == len(rep.repaired) and len(r.actions) == len(one) and len(r.kept) == len(one)
+    assert [e.item_id for e in r.events] == [str(i) for i in rep.repaired["item_id"]]
+    np.testing.assert_allclose(r.weights, rep.repaired["weight"], atol=1e-9)
+    acted = rep.actions
+    assert r.user_action == (acted["action"].iloc[0] if len(acted) else "pass")
+
+
+def test_model_info(client, engine):
+    info = client.model_info()
+    assert info.model_version == engine.model_version and info.format_version == "1"
+    assert info.max_message_bytes == 200_000 and "injection" in info.anomaly_types
+
+
+def _code(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+def test_error_codes(plain, client):
+    target = f"127.0.0.1:{plain.port}"
+    code, details = _code(lambda: SeqGuardClient(target, None, retries=0).model_info())
+    assert code == SC.UNAUTHENTICATED and "missing" in details
+    assert _code(lambda: SeqGuardClient(target, "wrong", retries=0).model_info())[0] == SC.UNAUTHENTICATED
+    code, details = _code(lambda: client.score("u", []))
+    assert code == SC.INVALID_ARGUMENT and "events is empty" in details
+    code, details = _code(lambda: client.score("u", [{"item_id": "", "ts": 1_700_000_000}]))
+    assert code == SC.INVALID_ARGUMENT and "events[0].item_id" in details
+    code, details = _code(lambda: client.score("u", [{"item_id": "a", "ts": 99_999_999_999}]))
+    assert code == SC.INVALID_ARGUMENT and "events[0].ts" in details
+    big = [{"item_id": f"item{i:040d}", "ts": 1_700_000_000 + i} for i in range(10_000)]
+    code, details = _code(lambda: client.score("u", big))
+    assert code == SC.RESOURCE_EXHAUSTED and ("over the limit" in details or "larger than max" in details)
+
+
+def test_unavailable_deadline_and_retries(bundle):
+    from seqguard_ray.grpc_server import InProcessBackend
+
+    srv = _Server(ScoringService(InProcessBackend(None, model_dir=str(bundle)), Authenticator(None)))
+    try:
+        c = SeqGuardClient(f"127.0.0.1:{srv.port}", retries=2, backoff_s=0.01)
+        code, details = _code(lambda: c.score("u", [{"item_id": "a", "ts": 1_700_000_000}]))
+        assert code == SC.UNAVAILABLE and "no model" in details
+        assert c.attempts == 3  # bounded retries
+    finally:
+        srv.stop()
+
+    class Slow:
+        async def model_info(self):
+            await asyncio.sleep(5)
+
+    srv = _Server(ScoringService(Slow(), Authenticator(None), timeout_s=0.05))
+    try:
+        code, _ = _code(lambda: SeqGuardClient(f"127.0.0.1:{srv.port}", retries=0).model_info())
+        assert code == SC.DEADLINE_EXCEEDED
+    finally:
+        srv.stop()
+
+
+def test_score_does_not_depend_on_batch_mates(engine):
+    """Regression: value_extreme_share used the scored batch's value range, not the training one."""
+    df = score_events()
+    full = engine.score(df).users.set_index("user_id")["score"]
+    for u, g in df.groupby("user_id"):
+        assert engine.score(g).users["score"].iloc[0] == pytest.approx(full[u], abs=1e-9)
+
+
+def test_concurrent_clients_batch_and_agree(plain, engine):
+    df = score_events()
+    ref = engine.score(df).users.set_index("user_id")["score"]
+    # every column the engine saw, value included: dropping it changes the score (value is a feature)
+    groups = [(u, g[["item_id", "ts", "action", "value"]].to_dict("records")) for u, g in df.groupby("user_id")]
+
+    def one(i):
+        with SeqGuardClient(f"127.0.0.1:{plain.port}", TOKEN, retries=0) as c:
+            u, recs = groups[i % len(groups)]
+            return u, c.score(u, recs).score
+
+    with ThreadPoolExecutor(8) as ex:
+        out = list(ex.map(one, range(32)))
+    for u, s in out:
+        assert s == pytest.approx(ref[u], abs=1e-6)
+
+
+def test_concurrent_test_payload_dropped_event_value(plain, engine):
+    """Regression: the concurrency test sent events without ``value`` and compared with scores of events with it.
+
+    The server was right both times: over gRPC a sequence scores like the engine on the same columns, with
+    value (carried as ``optional double``) or without it (unset = NaN), even when requests are merged.
+    """
+    df = score_events(n_users=3)
+    with_v = engine.score(df).users.set_index("user_id")["score"]
+    without_v = engine.score(df.drop(columns="value")).users.set_index("user_id")["score"]
+    assert not np.allclose(with_v.to_numpy(), without_v.loc[with_v.index].to_numpy())  # value matters
+    cases = []
+    for u, g in df.groupby("user_id"):
+        cases.append((u, g[["item_id", "ts", "action", "value"]].to_dict("records"), with_v[u]))
+        cases.append((u, g[["item_id", "ts", "action"]].to_dict("records"), without_v[u]))
+
+    def one(case):
+        u, recs, want = case
+        with SeqGuardClient(f"127.0.0.1:{plain.port}", TOKEN, retries=0) as c:
+            return c.score(u, recs).score, want
+
+    with ThreadPoolExecutor(6) as ex:
+        for got, want in ex.map(one, cases * 2):
+            assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_cli_client_against_plain_server(plain, tmp_path, capsys, monkeypatch):
+    from seqguard_ray.cli import main
+
+    df = score_events(n_users=2)
+    f = tmp_path / "ev.csv"
+    df.to_csv(f, index=False)
+    monkeypatch.setenv("SEQGUARD_TOKEN", TOKEN)
+    t = f"127.0.0.1:{plain.port}"
+    assert main(["client", "info", "--target", t]) == 0
+    assert '"model_version"' in capsys.readouterr().out
+    assert main(["client", "score", "--target", t, "--events", str(f)]) == 0
+    assert capsys.readouterr().out.count('"user_id"') == 2
+    assert main(["client", "repair", "--target", t, "--events", str(f), "--user", str(df["user_id"].iloc[0])]) == 0
+    assert '"user_action"' in capsys.readouterr().out
+    monkeypatch.setenv("SEQGUARD_TOKEN", "wrong")
+    assert main(["client", "info", "--target", t, "--retries", "0"]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_start_without_token(bundle, monkeypatch, capsys):
+    from seqguard_ray.cli import main
+
+    monkeypatch.delenv("SEQGUARD_TOKEN", raising=False)
+    assert main(["serve", "--model", str(bundle), "--no-ray"]) == 2
+    assert "no auth token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["serve_local.yaml", "serve_gpu.yaml"])
+def test_serve_configs_validate(name):
+    from pathlib import Path
+
+    import yaml
+    pytest.importorskip("ray.serve")
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments import SERVICER
+    from deployments.app import DEPLOYMENT_NAMES, AppArgs
+
+    cfg = yaml.safe_load((Path(__file__).parent.parent / "deployments" / name).read_text())
+    ServeDeploySchema.model_validate(cfg)
+    assert cfg["grpc_options"]["grpc_servicer_functions"] == [SERVICER]
+    app = cfg["applications"][0]
+    AppArgs.model_validate(app["args"])
+    assert {d["name"] for d in app["deployments"]} == set(DEPLOYMENT_NAMES)
