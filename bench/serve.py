@@ -1,0 +1,229 @@
+"""Online scoring speed: the Ray Serve app against a plain grpc.aio server, same bundle, same run.
+
+    python bench/serve.py --model model            # or without --model: trains a tiny bundle first
+    python bench/serve.py --autoscale              # also: a load ramp, printing Encoder replica counts
+
+Prints sequential p50/p99 latency of Score (one user's sequence) and throughput at --clients
+concurrent clients, for: plain server without batching, plain server with batching (both in a
+subprocess: `seqguard serve --no-ray`), and the Serve app (ingress + 3 stage deployments);
+then the ratios. Numbers on a shared 2-core machine are noisy: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def workload(n_users: int = 64):
+    from seqguard_ray.demo import generate
+
+    ev = generate(n_users=n_users, seed=11).events
+    return [(str(u), g[["item_id", "ts", "action", "value"]].to_dict("records")) for u, g in ev.groupby("user_id")]
+
+
+def wait_ready(target: str, timeout: float = 120) -> None:
+    from seqguard_ray.client import SeqGuardClient
+
+    t0 = time.time()
+    while True:
+        try:
+            SeqGuardClient(target, TOKEN, retries=0, timeout_s=5).model_info()
+            return
+        except Exception:
+            if time.time() - t0 > timeout:
+                raise
+            time.sleep(0.5)
+
+
+def measure(target: str, work, *, n_seq: int, clients: int, seconds: float) -> dict:
+    from seqguard_ray.client import SeqGuardClient
+
+    c = SeqGuardClient(target, TOKEN, retries=3, timeout_s=60)
+    for u, recs in work[:5]:
+        c.score(u, recs)  # warm-up
+    lat = []
+    for i in range(n_seq):
+        u, recs = work[i % len(work)]
+        t = time.perf_counter()
+        c.score(u, recs)
+        lat.append(time.perf_counter() - t)
+    done, errors = [0] * clients, [0] * clients
+    stop = threading.Event()
+
+    def run(k):
+        cc = SeqGuardClient(target, TOKEN, retries=3, timeout_s=60)
+        i = k
+        while not stop.is_set():
+            u, recs = work[i % len(work)]
+            try:
+                cc.score(u, recs)
+                done[k] += 1
+            except Exception:
+                errors[k] += 1
+            i += clients
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"p50_ms": 1000 * float(np.median(lat)), "p99_ms": 1000 * float(np.quantile(lat, 0.99)),
+            "rps": sum(done) / wall, "errors": sum(errors)}
+
+
+def plain(model: str, max_batch: int, work, a) -> dict:
+    port = free_port()
+    env = {**os.environ, "SEQGUARD_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "seqguard_ray.cli", "-q", "serve", "--no-ray", "--model", model,
+                          "--host", "127.0.0.1", "--grpc-port", str(port), "--max-batch", str(max_batch)], env=env,
+                         stdout=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        wait_ready(f"127.0.0.1:{port}")
+        start = time.time() - t0
+        return {**measure(f"127.0.0.1:{port}", work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds),
+                "start_s": start}
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+def replica_counts(app: str = "seqguard") -> dict:
+    from ray import serve
+
+    st = serve.status().applications[app].deployments
+    return {name: sum(n for s, n in d.replica_states.items() if str(s).endswith("RUNNING")) for name, d in st.items()}
+
+
+def serve_app(model: str, work, a) -> dict:
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    from deployments import SERVICER
+    from deployments.app import AppArgs, deploy
+    from seqguard_ray.serving import token_digest
+
+    t0 = time.time()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    port = free_port()
+    try:
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
+                    grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[SERVICER], request_timeout_s=60))
+        deployments = {}
+        if a.autoscale:
+            deployments["Encoder"] = {"autoscaling_config": {
+                "min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                "upscale_delay_s": 2, "downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 3}}
+        deploy(AppArgs(model_dir=model, token_sha256=token_digest(TOKEN), max_batch_size=a.max_batch,
+                       batch_wait_timeout_s=a.batch_wait, deployments=deployments))
+        target = f"127.0.0.1:{port}"
+        wait_ready(target)
+        start = time.time() - t0
+        out = {**measure(target, work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds), "start_s": start}
+        if a.autoscale:
+            ramp(target, work, a)
+        return out
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def ramp(target: str, work, a) -> None:
+    """Clients 1 -> clients -> 0; print replica counts every 2 s."""
+    from seqguard_ray.client import SeqGuardClient
+
+    stop_flags = []
+
+    def run(k, stop):
+        c = SeqGuardClient(target, TOKEN, retries=5, timeout_s=60)
+        i = k
+        while not stop.is_set():
+            try:
+                c.score(*work[i % len(work)])
+            except Exception:
+                pass
+            i += 7
+
+    print("\nautoscaling ramp (Encoder target_ongoing_requests=1, max 3 replicas):")
+    t0 = time.time()
+    schedule = [(0, 1), (10, a.clients), (50, 0), (90, None)]
+    for (start, n), (nxt, _) in zip(schedule[:-1], schedule[1:]):
+        for f in stop_flags:
+            f.set()
+        stop_flags = []
+        for k in range(n):
+            ev = threading.Event()
+            stop_flags.append(ev)
+            threading.Thread(target=run, args=(k, ev), daemon=True).start()
+        while time.time() - t0 < nxt:
+            print(f"  t={time.time() - t0:5.1f}s clients={n:2d} replicas={replica_counts()}", flush=True)
+            time.sleep(2)
+    for f in stop_flags:
+        f.set()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="bundle dir (default: train a tiny one into /tmp)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=20.0, help="throughput window per server")
+    p.add_argument("--sequential", type=int, default=50, help="sequential requests for p50/p99")
+    p.add_argument("--max-batch", type=int, default=32, help="Serve ingress max_batch_size")
+    p.add_argument("--batch-wait", type=float, default=0.002, help="Serve ingress batch_wait_timeout_s")
+    p.add_argument("--autoscale", action="store_true", help="also run a load ramp and print Encoder replicas")
+    p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve")
+    a = p.parse_args()
+    model = a.model
+    if model is None:
+        model = "/tmp/seqguard_bench_bundle"
+        if not (Path(model) / "manifest.json").is_file():
+            from seqguard_ray import SeqGuard, TrainConfig
+            from seqguard_ray.demo import generate
+            SeqGuard(TrainConfig(epochs=1, hidden_size=32)).fit(generate(n_users=150, seed=0).events).save(model)
+    model = str(Path(model).resolve())
+    work = workload()
+    skip = set(filter(None, a.skip.split(",")))
+    res = {}
+    if "plain1" not in skip:
+        res["plain (no batching)"] = plain(model, 1, work, a)
+    if "plain" not in skip:
+        res["plain (batching)"] = plain(model, 64, work, a)
+    if "serve" not in skip:
+        res["Ray Serve app"] = serve_app(model, work, a)
+    print(f"\n{'server':22s} {'start s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {f'rps@{a.clients}':>9s} {'errors':>6s}")
+    for k, r in res.items():
+        print(f"{k:22s} {r['start_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:9.1f} {r['errors']:6d}")
+    s = res.get("Ray Serve app")
+    for base in ("plain (no batching)", "plain (batching)"):
+        if s and base in res:
+            b = res[base]
+            print(f"Serve vs {base}: throughput {100 * s['rps'] / b['rps']:.0f}% (target >= 35%), "
+                  f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x (target <= 3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

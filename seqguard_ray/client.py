@@ -1,0 +1,185 @@
+"""Python client for the seqguard gRPC API, with bounded retries, and the ``seqguard client`` commands.
+
+    with SeqGuardClient("localhost:9000", token=os.environ["SEQGUARD_TOKEN"]) as c:
+        r = c.score("u42", [{"item_id": "123", "ts": 1718000000, "action": "view"}])
+        print(r.score, r.anomalous, r.anomaly_type, list(r.event_scores))
+
+Every rpc is a read, so retrying is safe: UNAVAILABLE (replica restarting), RESOURCE_EXHAUSTED
+(overload) and DEADLINE_EXCEEDED (per attempt) are retried with exponential backoff and jitter,
+at most ``retries`` times. Other codes raise :class:`grpc.RpcError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import grpc
+
+from .proto.seqguard.v1 import seqguard_pb2 as pb
+from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class SeqGuardClient:
+    """A blocking client. Thread-safe (one channel, shared by threads).
+
+    Args:
+        target: ``host:port`` of the server (Serve's gRPC proxy or the plain server).
+        token: bearer token, sent as ``authorization: Bearer <token>``; None sends none.
+        timeout_s: deadline of one attempt.
+        retries: extra attempts on a retryable status (0 = no retry).
+        backoff_s: first backoff; doubled each retry, with jitter, capped at ``max_backoff_s``.
+        tls: use TLS (e.g. to an Envoy in front of Serve); ``root_certs`` (PEM bytes) to trust.
+        application: Serve application name, needed only when several apps share the proxy.
+        max_message_bytes: largest request or response this client sends or accepts.
+    """
+
+    def __init__(self, target: str, token: str | None = None, *, timeout_s: float = 10.0, retries: int = 4,
+                 backoff_s: float = 0.2, max_backoff_s: float = 5.0, tls: bool = False, root_certs: bytes | None = None,
+                 application: str | None = None, max_message_bytes: int = 64 * 1024 * 1024,
+                 retry_on: Iterable[grpc.StatusCode] = RETRYABLE):
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        opts = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+        if tls:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certs), options=opts)
+        else:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        self._stub = pb_grpc.SeqGuardStub(self._channel)
+        md = []
+        if token:
+            md.append(("authorization", f"Bearer {token}"))
+        if application:
+            md.append(("application", application))
+        self._metadata = tuple(md)
+        self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
+        self.retry_on = frozenset(retry_on)
+        self.attempts = 0  # total attempts made (for tests and metrics)
+
+    def _call(self, rpc: str, request):
+        method = getattr(self._stub, rpc)
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            self.attempts += 1
+            try:
+                return method(request, timeout=self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() not in self.retry_on or attempt == self.retries:
+                    raise
+                log.info("%s: %s (%s); retry %d/%d in %.2fs", rpc, exc.code().name, exc.details(), attempt + 1,
+                         self.retries, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.max_backoff_s)
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- rpcs
+    def score(self, user_id: str, events: Sequence[dict] | Sequence[pb.Event]) -> pb.ScoreResponse:
+        """Score one sequence. ``events``: dicts with item_id, ts[, action, value] or Event messages."""
+        return self._call("Score", _request(user_id, events))
+
+    def score_batch(self, requests: Sequence[pb.ScoreRequest]) -> pb.ScoreBatchResponse:
+        return self._call("ScoreBatch", pb.ScoreBatchRequest(requests=requests))
+
+    def score_frame(self, df) -> pb.ScoreBatchResponse:
+        """Score every user of a frame (user_id, item_id, ts[, action, value]) in one call."""
+        from .serving import requests_from_frame
+
+        return self.score_batch(requests_from_frame(df))
+
+    def repair(self, user_id: str, events: Sequence[dict] | Sequence[pb.Event]) -> pb.RepairResponse:
+        return self._call("Repair", _request(user_id, events))
+
+    def model_info(self) -> pb.ModelInfoResponse:
+        return self._call("ModelInfo", pb.ModelInfoRequest())
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SeqGuardClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _request(user_id: str, events) -> pb.ScoreRequest:
+    from .serving import events_to_proto
+
+    evs = list(events)
+    if evs and not isinstance(evs[0], pb.Event):
+        evs = events_to_proto(evs)
+    return pb.ScoreRequest(user_id=str(user_id), events=evs)
+
+
+# --------------------------------------------------------------------------- CLI
+def _read_frame(path: str):
+    from .events import read_table
+
+    return read_table(path).to_pandas()
+
+
+def _client_from_args(args) -> SeqGuardClient:
+    from .serving import load_token
+
+    token = load_token(args.token_file)
+    root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
+    return SeqGuardClient(args.target, token, timeout_s=args.timeout, retries=args.retries,
+                          tls=args.tls or root is not None, root_certs=root, application=args.application)
+
+
+def _print(msg) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True), indent=1))
+
+
+def cmd_client(args) -> int:
+    """``seqguard client score|repair|info``: prints the response as JSON; gRPC errors -> exit 1."""
+    try:
+        with _client_from_args(args) as c:
+            if args.client_command == "info":
+                _print(c.model_info())
+                return 0
+            df = _read_frame(args.events)
+            if args.user is not None:
+                if "user_id" in df.columns:
+                    df = df[df["user_id"].astype(str) == args.user]
+                df = df.assign(user_id=args.user)
+            elif "user_id" not in df.columns:
+                raise ValueError("the events file has no user_id column: pass --user")
+            if len(df) == 0:
+                raise ValueError(f"no events for user {args.user!r} in {args.events}")
+            if args.client_command == "repair":
+                from .serving import requests_from_frame
+
+                reqs = requests_from_frame(df)
+                if len(reqs) != 1:
+                    raise ValueError(f"repair takes one user; {args.events} holds {len(reqs)}: pass --user")
+                _print(c.repair(reqs[0].user_id, reqs[0].events))
+            else:
+                _print(c.score_frame(df))
+            return 0
+    except grpc.RpcError as exc:
+        print(f"seqguard client {args.client_command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def add_client_arguments(p) -> None:
+    p.add_argument("--target", default="localhost:9000", help="server host:port (default localhost:9000)")
+    p.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEQGUARD_TOKEN)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default 10)")
+    p.add_argument("--retries", type=int, default=4, help="retries on UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED (default 4)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (e.g. through Envoy)")
+    p.add_argument("--ca-cert", default=None, help="PEM file of the CA to trust (implies --tls)")
+    p.add_argument("--application", default=None, help="Serve application name (only with several apps)")

@@ -1,0 +1,156 @@
+"""A plain in-process ``grpc.aio`` server over the core engine: no Ray.
+
+It is the speed baseline for the Ray Serve app (bench/serve.py), a test double, and
+``seqguard serve --no-ray`` for a single process. Same API, same validation, same status codes:
+everything but the transport lives in :mod:`seqguard_ray.serving`.
+
+    server, port = await create_server("127.0.0.1:0", service)
+    ...
+    await server.stop(grace=1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+
+from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
+from .serving import (
+    Limits, ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable, detect_stage, encode_stage,
+    load_engine, repair_stage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    batch: SeqBatch
+    repair: bool
+    future: asyncio.Future
+
+
+class InProcessBackend:
+    """Runs the three stages in this process, on one worker thread (the engine is not shared
+    between threads). With ``batching``, requests that arrive while a batch runs are merged into
+    the next engine call (up to ``max_batch`` requests).
+    """
+
+    def __init__(self, sg=None, *, model_dir: str = "", batching: bool = True, max_batch: int = 64):
+        self.sg = sg
+        self.model_dir = str(model_dir)
+        self.batching = batching
+        self.max_batch = max_batch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqguard-engine")
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task | None = None
+        self._info: ModelInfo | None = None
+
+    @classmethod
+    def from_dir(cls, model_dir: str, *, torch_threads: int | None = 1, **kw) -> InProcessBackend:
+        return cls(load_engine(model_dir, torch_threads=torch_threads), model_dir=model_dir, **kw)
+
+    def _engine(self):
+        if self.sg is None:
+            raise Unavailable("no model is loaded yet: retry shortly")
+        return self.sg
+
+    def _run_stages(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
+        sg = self._engine()
+        sb = detect_stage(sg, encode_stage(sg, batch, self.model_dir))
+        return repair_stage(sg.policy, sb) if repair else sb
+
+    async def _submit(self, batch: SeqBatch, repair: bool):
+        self._engine()
+        loop = asyncio.get_running_loop()
+        if not self.batching:
+            return await loop.run_in_executor(self._pool, self._run_stages, batch, repair)
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._drain())
+        fut = loop.create_future()
+        await self._queue.put(_Job(batch, repair, fut))
+        return await fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self.max_batch and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            jobs = [j for j in jobs if not j.future.done()]  # cancelled by the client meanwhile
+            if not jobs:
+                continue
+            merged, bounds = SeqBatch.concat([j.batch for j in jobs])
+            try:
+                out = await loop.run_in_executor(self._pool, self._run_stages, merged, any(j.repair for j in jobs))
+                parts = out.split(bounds)
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            for j, part in zip(jobs, parts):
+                if not j.future.done():
+                    j.future.set_result(part if j.repair or not isinstance(part, RepairedBatch) else part.scored)
+
+    async def score(self, batch: SeqBatch) -> ScoredBatch:
+        return await self._submit(batch, False)
+
+    async def repair(self, batch: SeqBatch) -> RepairedBatch:
+        return await self._submit(batch, True)
+
+    async def model_info(self) -> ModelInfo:
+        if self._info is None:
+            self._engine()
+            self._info = ModelInfo.from_dir(self.model_dir)
+        return self._info
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class SeqGuardServicer(pb_grpc.SeqGuardServicer):
+    """The generated servicer, delegating every rpc to a :class:`ScoringService`."""
+
+    def __init__(self, service: ScoringService):
+        self.service = service
+
+    async def _call(self, rpc: str, request, context: grpc.aio.ServicerContext):
+        reply = await self.service.call(rpc, request, context.invocation_metadata())
+        if reply.code != grpc.StatusCode.OK:
+            await context.abort(reply.code, reply.details)
+        return reply.message
+
+    async def Score(self, request, context):  # noqa: N802 - rpc names
+        return await self._call("Score", request, context)
+
+    async def ScoreBatch(self, request, context):  # noqa: N802
+        return await self._call("ScoreBatch", request, context)
+
+    async def Repair(self, request, context):  # noqa: N802
+        return await self._call("Repair", request, context)
+
+    async def ModelInfo(self, request, context):  # noqa: N802
+        return await self._call("ModelInfo", request, context)
+
+
+async def create_server(address: str, service: ScoringService) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server on ``address`` (port 0 picks a free one); returns (server, port)."""
+    limit = service.limits.max_message_bytes
+    # the transport limit is a little above the checked one, so an oversized request gets a
+    # RESOURCE_EXHAUSTED with our message rather than grpc's
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", min(2**31 - 1, limit + 1024)),
+                                      ("grpc.max_send_message_length", 2**31 - 1)])
+    pb_grpc.add_SeqGuardServicer_to_server(SeqGuardServicer(service), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return server, port

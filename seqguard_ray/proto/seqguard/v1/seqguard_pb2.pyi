@@ -1,0 +1,114 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Event(_message.Message):
+    __slots__ = ("item_id", "ts", "action", "value")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    ts: int
+    action: str
+    value: float
+    def __init__(self, item_id: _Optional[str] = ..., ts: _Optional[int] = ..., action: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("user_id", "events")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, user_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("user_id", "score", "anomalous", "anomaly_type", "event_scores", "reasons", "event_anomalous", "model_version", "threshold", "detector_scores")
+    class DetectorScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ANOMALOUS_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ANOMALOUS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_SCORES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    score: float
+    anomalous: bool
+    anomaly_type: str
+    event_scores: _containers.RepeatedScalarFieldContainer[float]
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    event_anomalous: _containers.RepeatedScalarFieldContainer[bool]
+    model_version: str
+    threshold: float
+    detector_scores: _containers.ScalarMap[str, float]
+    def __init__(self, user_id: _Optional[str] = ..., score: _Optional[float] = ..., anomalous: _Optional[bool] = ..., anomaly_type: _Optional[str] = ..., event_scores: _Optional[_Iterable[float]] = ..., reasons: _Optional[_Iterable[str]] = ..., event_anomalous: _Optional[_Iterable[bool]] = ..., model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., detector_scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ScoreBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ScoreRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ScoreRequest, _Mapping]]] = ...) -> None: ...
+
+class ScoreBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[ScoreResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[ScoreResponse, _Mapping]]] = ...) -> None: ...
+
+class RepairResponse(_message.Message):
+    __slots__ = ("score", "events", "weights", "actions", "user_action", "kept")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    USER_ACTION_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    score: ScoreResponse
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    user_action: str
+    kept: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, score: _Optional[_Union[ScoreResponse, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., weights: _Optional[_Iterable[float]] = ..., actions: _Optional[_Iterable[str]] = ..., user_action: _Optional[str] = ..., kept: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class ModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfoResponse(_message.Message):
+    __slots__ = ("model_version", "format_version", "threshold", "target_fpr", "server_version", "max_events_per_sequence", "max_sequences_per_batch", "max_message_bytes", "anomaly_types", "repair_actions")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPR_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCES_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    format_version: str
+    threshold: float
+    target_fpr: float
+    server_version: str
+    max_events_per_sequence: int
+    max_sequences_per_batch: int
+    max_message_bytes: int
+    anomaly_types: _containers.RepeatedScalarFieldContainer[str]
+    repair_actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_version: _Optional[str] = ..., format_version: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., server_version: _Optional[str] = ..., max_events_per_sequence: _Optional[int] = ..., max_sequences_per_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., anomaly_types: _Optional[_Iterable[str]] = ..., repair_actions: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,175 @@
+"""``seqguard serve`` and ``seqguard client``: registered on the main parser by :func:`add_parsers`.
+
+``seqguard serve --model DIR`` runs the Ray Serve application on an embedded local Ray (or on
+``$RAY_ADDRESS``), prints where it listens and blocks until Ctrl-C. ``--no-ray`` runs the same API
+on a plain in-process grpc.aio server instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("seqguard")
+
+APP_NAME = "seqguard"
+ROUTE_PREFIX = "/seqguard"
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    return v
+
+
+def add_parsers(sub) -> None:
+    """Add the ``serve`` and ``client`` subcommands; each sets ``handler`` (call ``args.handler(args)``)."""
+    from .client import add_client_arguments, cmd_client
+    from .serving import Limits
+
+    d = Limits()
+    s = sub.add_parser("serve", help="online scoring over gRPC (Ray Serve)",
+                       description="Serve a model bundle over gRPC with Ray Serve: ingress -> Encoder -> "
+                                   "DetectorEnsemble -> RepairPolicy. Blocks until Ctrl-C.")
+    s.add_argument("--model", required=True, help="model bundle directory (readable on every node)")
+    s.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default 9000)")
+    s.add_argument("--host", default="0.0.0.0", help="--no-ray only: address to bind (Serve's proxy binds all interfaces)")
+    s.add_argument("--config", default=None, help="Serve config YAML (e.g. deployments/serve_gpu.yaml): per-stage "
+                                                  "scaling and app args; CLI flags win over its args")
+    s.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEQGUARD_TOKEN)")
+    s.add_argument("--insecure-no-auth", action="store_true", help="serve without a token (only behind an authenticating proxy)")
+    s.add_argument("--max-events-per-sequence", type=_positive_int, default=d.max_events_per_sequence)
+    s.add_argument("--max-sequences-per-batch", type=_positive_int, default=d.max_sequences_per_batch)
+    s.add_argument("--max-message-bytes", type=_positive_int, default=d.max_message_bytes)
+    s.add_argument("--request-timeout", type=float, default=30.0, help="seconds per call before DEADLINE_EXCEEDED (default 30)")
+    s.add_argument("--no-ray", action="store_true", help="run a plain in-process grpc.aio server instead of Ray Serve")
+    s.add_argument("--max-batch", type=_positive_int, default=64,
+                   help="--no-ray only: requests merged into one engine call (1 = no batching; default 64)")
+    s.set_defaults(handler=cmd_serve)
+
+    c = sub.add_parser("client", help="call a running seqguard server",
+                       description="Call a seqguard gRPC server and print the response as JSON.")
+    csub = c.add_subparsers(dest="client_command", required=True, metavar="CLIENT_COMMAND")
+    for name, help_ in (("score", "score every user of an events file (one ScoreBatch call)"),
+                        ("repair", "score and repair one user's events"), ("info", "model version and limits")):
+        p = csub.add_parser(name, help=help_)
+        add_client_arguments(p)
+        if name != "info":
+            p.add_argument("--events", required=True, help="Parquet, CSV or JSONL with item_id, ts[, user_id, action, value]")
+            p.add_argument("--user", default=None, help="only this user (or: the user id for a file without user_id)")
+        p.set_defaults(handler=cmd_client)
+
+
+def _limits(args) -> dict:
+    return {"max_events_per_sequence": args.max_events_per_sequence,
+            "max_sequences_per_batch": args.max_sequences_per_batch, "max_message_bytes": args.max_message_bytes}
+
+
+def _token_digest(args) -> str | None:
+    from .serving import load_token, token_digest
+
+    if args.insecure_no_auth:
+        log.warning("serving WITHOUT auth (--insecure-no-auth): anyone who can reach port %d can call it", args.grpc_port)
+        return None
+    token = load_token(args.token_file)
+    if token is None:
+        raise ValueError("no auth token: set SEQGUARD_TOKEN or pass --token-file (or --insecure-no-auth)")
+    return token_digest(token)
+
+
+def cmd_serve(args) -> int:
+    from .bundle import read_manifest
+
+    manifest = read_manifest(args.model)  # a bad bundle fails here, before anything starts
+    digest = _token_digest(args)
+    if args.no_ray:
+        return _serve_plain(args, digest, manifest["model_version"])
+    return _serve_ray(args, digest, manifest["model_version"])
+
+
+def _serve_plain(args, digest, version) -> int:
+    from .grpc_server import InProcessBackend, create_server
+    from .serving import Authenticator, Limits, ScoringService
+
+    async def main() -> None:
+        backend = InProcessBackend.from_dir(args.model, batching=args.max_batch > 1, max_batch=args.max_batch)
+        service = ScoringService(backend, Authenticator(digest), Limits.from_dict(_limits(args)), args.request_timeout)
+        server, port = await create_server(f"{args.host}:{args.grpc_port}", service)
+        print(f"seqguard serving model {version} on grpc {args.host}:{port} (plain grpc.aio, no Ray); Ctrl-C stops",
+              flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(grace=2.0)
+        backend.close()
+
+    asyncio.run(main())
+    print("stopped", flush=True)
+    return 0
+
+
+def _read_config(path: str | None) -> tuple[dict, dict]:
+    """(app args, per-deployment overrides) from a Serve config YAML's seqguard application."""
+    if not path:
+        return {}, {}
+    import yaml
+
+    from deployments.app import serve_options
+
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    apps = cfg.get("applications") or []
+    app = next((a for a in apps if a.get("name") == APP_NAME), apps[0] if apps else {})
+    return dict(app.get("args") or {}), serve_options(app.get("deployments") or [])
+
+
+def _serve_ray(args, digest, version) -> int:
+    limits = _limits(args)
+    # The proxy reads its message limit from the environment when it starts (default 2 GiB).
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(args.max_message_bytes + 1024))
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions, HTTPOptions
+
+    from deployments import SERVICER
+    from deployments.app import AppArgs, deploy
+
+    cfg_args, overrides = _read_config(args.config)
+    cfg_args.pop("model_dir", None)
+    app_args = AppArgs.model_validate({**cfg_args, "model_dir": args.model, "token_sha256": digest,
+                                       "insecure_no_auth": digest is None, "token_file": None,
+                                       "limits": limits, "timeout_s": args.request_timeout,
+                                       "deployments": {**cfg_args.get("deployments", {}), **overrides}})
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=False)
+    try:
+        serve.start(http_options=HTTPOptions(host="127.0.0.1"),
+                    grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[SERVICER],
+                                             request_timeout_s=args.request_timeout))
+        # declarative, like `serve deploy`: a later deploy that changes only model_dir reloads in place
+        deploy(app_args, name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        print(f"seqguard serving model {version} on grpc 0.0.0.0:{args.grpc_port} (Ray Serve application "
+              f"'{APP_NAME}', auth {'ON' if digest else 'OFF'}); Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr, flush=True)
+    finally:
+        try:
+            serve.delete(APP_NAME)
+            if started_ray:
+                serve.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()
+    return 0

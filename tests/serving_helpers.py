@@ -1,0 +1,29 @@
+"""Shared helpers for the serving tests: tiny model bundles trained once per session, on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+TOKEN = "test-token-0123456789"
+
+
+def tiny_bundle(tmp_path_factory, seed: int = 0) -> Path:
+    """A hidden-32, 1-epoch bundle on seeded demo data; trained once per session and seed."""
+    path = tmp_path_factory.getbasetemp() / f"serving_bundle_{seed}"
+    if not (path / "manifest.json").is_file():
+        from seqguard_ray import SeqGuard, TrainConfig
+        from seqguard_ray.demo import generate
+
+        SeqGuard(TrainConfig(epochs=1, hidden_size=32, seed=seed)).fit(generate(n_users=80, seed=seed).events).save(path)
+    return path
+
+
+def score_events(n_users: int = 12, seed: int = 7) -> pd.DataFrame:
+    """Demo events (integer item ids, some attacked users) to score."""
+    from seqguard_ray.demo import generate
+
+    ev = generate(n_users=40, seed=seed).events
+    users = ev["user_id"].drop_duplicates().to_numpy()[:n_users]
+    return ev[ev["user_id"].isin(users)][["user_id", "item_id", "ts", "action", "value"]].reset_index(drop=True)

@@ -1,0 +1,241 @@
+"""The Ray Serve app, end to end: one app per module on the session's local Ray, real gRPC clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from serving_helpers import TOKEN, score_events, tiny_bundle
+
+from seqguard_ray.client import SeqGuardClient
+from seqguard_ray.serving import token_digest
+
+# Start our own local Ray even if another one runs on this machine (ray.init() would join it and
+# the module teardown would shut its Serve down). Belongs in conftest's ray_local: ray.init(address="local").
+os.environ.setdefault("RAY_ADDRESS", "local")
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+SC = grpc.StatusCode
+APP = "seqguard"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(model_dir):
+    from deployments.app import AppArgs
+
+    # a small ingress queue so a burst overflows it (backpressure test); batching still on
+    return AppArgs(model_dir=str(model_dir), token_sha256=token_digest(TOKEN), limits={"max_message_bytes": 200_000},
+                   timeout_s=20, max_batch_size=16,
+                   deployments={"SeqGuardIngress": {"max_ongoing_requests": 32, "max_queued_requests": 4}})
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory, 0), tiny_bundle(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, bundles):
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    from deployments import SERVICER
+    from deployments.app import deploy
+
+    port = _free_port()
+    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=_free_port()),
+                grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[SERVICER], request_timeout_s=20))
+    deploy(_args(bundles[0]), name=APP)
+    yield f"127.0.0.1:{port}"
+    serve.delete(APP)
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(bundles):
+    from seqguard_ray.serving import load_engine
+    return load_engine(str(bundles[0]), torch_threads=1)
+
+
+def _client(target, token=TOKEN, **kw):
+    kw.setdefault("timeout_s", 30)
+    kw.setdefault("retries", 0)
+    return SeqGuardClient(target, token, **kw)
+
+
+def _code(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+def test_scores_equal_in_process_engine(app, engine):
+    df = score_events()
+    ref = engine.score(df)
+    users = ref.users.set_index("user_id")
+    with _client(app) as c:
+        resp = c.score_frame(df)
+        info = c.model_info()
+    assert info.model_version == engine.model_version
+    assert len(resp.responses) == len(users)
+    for r in resp.responses:
+        assert r.score == pytest.approx(users.loc[r.user_id, "score"], abs=1e-6)
+        assert r.anomaly_type == users.loc[r.user_id, "anomaly_type"]
+        ev = ref.events[ref.events["user_id"] == r.user_id].sort_values("row")
+        np.testing.assert_allclose(r.event_scores, ev["event_score"], atol=1e-6)
+    uid = df["user_id"].iloc[0]
+    one = df[df["user_id"] == uid]
+    with _client(app) as c:
+        s = c.score(uid, one[["item_id", "ts", "action", "value"]].to_dict("records"))
+        rep = c.repair(uid, one[["item_id", "ts", "action", "value"]].to_dict("records"))
+    assert s.score == pytest.approx(engine.score(one).users["score"].iloc[0], abs=1e-6)
+    assert rep.score.score == pytest.approx(s.score) and len(rep.kept) == len(one)
+    assert len(rep.events) == len(engine.repair(engine.score(one)).repaired)
+
+
+def test_error_codes(app):
+    assert _code(lambda: _client(app, None).model_info()) == (SC.UNAUTHENTICATED,
+                                                              "missing `authorization: Bearer <token>` call metadata")
+    assert _code(lambda: _client(app, "wrong").model_info())[0] == SC.UNAUTHENTICATED
+    with _client(app) as c:
+        code, details = _code(lambda: c.score("u", []))
+        assert code == SC.INVALID_ARGUMENT and details == "events is empty: send at least one event"
+        code, details = _code(lambda: c.score("u", [{"item_id": "a", "ts": 1_700_000_000}, {"item_id": "", "ts": 1}]))
+        assert code == SC.INVALID_ARGUMENT and "events[1].item_id" in details
+        code, details = _code(lambda: c.score("u", [{"item_id": "a", "ts": 6_000_000_000}]))
+        assert code == SC.INVALID_ARGUMENT and "events[0].ts" in details
+        big = [{"item_id": f"item{i:040d}", "ts": 1_700_000_000 + i} for i in range(5000)]
+        code, details = _code(lambda: c.score("u", big))
+        assert code == SC.RESOURCE_EXHAUSTED and "over the limit of 200000" in details
+        assert "Traceback" not in details
+    with _client(app, timeout_s=0.005) as fast:
+        df = score_events(n_users=12)
+        assert _code(lambda: fast.score_frame(df))[0] == SC.DEADLINE_EXCEEDED
+    with _client(app) as c:
+        assert c.model_info().model_version  # still serving
+
+
+def test_concurrent_clients(app, engine):
+    df = score_events().drop(columns="value")  # see test_serving: values make scores batch-dependent
+    ref = engine.score(df).users.set_index("user_id")["score"]
+    groups = [(u, g[["item_id", "ts", "action"]].to_dict("records")) for u, g in df.groupby("user_id")]
+
+    def one(i):
+        u, recs = groups[i % len(groups)]
+        with _client(app) as c:
+            return u, c.score(u, recs).score
+
+    with ThreadPoolExecutor(8) as ex:
+        out = list(ex.map(one, range(48)))
+    assert len(out) == 48
+    for u, s in out:
+        assert s == pytest.approx(ref[u], abs=1e-6)
+
+
+def test_backpressure_then_recovers(app):
+    df = score_events(n_users=12)
+    codes = []
+
+    def one(_):
+        with _client(app) as c:
+            try:
+                c.score_frame(df)
+                return SC.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+
+    with ThreadPoolExecutor(48) as ex:
+        codes = list(ex.map(one, range(96)))
+    assert SC.RESOURCE_EXHAUSTED in codes, codes
+    assert set(codes) <= {SC.OK, SC.RESOURCE_EXHAUSTED}
+    with _client(app, retries=5) as c:  # the proxy's view of the queue lags a little
+        assert len(c.score_frame(df).responses) == 12
+
+
+def test_replica_killed_mid_traffic_loses_no_request(app):
+    import ray
+
+    df = score_events(n_users=6).drop(columns="value")
+    groups = [(u, g[["item_id", "ts", "action"]].to_dict("records")) for u, g in df.groupby("user_id")]
+    done, errors = [], []
+    stop = threading.Event()
+
+    def worker(k):
+        with _client(app, timeout_s=15, retries=10, backoff_s=0.3) as c:
+            i = 0
+            while not stop.is_set():
+                u, recs = groups[(i + k) % len(groups)]
+                try:
+                    done.append(c.score(u, recs).user_id == u)
+                except grpc.RpcError as exc:
+                    errors.append((exc.code(), exc.details()))
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::{APP}#Encoder#")]
+    assert names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    n_before = len(done)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(done) < n_before + 20:  # served again after the restart
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert all(done) and len(done) >= n_before + 20
+
+
+def test_rolling_bundle_update_without_failures(app, bundles):
+    from deployments.app import deploy
+    from seqguard_ray.bundle import read_manifest
+
+    new_version = read_manifest(bundles[1])["model_version"]
+    df = score_events(n_users=4).drop(columns="value")
+    groups = [(u, g[["item_id", "ts", "action"]].to_dict("records")) for u, g in df.groupby("user_id")]
+    versions, errors = [], []
+    stop = threading.Event()
+
+    def worker(k):
+        with _client(app, retries=0) as c:
+            i = 0
+            while not stop.is_set():
+                u, recs = groups[(i + k) % len(groups)]
+                try:
+                    versions.append(c.score(u, recs).model_version)
+                except grpc.RpcError as exc:
+                    errors.append((exc.code(), exc.details()))
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        deploy(_args(bundles[1]), name=APP)  # only model_dir changes: replicas reconfigure in place
+        deadline = time.time() + 60
+        while time.time() < deadline and (not versions or versions[-1] != new_version):
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]          # no in-flight request failed, no retries used
+    assert versions[-1] == new_version and len(set(versions)) == 2
+    with _client(app) as c:
+        assert c.model_info().model_version == new_version
