@@ -1,0 +1,211 @@
+"""Ray Data batch scoring and Ray Train training against the in-process engine, same data, same run.
+
+    python bench/batch.py                      # 1M events: throughput; RSS at 1M and 4M; training
+    python bench/batch.py --events 200000 --rss-events 200000,800000 --train-events 100000   # quicker
+
+Prints events/s and the ratio Ray / in-process, and the peak memory of all processes of each run
+(the sum of PSS over the process tree: driver, raylet, GCS, workers; shared object-store pages are
+counted once). Each measurement runs in its own child process with its own Ray.
+On a shared 2-core machine the figures are noisy: compare ratios, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL = dict(epochs=1, hidden_size=32, num_layers=1, num_heads=2, max_len=64, context=8)
+
+
+def make_events(n: int, seed: int = 0, *, events_per_user: int = 80, n_items: int = 20_000):
+    """A random log: Zipf items, per-user increasing times, 4 actions, a value column."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_users = max(5, n // events_per_user)
+    user = np.sort(rng.integers(0, n_users, n))
+    item = np.minimum(rng.zipf(1.3, n), n_items)
+    ts = 1_700_000_000 + user * 7 + np.cumsum(rng.exponential(60, n)).astype(np.int64)
+    return pd.DataFrame({"user_id": np.char.add("u", user.astype(str)), "item_id": item, "ts": ts,
+                         "action": rng.choice(["view", "click", "cart", "purchase"], n, p=[.6, .3, .07, .03]),
+                         "value": rng.gamma(2.0, 10.0, n).round(2)}).sample(frac=1.0, random_state=seed)
+
+
+def write_dir(df, path: Path, rows_per_file: int = 500_000, row_group: int = 100_000) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(range(0, len(df), rows_per_file)):
+        df.iloc[a:a + rows_per_file].to_parquet(path / f"part-{i:04d}.parquet", index=False, row_group_size=row_group)
+
+
+def _tree_pss_kb(root: int) -> int:
+    """Sum of PSS (kB) over ``root`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            pass
+    return total
+
+
+class PeakMemory:
+    def __init__(self, every: float = 0.5):
+        self.peak, self.every, self._stop = 0, every, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_pss_kb(os.getpid()))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _tree_pss_kb(os.getpid()))
+
+
+# ------------------------------------------------------------------ child-process measurements
+
+
+def run_score(engine: str, model: str, events: str, out: str) -> dict:
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        if engine == "local":
+            from seqguard_ray.cli import write_outputs
+            from seqguard_ray.engine import SeqGuard
+            sg = SeqGuard.load(model)
+            summary = write_outputs(sg, sg.score(events), out)
+            t_ray = 0.0
+        else:
+            import ray
+
+            from seqguard_ray.ray_batch import BatchOptions, ensure_ray, score
+            t = time.perf_counter()
+            ensure_ray()
+            t_ray = time.perf_counter() - t
+            summary = score(model, events, out, options=BatchOptions())
+            ray.shutdown()
+        wall = time.perf_counter() - t0
+    n = summary["events_in"]
+    return {"engine": engine, "events": n, "wall_s": round(wall, 1), "ray_init_s": round(t_ray, 1),
+            "events_per_s": round(n / wall), "peak_pss_mb": round(mem.peak / 1024)}
+
+
+def run_train(engine: str, events: str, model: str, workers: int) -> dict:
+    from seqguard_ray.engine import SeqGuard, TrainConfig
+    from seqguard_ray.events import read_events
+    from seqguard_ray.model import SeqGuardEncoder
+    from seqguard_ray.tokens import Vocab
+
+    cfg = TrainConfig(**MODEL)
+    sg = SeqGuard(cfg)
+    lg = read_events(events)
+    sg.vocab = Vocab.build(lg.item, lg.action, min_count=cfg.min_item_count)
+    sg.model = SeqGuardEncoder(sg._model_config())
+    if engine == "local":
+        seqs = sg.tokenize(lg)
+        t0 = time.perf_counter()
+        hist = sg.train_encoder_local(seqs)
+        wall = time.perf_counter() - t0
+        return {"engine": "plain loop", "events": lg.n_events, "epoch_wall_s": round(wall, 1),
+                "events_per_s_epoch": round(lg.n_events / wall), "windows_per_s": round(hist[-1]["windows_per_s"])}
+    import ray
+
+    from seqguard_ray.ray_batch import ensure_ray, read_validated
+    from seqguard_ray.ray_train import RayTrainOptions, bucket_windows, train_encoder_ray
+    ensure_ray()
+    ds, _, nb, _ = read_validated(events)
+    win = ds.groupby("_bucket", num_partitions=nb).map_groups(
+        bucket_windows, fn_args=(sg.vocab.to_dict(), cfg.max_len, cfg.context), batch_format="pyarrow").materialize()
+    n_win = win.count()
+    t0 = time.perf_counter()
+    _, info = train_encoder_ray(sg, win, n_win, model, RayTrainOptions(num_workers=workers))
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    return {"engine": f"Ray Train x{workers}", "events": lg.n_events, "fit_wall_s": round(wall, 1),
+            "events_per_s_incl_startup": round(lg.n_events / wall)}
+
+
+def child(args: list[str]) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=1_000_000, help="throughput comparison size")
+    p.add_argument("--rss-events", default="1000000,4000000", help="sizes for the Ray peak-memory comparison")
+    p.add_argument("--train-events", type=int, default=200_000, help="training throughput size (0 = skip)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--work", default="bench_work")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        kind, *rest = json.loads(a.child)
+        print(json.dumps(run_score(*rest) if kind == "score" else run_train(*rest)))
+        return
+    from seqguard_ray.engine import SeqGuard, TrainConfig
+
+    w = Path(a.work)
+    w.mkdir(exist_ok=True)
+    sizes = sorted({a.events, *[int(s) for s in a.rss_events.split(",") if s]})
+    for n in sizes:
+        if not (w / f"ev{n}").exists():
+            write_dir(make_events(n, seed=1), w / f"ev{n}")
+    if not (w / "model").exists():
+        SeqGuard(TrainConfig(**MODEL)).fit(make_events(50_000, seed=0)).save(w / "model")
+    print(f"model: {MODEL}; cpus: {os.cpu_count()}")
+    res = {}
+    res["local"] = child(["score", "local", str(w / "model"), str(w / f"ev{a.events}"), str(w / "out_local")])
+    print("in-process", res["local"], flush=True)
+    for n in sizes:
+        res[f"ray{n}"] = child(["score", "ray", str(w / "model"), str(w / f"ev{n}"), str(w / f"out_ray{n}")])
+        print(f"ray {n:,}", res[f"ray{n}"], flush=True)
+    r, l = res[f"ray{a.events}"], res["local"]
+    print(f"\nscoring {a.events:,} events: Ray Data {r['events_per_s']:,} ev/s vs in-process {l['events_per_s']:,} ev/s"
+          f" = {r['events_per_s'] / l['events_per_s']:.2f}x")
+    lo, hi = sizes[0], sizes[-1]
+    print(f"peak PSS, Ray: {res[f'ray{lo}']['peak_pss_mb']} MB at {lo:,} vs {res[f'ray{hi}']['peak_pss_mb']} MB at {hi:,}"
+          f" ({hi / lo:.0f}x input, {res[f'ray{hi}']['peak_pss_mb'] / res[f'ray{lo}']['peak_pss_mb']:.2f}x memory);"
+          f" in-process {l['peak_pss_mb']} MB at {a.events:,}")
+    if a.train_events:
+        ev = w / f"train{a.train_events}.parquet"
+        if not ev.exists():
+            make_events(a.train_events, seed=2).to_parquet(ev, index=False, row_group_size=50_000)
+        tl = child(["train", "local", str(ev), str(w / "tmodel"), a.workers])
+        tr = child(["train", "ray", str(ev), str(w / "tmodel"), a.workers])
+        print("train", tl, "\ntrain", tr)
+        print(f"training 1 epoch of {a.train_events:,} events: Ray Train {tr['events_per_s_incl_startup']:,} ev/s"
+              f" (incl. start-up) vs plain loop {tl['events_per_s_epoch']:,} ev/s"
+              f" = {tr['events_per_s_incl_startup'] / tl['events_per_s_epoch']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Run by tests/test_ray_cluster.py in its own process (it cannot share the session's Ray).
+
+A head and two worker nodes on this machine (ray.cluster_utils.Cluster, fractional CPUs): trains on
+Ray with two SPREAD workers, scores with two SPREAD encoder actors, checks placement and results,
+and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(work: str) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from seqguard_ray import ray_batch, ray_train
+    from seqguard_ray.demo import generate
+    from seqguard_ray.engine import SeqGuard, TrainConfig
+
+    w = Path(work)
+    w.mkdir(parents=True, exist_ok=True)
+    generate(n_users=120, seed=0).events.to_parquet(w / "train.parquet", index=False, row_group_size=3000)
+    generate(n_users=120, seed=1).events.to_parquet(w / "test.parquet", index=False, row_group_size=3000)
+    t0 = time.perf_counter()
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every node's workers
+    # CPU counts are scheduling labels: 7 in all leave room for the actor pools *and* the hash
+    # shuffle (with 5, the shuffle waited forever behind the pools' reserved CPUs)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    # one "encoder" slot per worker node: two encoder actors can only sit on two different nodes
+    workers = [cluster.add_node(num_cpus=3, resources={"encoder": 1}) for _ in range(2)]
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        worker_ids = {n.node_id for n in workers}
+        t_start = time.perf_counter() - t0
+        t = time.perf_counter()
+        sg = ray_train.fit(w / "train.parquet", w / "model", TrainConfig(epochs=1, hidden_size=32),
+                           options=ray_train.RayTrainOptions(num_workers=2, spread=True, events_per_bucket=3000))
+        t_train = time.perf_counter() - t
+        t = time.perf_counter()
+        summary = ray_batch.score(w / "model", w / "test.parquet", w / "out",
+                                  options=ray_batch.BatchOptions(concurrency=2, spread=True, events_per_bucket=1500,
+                                                                                 actor_resources={"encoder": 1}))
+        t_score = time.perf_counter() - t
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    local = SeqGuard.load(w / "model").score(w / "test.parquet")
+    users = ray_batch.read_output(w / "out", "users").set_index("user_id").loc[local.users["user_id"]]
+    du = np.abs(users["score"].to_numpy() - local.users["score"].to_numpy())
+    print(json.dumps({
+        "train_worker_nodes": sg.metrics["worker_nodes"], "encode_nodes": summary["encode_nodes"],
+        "worker_node_ids": sorted(worker_ids), "events_in": summary["events_in"], "n_local_events": len(local.events),
+        "max_user_score_diff": float(du.max()), "share_equal": float((du < 1e-6).mean()),
+        "cluster_start_s": round(t_start, 1), "train_s": round(t_train, 1), "score_s": round(t_score, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
