@@ -35,7 +35,7 @@ class TrainConfig:
     """How a model is trained. Every field is stored in the bundle."""
 
     epochs: int | None = None   # encoder epochs; None = enough for ~target_steps optimiser steps (2..40)
-    target_steps: int = 800     # optimiser steps aimed at when epochs is None
+    target_steps: int = 300     # optimiser steps aimed at when epochs is None
     batch_size: int = 64        # windows per training batch
     lr: float = 2e-3            # AdamW learning rate (cosine decay, short warm-up)
     seed: int = 0               # seeds torch, numpy and the detectors
