@@ -149,7 +149,7 @@ def cmd_demo(args) -> int:
     import numpy as np
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from .demo import generate, write_events
+    from .demo import ATTACK_FAMILY, generate, write_events
     from .engine import SeqGuard, TrainConfig
     from .report import write_report
 
@@ -171,7 +171,7 @@ def cmd_demo(args) -> int:
     ev_labels = data.event_injected[result.events["row"].to_numpy()]
     write_report(out / "report.html", users=result.users, events=result.events, repair_summary=_ints(summary),
                  user_labels=labels, event_labels=ev_labels, model_info=_model_info(sg),
-                 title="seqguard demo")
+                 title="seqguard demo", label_types=ATTACK_FAMILY)
     s = result.users["score"].to_numpy()
     attacked = np.isin(result.events["user_id"].to_numpy(), result.users["user_id"].to_numpy()[y])
     print(f"users: {len(y)} ({y.sum()} attacked)  ROC-AUC {roc_auc_score(y, s):.3f}  PR-AUC {average_precision_score(y, s):.3f}")

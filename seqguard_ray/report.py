@@ -63,6 +63,7 @@ def write_report(
     title: str = "seqguard report",
     model_info: Mapping | None = None,
     max_timelines: int = 6,
+    label_types: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a self-contained HTML report and return its path.
 
@@ -74,6 +75,8 @@ def write_report(
     (N,) bool aligned with ``events`` rows, True = injected. With labels the report adds ROC / PR
     curves and a per-attack-type table. ``model_info["threshold"]`` (user score) and
     ``model_info["event_threshold"]`` are drawn on the histograms when present.
+    ``label_types``: true label -> the ``anomaly_type`` that counts as a match (e.g.
+    ``"click_farm" -> "injection"``); labels not in it must match literally.
 
     Raises ``ValueError`` when a required column is missing, a score lies outside [0, 1],
     ``event_labels`` does not match ``events`` in length, or ``max_timelines`` is negative.
@@ -92,7 +95,7 @@ def write_report(
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, body html)
     sections.append(("summary", "Summary", _summary_section(users, events, u_labels, ev_labels, colors)))
     if u_labels is not None or ev_labels is not None:
-        sections.append(("quality", "Detection quality", _quality_section(users, events, u_labels, ev_labels, colors)))
+        sections.append(("quality", "Detection quality", _quality_section(users, events, u_labels, ev_labels, colors, label_types or {})))
     sections.append(
         ("scores", "Score distributions",
          _histogram_section(users, events, u_labels, ev_labels, threshold, event_threshold, colors))
@@ -613,7 +616,7 @@ def _attacked_event_mask(events, users, u_labels, ev_labels) -> np.ndarray:
     return events["user_id"].isin(set(attacked_ids)).to_numpy()
 
 
-def _quality_section(users, events, u_labels, ev_labels, colors) -> str:
+def _quality_section(users, events, u_labels, ev_labels, colors, label_types) -> str:
     charts, notes = [], []
     roc_series, pr_series, roc_legend, pr_legend, op_points, pr_points = [], [], [], [], [], []
     op_legend: list[tuple[str, str, str]] = []
@@ -679,7 +682,7 @@ def _quality_section(users, events, u_labels, ev_labels, colors) -> str:
 
     table = ""
     if u_labels is not None:
-        type_chart, table = _per_type(users, u_labels, colors)
+        type_chart, table = _per_type(users, u_labels, colors, label_types)
         if type_chart:
             charts.append(type_chart)
     out = []
@@ -691,7 +694,7 @@ def _quality_section(users, events, u_labels, ev_labels, colors) -> str:
     return "".join(out)
 
 
-def _per_type(users, u_labels, colors) -> tuple[str, str]:
+def _per_type(users, u_labels, colors, label_types) -> tuple[str, str]:
     """ROC-by-type chart card and the per-attack-type table."""
     labelled = u_labels.notna()
     lab = u_labels[labelled].astype(str)
@@ -712,7 +715,7 @@ def _per_type(users, u_labels, colors) -> tuple[str, str]:
         m = (lab == t).to_numpy()
         n = int(m.sum())
         det = int(flag[m].sum())
-        typed = int((flag[m] & (pred[m] == t)).sum())
+        typed = int((flag[m] & (pred[m] == label_types.get(t, t))).sum())
         auc_txt = "–"
         if is_norm.any():
             sub = m | is_norm

@@ -210,3 +210,15 @@ def test_large_input_gives_bounded_file(tmp_path):
         assert len(points.split()) <= CURVE_POINTS + 2
     n_rows = page.split('id="flagged"')[1].split("</table>")[0].count("<tr>") - 1
     assert n_rows == TOP_USERS
+
+
+def test_label_types_map_true_labels_to_predicted_types(tmp_path, inputs):
+    """Regression: generator labels (click_farm, shilling_*) never matched predicted types."""
+    users, events, labels, injected = inputs
+    t = labels[users.user_id[users.anomalous]].iloc[0]
+    renamed = labels.replace({t: "renamed_" + t})
+    _, plain = full_report(tmp_path, (users, events, renamed, injected))
+    _, mapped = full_report(tmp_path, (users, events, renamed, injected), label_types={"renamed_" + t: t})
+    # every other type is predicted as itself, so only the renamed label can show 0 matches
+    zero = '0 <span class="muted">(0.0%)'
+    assert zero in plain and zero not in mapped
