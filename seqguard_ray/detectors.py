@@ -64,7 +64,7 @@ class Calibrator:
         self.reference = None if reference is None else np.sort(np.asarray(reference, np.float64))
 
     @classmethod
-    def fit(cls, raw: np.ndarray, *, seed: int = 0) -> Calibrator:
+    def fit(cls, raw: np.ndarray) -> Calibrator:
         raw = np.asarray(raw, np.float64)
         if len(raw) > MAX_REFERENCE:
             raw = np.quantile(raw, np.linspace(0, 1, MAX_REFERENCE))

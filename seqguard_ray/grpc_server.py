@@ -20,7 +20,7 @@ import grpc
 
 from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
 from .serving import (
-    Limits, ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable, detect_stage, encode_stage,
+    ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable, detect_stage, encode_stage,
     load_engine, repair_stage,
 )
 

@@ -1,6 +1,5 @@
 """Seeded quality floor on the generator: fails if detection quality regresses badly."""
 
-import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 

@@ -11,7 +11,7 @@ import pytest
 
 from seqguard_ray.engine import SeqGuard, TrainConfig
 from seqguard_ray.events import EventsError, read_events
-from seqguard_ray.ray_batch import ReadUnit, merge_summaries, plan_reads, read_output, user_bucket
+from seqguard_ray.ray_batch import merge_summaries, plan_reads, read_output, user_bucket
 from seqguard_ray.tokens import Vocab
 
 TINY = TrainConfig(epochs=1, hidden_size=32)
@@ -157,7 +157,6 @@ def test_train_on_ray_gives_a_working_bundle_and_resumes(data, ray_local, tmp_pa
     assert any(run_dir.glob("checkpoint_*"))
 
     # resume: a second run with more epochs continues from the saved epoch 0
-    import ray
     from seqguard_ray.ray_train import bucket_windows  # noqa: F401  (the windows stage is importable)
     from seqguard_ray.ray_batch import read_validated
     ds, _, n_buckets, _ = read_validated(data / "train.parquet", events_per_bucket=5000)
