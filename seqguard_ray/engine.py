@@ -199,15 +199,16 @@ class SeqGuard:
         ev_anom = np.zeros(len(local), bool)
         reasons: list[list[str]] = [[] for _ in range(U)]
         flagged = np.flatnonzero(anomalous)
+        # what makes each flagged user unusual, feature by feature (-log tail probabilities)
+        tails = dict(zip(flagged, self.user_detectors.feature_tails(uf[flagged]))) if len(flagged) else {}
         if len(flagged):
-            self._localize(enc, ef, local, uf, segments, score, flagged, atype, ev_score, ev_anom, reasons)
-        tails = self.user_detectors.feature_tails(uf)
+            self._localize(enc, ef, local, tails, segments, score, flagged, atype, ev_score, ev_anom, reasons)
         for u in flagged:
             reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u]) + reasons[u]
         return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det)
 
     # where a flagged user's anomaly lies: a part of the history, or all of it
-    def _localize(self, enc, ef, local, uf, segments, score, flagged, atype, ev_score, ev_anom, reasons):
+    def _localize(self, enc, ef, local, tails, segments, score, flagged, atype, ev_score, ev_anom, reasons):
         seqs, off, thr = enc.seqs, enc.seqs.offsets, self.user_detectors.threshold_
         n_ev = np.diff(off)
         uix = seqs.user_index()
@@ -231,7 +232,8 @@ class SeqGuard:
             users = np.flatnonzero(ok & np.isin(np.arange(seqs.n_users), flagged))
             if len(users) == 0:
                 continue
-            keep = ~(cand & np.isin(uix, users))
+            # residual histories of these users only (everyone else becomes empty: no work)
+            keep = np.isin(uix, users) & ~cand
             sub = seqs.subset(keep)
             sub_ef = event_features(sub, self.stats)
             sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
@@ -249,7 +251,7 @@ class SeqGuard:
                 ev_anom[a:b] = cand
                 reasons[u].append(f"{size} of {b - a} events explain it: without them the history scores {r:.3f} (normal)")
             else:
-                atype[u] = self._whole_type(uf[u])
+                atype[u] = self._whole_type(tails[u])
                 ev_score[a:b] = np.maximum(local[a:b], score[u])
                 ev_anom[a:b] = True
                 reasons[u].append("the whole history is anomalous: no part of it explains the score")
@@ -261,9 +263,9 @@ class SeqGuard:
                        "top_item_share", "value_mean", "value_std", "value_extreme_share", "value_deviation",
                        "value_item_corr", "mean_item_surprisal", "taste_coherence")
 
-    def _whole_type(self, uf_row: np.ndarray) -> str:
-        tails = self.user_detectors.feature_tails(uf_row[None, :])[0]
-        t = dict(zip(USER_FEATURES, tails))
+    def _whole_type(self, tails_row: np.ndarray) -> str:
+        """bot or shilling by which feature group is most extreme; other when neither is."""
+        t = dict(zip(USER_FEATURES, tails_row))
         bot = max(t[f] for f in self._BOT_FEATURES)
         shill = max(t[f] for f in self._SHILL_FEATURES)
         strong = -math.log(0.01)

@@ -40,8 +40,7 @@ class Seqs:
 
     def subset(self, keep: np.ndarray) -> Seqs:
         """The same users with only the events where ``keep`` (N,) is True."""
-        counts = np.add.reduceat(keep.astype(np.int64), self.offsets[:-1]) if len(keep) else np.zeros(0, np.int64)
-        counts = np.where(np.diff(self.offsets) > 0, counts, 0)
+        counts = _segment_sums(keep.astype(np.int64), self.offsets)
         offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
         return Seqs(offsets, self.ts[keep], self.item[keep], self.action[keep], self.value[keep], self.surprisal[keep])
 
@@ -218,7 +217,7 @@ def _rolling_max_mean(x: np.ndarray, offsets: np.ndarray, width: int) -> np.ndar
 def _longest_run(flag: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """(U,) the longest run of consecutive True events inside each user's history."""
     out = np.zeros(len(offsets) - 1)
-    for u in np.flatnonzero(np.add.reduceat(flag.astype(np.int64), offsets[:-1]) * (np.diff(offsets) > 0) > 0) if len(flag) else []:
+    for u in np.flatnonzero(_segment_sums(flag.astype(np.int64), offsets) > 0):
         f = np.r_[False, flag[offsets[u]:offsets[u + 1]], False].astype(np.int8)
         d = np.flatnonzero(np.diff(f))
         out[u] = (d[1::2] - d[::2]).max()
