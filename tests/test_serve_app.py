@@ -163,28 +163,36 @@ def test_backpressure_then_recovers(app):
         assert len(c.score_frame(df).responses) == 12
 
 
-def test_replica_killed_mid_traffic_loses_no_request(app):
-    import ray
-
-    df = score_events(n_users=6).drop(columns="value")
+def _score_in_background(app, n_users, n_threads, stop, record, errors, **client_kw):
+    """Client threads scoring users in a loop until ``stop``: ``record(user, response)`` per
+    answer, ``(code, details)`` appended to ``errors`` per failed call. Returns the started threads."""
+    df = score_events(n_users=n_users).drop(columns="value")
     groups = [(u, g[["item_id", "ts", "action"]].to_dict("records")) for u, g in df.groupby("user_id")]
-    done, errors = [], []
-    stop = threading.Event()
 
     def worker(k):
-        with _client(app, timeout_s=15, retries=10, backoff_s=0.3) as c:
+        with _client(app, **client_kw) as c:
             i = 0
             while not stop.is_set():
                 u, recs = groups[(i + k) % len(groups)]
                 try:
-                    done.append(c.score(u, recs).user_id == u)
+                    record(u, c.score(u, recs))
                 except grpc.RpcError as exc:
                     errors.append((exc.code(), exc.details()))
                 i += 1
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
     for t in threads:
         t.start()
+    return threads
+
+
+def test_replica_killed_mid_traffic_loses_no_request(app):
+    import ray
+
+    done, errors = [], []
+    stop = threading.Event()
+    threads = _score_in_background(app, 6, 4, stop, lambda u, r: done.append(r.user_id == u), errors,
+                                   timeout_s=15, retries=10, backoff_s=0.3)
     time.sleep(2)
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith(f"SERVE_REPLICA::{APP}#Encoder#")]
@@ -206,25 +214,9 @@ def test_rolling_bundle_update_without_failures(app, bundles):
     from seqguard_ray.bundle import read_manifest
 
     new_version = read_manifest(bundles[1])["model_version"]
-    df = score_events(n_users=4).drop(columns="value")
-    groups = [(u, g[["item_id", "ts", "action"]].to_dict("records")) for u, g in df.groupby("user_id")]
     versions, errors = [], []
     stop = threading.Event()
-
-    def worker(k):
-        with _client(app, retries=0) as c:
-            i = 0
-            while not stop.is_set():
-                u, recs = groups[(i + k) % len(groups)]
-                try:
-                    versions.append(c.score(u, recs).model_version)
-                except grpc.RpcError as exc:
-                    errors.append((exc.code(), exc.details()))
-                i += 1
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
+    threads = _score_in_background(app, 4, 3, stop, lambda u, r: versions.append(r.model_version), errors, retries=0)
     try:
         deploy(_args(bundles[1]), name=APP)  # only model_dir changes: replicas reconfigure in place
         deadline = time.time() + 60
