@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import EVENT_FEATURES, USER_FEATURES
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: user feature "catalogue_order"; feature names in the manifest
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz", "iforest.skops")
 # Types skops may rebuild besides numpy/sklearn basics; anything else in the file is refused.
@@ -81,7 +83,8 @@ def save_bundle(sg, path: str | Path) -> Path:
         "encoder_config": sg.model.config.to_dict(),
         "repair_policy": asdict(sg.policy),
         "detectors": {"target_fpr": ud.target_fpr, "threshold": ud.threshold_,
-                      "seed": ud.seed, "encoder_columns": list(ud.encoder_columns), "n_trimmed": ud.n_trimmed_},
+                      "seed": ud.seed, "encoder_columns": list(ud.encoder_columns), "n_trimmed": ud.n_trimmed_,
+                      "user_features": list(USER_FEATURES), "event_features": list(EVENT_FEATURES)},
         "vocab": {"items": sg.vocab.items, "actions": sg.vocab.actions},
         "metrics": sg.metrics,
         "files": {f: _sha256(out / f) for f in FILES},
@@ -117,7 +120,9 @@ def read_manifest(path: str | Path) -> dict:
     fv = manifest.get("format_version")
     if fv != FORMAT_VERSION:
         raise BundleError(f"model bundle {p} has format version {fv!r}; this seqguard reads version {FORMAT_VERSION!r}: retrain or use a matching seqguard")
-    files = manifest.get("files") or {}
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"model bundle {p}: {MANIFEST} has no 'files' checksums (got {type(files).__name__})")
     for f in FILES:
         fp = p / f
         if not fp.is_file():
@@ -134,10 +139,10 @@ def load_bundle(path: str | Path):
 
     from .detectors import Calibrator, EventDetector, UserDetectors
     from .engine import SeqGuard, TrainConfig
-    from .features import ItemStats
+    from .features import ItemStats, catalogue_rank
     from .model import SeqGuardConfig, SeqGuardEncoder
     from .repair import RepairPolicy
-    from .tokens import Vocab
+    from .tokens import N_SPECIAL, Vocab
 
     p = Path(path)
     m = read_manifest(p)
@@ -145,8 +150,15 @@ def load_bundle(path: str | Path):
         sg = SeqGuard(TrainConfig.from_dict(m["train_config"]), RepairPolicy(**m["repair_policy"]))
         a = np.load(p / "state.npz", allow_pickle=False)
         sg.vocab = Vocab(m["vocab"]["items"], m["vocab"]["actions"], a["vocab.item_counts"])
+        # the manifest is not covered by the checksums: its vocabulary must fit the checked arrays
+        enc = m["encoder_config"]
+        sizes = {len(sg.vocab.item_counts) + N_SPECIAL, len(a["stats.log_count"]), enc["n_items"]}
+        if sizes != {sg.vocab.n_items} or sg.vocab.n_actions != enc["n_actions"]:
+            raise BundleError(f"model bundle {p}: the vocabulary in {MANIFEST} ({len(sg.vocab.items)} items, "
+                              f"{len(sg.vocab.actions)} actions) does not fit the encoder and state.npz (edited manifest?)")
         sg.stats = ItemStats(a["stats.log_count"], a["stats.value_mean"], float(a["stats.value_std"]),
-                             a["stats.taste"], int(a["stats.main_action"]), *map(float, a["stats.value_range"]))
+                             a["stats.taste"], int(a["stats.main_action"]), *map(float, a["stats.value_range"]),
+                             catalogue_rank(sg.vocab.items, sg.vocab.n_items))
         cfg = {k: v for k, v in m["encoder_config"].items()}
         sg.model = SeqGuardEncoder(SeqGuardConfig(**cfg))
         missing, unexpected = sg.model.load_state_dict(load_file(str(p / "encoder.safetensors")), strict=False)
@@ -154,6 +166,10 @@ def load_bundle(path: str | Path):
             raise BundleError(f"model bundle {p}: encoder weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         sg.model.eval()
         d = m["detectors"]
+        for kind, names in (("user", USER_FEATURES), ("event", EVENT_FEATURES)):
+            if d.get(f"{kind}_features") != list(names) or a["user.center" if kind == "user" else "event.ref"].shape[-1] != len(names):
+                raise BundleError(f"model bundle {p}: its detectors use other {kind} features than this seqguard "
+                                  f"computes ({len(d.get(f'{kind}_features') or [])} vs {len(names)}): retrain with this version")
         ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
                            encoder_columns=tuple(d["encoder_columns"]))
         ud.center_, ud.scale_, ud.ecod_ref_ = a["user.center"], a["user.scale"], a["user.ecod_ref"]

@@ -256,7 +256,7 @@ class SeqGuard:
                 ev_anom[a:b] = True
                 reasons[u].append("the whole history is anomalous: no part of it explains the score")
 
-    _BOT_FEATURES = ("log_rate_per_active_hour", "median_log_gap", "gap_spread",
+    _BOT_FEATURES = ("log_rate_per_active_hour", "median_log_gap", "gap_spread", "catalogue_order",
                      "fast_gap_share", "gap_regularity", "hour_entropy", "main_action_share", "action_entropy",
                      "unseen_action_share", "mean_timing_surprisal")
     _SHILL_FEATURES = ("mean_log_count", "std_log_count", "unknown_item_share", "distinct_item_share",
@@ -296,7 +296,7 @@ class SeqGuard:
         self.vocab = Vocab.build(log_.item, log_.action, min_count=c.min_item_count)
         seqs = Seqs(log_.offsets, log_.ts, self.vocab.item_ids(log_.item), self.vocab.action_ids(log_.action),
                     log_.value, np.zeros((log_.n_events, 3), np.float32))
-        self.stats = ItemStats.fit(seqs, self.vocab.n_items, seed=c.seed)
+        self.stats = ItemStats.fit(seqs, self.vocab.n_items, seed=c.seed, items=self.vocab.items)
         self.model = SeqGuardEncoder(self._model_config())
         history = self.train_encoder_local(seqs)
         t_train = time.perf_counter() - t0

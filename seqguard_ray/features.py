@@ -56,9 +56,10 @@ class ItemStats:
     main_action: int        # the most common action id
     value_lo: float = 0.0   # smallest training value (0 when no values)
     value_hi: float = 0.0   # largest training value
+    id_rank: np.ndarray | None = None  # (V,) each item's rank in catalogue (item id) order; see catalogue_rank
 
     @classmethod
-    def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0) -> ItemStats:
+    def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0, items: list[str] | None = None) -> ItemStats:
         counts = np.bincount(seqs.item, minlength=n_items).astype(np.float64)
         log_count = np.log1p(counts)
         log_count[:N_SPECIAL] = 0.0
@@ -71,7 +72,22 @@ class ItemStats:
         value_std = float(v[has_v].std()) if has_v.sum() > 1 else 1.0
         main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
         lo, hi = (float(v[has_v].min()), float(v[has_v].max())) if has_v.any() else (0.0, 0.0)
-        return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi)
+        return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi,
+                   catalogue_rank(items, n_items))
+
+
+def catalogue_rank(items: list[str] | None, n_items: int) -> np.ndarray:
+    """(V,) each vocab item's rank when the catalogue is sorted by item id (numerically when
+    every id is an integer), 0 for specials. Crawlers walk catalogues in such an order."""
+    rank = np.zeros(n_items)
+    if not items:
+        return rank
+    try:
+        keys = np.array([int(x) for x in items])
+    except ValueError:
+        keys = np.array(items)
+    rank[N_SPECIAL:N_SPECIAL + len(items)] = np.argsort(np.argsort(keys, kind="stable"), kind="stable") + 1
+    return rank
 
 
 def _taste_vectors(seqs: Seqs, n_items: int, seed: int) -> np.ndarray:
@@ -185,7 +201,7 @@ USER_FEATURES = (
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
-    "taste_coherence", "taste_shift", "segment_novelty",
+    "taste_coherence", "taste_shift", "segment_novelty", "catalogue_order",
 )
 
 
@@ -212,6 +228,26 @@ def _rolling_max_mean(x: np.ndarray, offsets: np.ndarray, width: int) -> np.ndar
         w = min(width, n)
         out[u] = ((c[a + w:b + 1] - c[a:b - w + 1]) / w).max()
     return out
+
+
+def _catalogue_order(seqs: Seqs, stats: ItemStats, uix: np.ndarray) -> np.ndarray:
+    """(U,) how strictly each history walks the catalogue in one direction, in item id order or in
+    popularity order (vocab ids are by training count): |steps up - steps down| / (steps + 2),
+    over consecutive known items. About 0 for people, near 1 for a crawler's sweep."""
+    U = seqs.n_users
+    it = seqs.item
+    pair = (uix[1:] == uix[:-1]) & (it[1:] >= N_SPECIAL) & (it[:-1] >= N_SPECIAL)
+    u = uix[1:][pair]
+    best = np.zeros(U)
+    orders = [it.astype(np.float64)]
+    if stats.id_rank is not None and len(stats.id_rank) == len(stats.log_count):
+        orders.append(stats.id_rank[it])
+    for o in orders:
+        d = np.sign(np.diff(o))[pair]
+        steps = np.bincount(u, np.abs(d), minlength=U)
+        net = np.abs(np.bincount(u, d, minlength=U))
+        best = np.maximum(best, net / (steps + 2.0))
+    return best
 
 
 def _longest_run(flag: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -364,6 +400,6 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
-        coherence, shift, novelty,
+        coherence, shift, novelty, _catalogue_order(seqs, stats, uix),
     ], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments

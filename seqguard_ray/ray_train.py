@@ -278,7 +278,7 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     enc, n_users, enc_nodes = collect_encoded(sg, enc_ds)
     if n_users < 5:
         raise ValueError(f"need at least 5 users to train, got {n_users}")
-    sg.stats = ItemStats.fit(enc.seqs, sg.vocab.n_items, seed=c.seed)
+    sg.stats = ItemStats.fit(enc.seqs, sg.vocab.n_items, seed=c.seed, items=sg.vocab.items)
     sg.fit_detectors(enc)
     n_events = int(len(enc.seqs.ts))
     sg.metrics.update({

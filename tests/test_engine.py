@@ -95,6 +95,12 @@ def test_corrupt_bundles(tiny_bundle, tmp_path):
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="format version '999'"):
         SeqGuard.load(d)
+    d = copy("features")
+    m = json.loads((d / "manifest.json").read_text())
+    m["detectors"]["user_features"] = m["detectors"]["user_features"][:-1]
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="other user features"):
+        SeqGuard.load(d)
     d = copy("garbled")
     (d / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="corrupt"):
@@ -103,3 +109,26 @@ def test_corrupt_bundles(tiny_bundle, tmp_path):
     (d / "iforest.skops").unlink()
     with pytest.raises(BundleError, match="missing iforest.skops"):
         SeqGuard.load(d)
+
+
+def test_catalogue_order_flags_sweeps_not_people():
+    """A crawler walking the catalogue in id or popularity order scores near 1; shuffled items near 0."""
+    from seqguard_ray.features import ItemStats, Seqs, USER_FEATURES, _catalogue_order, catalogue_rank
+    from seqguard_ray.tokens import N_SPECIAL
+
+    items = [str(i) for i in (5, 3, 40, 12, 7, 100, 2, 9, 61, 8)]   # vocab (popularity) order
+    V = len(items) + N_SPECIAL
+    rank = catalogue_rank(items, V)
+    assert rank[N_SPECIAL:].tolist() == [3, 2, 8, 7, 4, 10, 1, 6, 9, 5]  # numeric, not string, order
+    stats = ItemStats(np.zeros(V), np.zeros(V), 1.0, np.zeros((V, 2), np.float32), 0, id_rank=rank)
+    by_id = N_SPECIAL + np.argsort(rank[N_SPECIAL:])            # vocab ids in item id order
+    by_pop = np.arange(N_SPECIAL, V)
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(np.tile(by_pop, 3))
+    item = np.concatenate([by_id, by_pop[::-1], shuffled])
+    off = np.array([0, 10, 20, 50])
+    n = len(item)
+    seqs = Seqs(off, np.arange(n, dtype=float), item, np.zeros(n, np.int64), np.full(n, np.nan), np.zeros((n, 3), np.float32))
+    got = _catalogue_order(seqs, stats, seqs.user_index())
+    assert got[0] > 0.8 and got[1] > 0.8 and got[2] < 0.4, got
+    assert "catalogue_order" in USER_FEATURES

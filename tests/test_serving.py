@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from serving_helpers import TOKEN, score_events, tiny_bundle
 
-from seqguard_ray.bundle import BundleError
+from seqguard_ray.bundle import FORMAT_VERSION, BundleError
 from seqguard_ray.detectors import DETECTORS
 from seqguard_ray.client import SeqGuardClient
 from seqguard_ray.events import EventsError
@@ -297,7 +297,7 @@ def test_score_one_and_repair_equal_engine(client, engine):
 
 def test_model_info(client, engine):
     info = client.model_info()
-    assert info.model_version == engine.model_version and info.format_version == "1"
+    assert info.model_version == engine.model_version and info.format_version == FORMAT_VERSION
     assert info.max_message_bytes == 200_000 and "injection" in info.anomaly_types
 
 
