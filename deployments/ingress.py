@@ -4,7 +4,8 @@ Concurrent requests are gathered with ``@serve.batch`` and sent as ONE batch thr
 (two batches in flight, so the Encoder and the DetectorEnsemble work at the same time);
 the Encoder's response is passed straight to the DetectorEnsemble (and on to RepairPolicy)
 without coming back here. Auth, limits, conversion and status codes come from
-:class:`seqguard_ray.serving.ScoringService`.
+:class:`seqguard_ray.serving.ScoringService`; what is counted for Prometheus comes from
+:class:`seqguard_ray.metrics.ServingMetrics` (see docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
+from seqguard_ray.metrics import RayMetrics
 from seqguard_ray.serving import (
     Authenticator, Limits, ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable,
 )
@@ -34,10 +36,12 @@ class SeqGuardIngress:
             fn.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._model_dir: str | None = None
         self._info: ModelInfo | None = None
+        self.metrics = RayMetrics()
 
     async def reconfigure(self, config: dict) -> None:
         self._model_dir = config.get("model_dir")
         self._info = await asyncio.to_thread(ModelInfo.from_dir, self._model_dir)
+        self.metrics.model_loaded(self._info.model_version)
 
     # ---------------------------------------------------------------- Backend for ScoringService
     async def score(self, batch: SeqBatch) -> ScoredBatch:
@@ -55,17 +59,21 @@ class SeqGuardIngress:
     async def _score_many(self, batches: list[SeqBatch]) -> list[ScoredBatch]:
         merged, bounds = SeqBatch.concat(batches)
         sb = await self._det.detect.remote(self._enc.encode.remote(merged))
+        self.metrics.scored(sb.score, sb.anomalous, sb.anomaly_type)
         return sb.split(bounds)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, max_concurrent_batches=2)
     async def _repair_many(self, batches: list[SeqBatch]) -> list[RepairedBatch]:
         merged, bounds = SeqBatch.concat(batches)
         rb = await self._rep.apply.remote(self._det.detect.remote(self._enc.encode.remote(merged)))
+        self.metrics.scored(rb.scored.score, rb.scored.anomalous, rb.scored.anomaly_type)
+        self.metrics.repaired(rb.user_action)
         return rb.split(bounds)
 
     # ---------------------------------------------------------------- rpcs (names = proto rpc names)
     async def _rpc(self, rpc: str, request, ctx: RayServegRPCContext):
         reply = await self.service.call(rpc, request, ctx.invocation_metadata())
+        self.metrics.request(rpc, reply.code.name)
         if reply.code != grpc.StatusCode.OK:
             ctx.set_code(reply.code)
             ctx.set_details(reply.details)
@@ -86,3 +94,4 @@ class SeqGuardIngress:
     def check_health(self) -> None:
         if self._info is None:
             raise RuntimeError("no model configured")
+        self.metrics.refresh()  # Serve calls this every health_check_period_s: keeps the gauges exported

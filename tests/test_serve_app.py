@@ -23,6 +23,7 @@ os.environ.setdefault("RAY_ADDRESS", "local")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SC = grpc.StatusCode
 APP = "seqguard"
+_deployed_at = [0.0]  # when the module's app was deployed
 
 
 def _free_port() -> int:
@@ -57,6 +58,7 @@ def app(ray_local, bundles):
     serve.start(http_options=HTTPOptions(host="127.0.0.1", port=_free_port()),
                 grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[SERVICER], request_timeout_s=20))
     deploy(_args(bundles[0]), name=APP)
+    _deployed_at[0] = time.time()
     yield f"127.0.0.1:{port}"
     serve.delete(APP)
     serve.shutdown()
@@ -207,6 +209,82 @@ def test_replica_killed_mid_traffic_loses_no_request(app):
         t.join(60)
     assert not errors, errors[:3]
     assert all(done) and len(done) >= n_before + 20
+
+
+def _scrape() -> dict[str, list[tuple[dict, float]]]:
+    """Every node's Prometheus endpoint (the ports Ray's service discovery file lists), parsed:
+    sample name -> [(labels, value)]."""
+    import urllib.request
+
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[str, list[tuple[dict, float]]] = {}
+    for node in ray.nodes():
+        if not node.get("Alive", node.get("alive")) or not node.get("MetricsExportPort"):
+            continue
+        url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def _total(samples, name, **labels) -> float:
+    return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
+
+
+def test_prometheus_metrics(app):
+    """seqguard's own metrics and Serve's built-in ones reach the metrics endpoint (docs/metrics.md).
+    Runs before the rollout test: the model version gauge it checks was set at deploy time."""
+    from seqguard_ray import metrics as sm
+
+    df = score_events()
+    with _client(app) as c:
+        scored = c.score_frame(df).responses
+        flagged = [r for r in scored if r.anomalous]
+        assert flagged, "the test data should hold attacked users that the tiny model flags"
+        uid = flagged[0].user_id
+        recs = df[df["user_id"] == uid][["item_id", "ts", "action", "value"]].to_dict("records")
+        rep = c.repair(uid, recs)
+        info = c.model_info()
+        assert _code(lambda: c.score("u", []))[0] == SC.INVALID_ARGUMENT
+    assert _code(lambda: _client(app, "wrong").model_info())[0] == SC.UNAUTHENTICATED
+    version = info.model_version
+
+    req, score, app_label = sm.REQUESTS.exported, sm.USER_SCORE.exported, {"application": APP}
+    expected = {  # what must be seen -> is it there yet
+        "requests ScoreBatch OK": lambda s: _total(s, req, rpc="ScoreBatch", code="OK", **app_label) >= 1,
+        "requests Repair OK": lambda s: _total(s, req, rpc="Repair", code="OK", **app_label) >= 1,
+        "requests Score INVALID_ARGUMENT": lambda s: _total(s, req, rpc="Score", code="INVALID_ARGUMENT") >= 1,
+        "requests ModelInfo UNAUTHENTICATED": lambda s: _total(s, req, rpc="ModelInfo", code="UNAUTHENTICATED") >= 1,
+        "score histogram count": lambda s: _total(s, f"{score}_count", **app_label) >= len(scored) + 1,
+        "score histogram le=1.0": lambda s: _total(s, f"{score}_bucket", le="1.0") == _total(s, f"{score}_count") > 0,
+        "anomalies by type": lambda s: all(_total(s, sm.ANOMALIES.exported, anomaly_type=t) >= 1
+                                           for t in {r.anomaly_type for r in flagged}),
+        "repair actions": lambda s: _total(s, sm.REPAIR_ACTIONS.exported, action=rep.user_action) >= 1,
+        "model version": lambda s: _total(s, sm.MODEL_VERSION.exported, model_version=version) == 1
+        and _total(s, sm.MODEL_VERSION.exported) == 1,
+        "serve grpc requests": lambda s: _total(s, "ray_serve_num_grpc_requests_total", application=APP) >= 1,
+        "serve grpc latency": lambda s: _total(s, "ray_serve_grpc_request_latency_ms_count", application=APP) >= 1,
+        "serve replica latency": lambda s: _total(s, "ray_serve_deployment_processing_latency_ms_count",
+                                                  deployment="SeqGuardIngress") >= 1,
+    }
+    # Ray drops a gauge series not set for 2 export intervals (2 x 10 s): the model version gauge,
+    # set when the bundle was loaded, must outlive that (the ingress sets it again on health checks)
+    time.sleep(max(0.0, _deployed_at[0] + 25 - time.time()))
+    deadline = time.time() + 90  # Ray exports metrics every few seconds
+    while True:
+        samples = _scrape()
+        missing = [what for what, ok in expected.items() if not ok(samples)]
+        if not missing or time.time() > deadline:
+            break
+        time.sleep(2)
+    names = sorted(n for n in samples if n.startswith(("ray_seqguard_", "ray_serve_num_grpc", "ray_serve_grpc")))
+    print("seqguard and Serve gRPC metrics seen:", names, "proxy status codes:",
+          sorted({lab.get("status_code") for lab, _ in samples.get("ray_serve_num_grpc_requests_total", [])}))
+    assert not missing, (missing, names)
 
 
 def test_rolling_bundle_update_without_failures(app, bundles):

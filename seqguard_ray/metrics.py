@@ -1,0 +1,211 @@
+"""Serving metrics: what seqguard counts, in one place, behind a small framework-free interface.
+
+:class:`ServingMetrics` turns serving events (an rpc answered with a status code, a batch of
+sequences scored, a batch repaired, a model bundle loaded) into updates of the metrics in
+:data:`METRICS`. Subclasses only say where the updates go:
+
+- :class:`NullMetrics`: nowhere (the default, e.g. for the plain ``grpc.aio`` server);
+- :class:`InMemoryMetrics`: a dict (unit tests);
+- :class:`RayMetrics`: Ray's metrics API, exported in Prometheus format by every node's metrics
+  agent (the Ray Serve ingress).
+
+Names are registered as ``seqguard_*``; Ray's exporter adds the ``ray_`` prefix and, for counters,
+the ``_total`` suffix (:attr:`MetricSpec.exported`). See docs/metrics.md.
+
+Scores are in [0, 1]; higher means more anomalous.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Bucket upper bounds for sequence scores. Scores are calibrated tail probabilities, so the
+# threshold sits at 1 - target_fpr (0.99 by default): the buckets are dense near 1.
+SCORE_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: its registered name, kind, help text, tag keys and (histograms) buckets."""
+
+    name: str                             # registered name, ``seqguard_...``
+    kind: str                             # "counter", "histogram" or "gauge"
+    description: str                      # Prometheus HELP text
+    tag_keys: tuple[str, ...] = ()        # tags set on every update
+    boundaries: tuple[float, ...] = ()    # histogram bucket upper bounds (positive, increasing)
+
+    @property
+    def exported(self) -> str:
+        """The name Prometheus sees (``_bucket``/``_count``/``_sum`` follow it for histograms)."""
+        return f"ray_{self.name}" + ("_total" if self.kind == "counter" else "")
+
+
+REQUESTS = MetricSpec("seqguard_requests", "counter",
+                      "seqguard rpcs answered by the ingress, by rpc and gRPC status code", ("rpc", "code"))
+USER_SCORE = MetricSpec("seqguard_user_score", "histogram",
+                        "sequence (user) anomaly scores in [0, 1], higher = more anomalous", (), SCORE_BUCKETS)
+ANOMALIES = MetricSpec("seqguard_anomalies", "counter",
+                       "sequences scored anomalous, by anomaly type", ("anomaly_type",))
+REPAIR_ACTIONS = MetricSpec("seqguard_repair_actions", "counter",
+                            "sequences repaired, by the repair action applied (pass included)", ("action",))
+MODEL_VERSION = MetricSpec("seqguard_model_version", "gauge",
+                           "1 for the model version this replica serves, 0 for versions it served before",
+                           ("model_version",))
+
+METRICS: tuple[MetricSpec, ...] = (REQUESTS, USER_SCORE, ANOMALIES, REPAIR_ACTIONS, MODEL_VERSION)
+
+
+def _counts(values: Iterable) -> list[tuple[str, int]]:
+    arr = np.asarray(list(values), dtype=object).astype(str)
+    if arr.size == 0:
+        return []
+    keys, n = np.unique(arr, return_counts=True)
+    return [(str(k), int(c)) for k, c in zip(keys, n)]
+
+
+class ServingMetrics:
+    """What is counted. Subclasses implement the three primitives ``_inc``, ``_observe`` and ``_set``.
+
+    A failing primitive never fails a request: the error is logged (with its traceback the first
+    time for each metric) and the update is lost.
+    """
+
+    def __init__(self) -> None:
+        self._version: str | None = None
+        self._failed: set[str] = set()
+
+    # ------------------------------------------------------------------ events
+    def request(self, rpc: str, code: str) -> None:
+        """One rpc answered; ``code`` is the gRPC status name (``"OK"``, ``"INVALID_ARGUMENT"``...)."""
+        self._safe(REQUESTS, self._inc, REQUESTS, 1, {"rpc": rpc, "code": code})
+
+    def scored(self, score: np.ndarray, anomalous: np.ndarray, anomaly_type: np.ndarray) -> None:
+        """A batch of R sequences scored: score (R,) in [0, 1], anomalous (R,) bool, anomaly_type (R,) str."""
+        score = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
+        flagged = np.asarray(anomaly_type, dtype=object)[np.asarray(anomalous, dtype=bool)]
+        self._safe(USER_SCORE, self._observe, USER_SCORE, score)
+        for t, n in _counts(flagged):
+            self._safe(ANOMALIES, self._inc, ANOMALIES, n, {"anomaly_type": t})
+
+    def repaired(self, user_action: np.ndarray) -> None:
+        """A batch of R sequences repaired: user_action (R,) str, the action applied to each."""
+        for a, n in _counts(user_action):
+            self._safe(REPAIR_ACTIONS, self._inc, REPAIR_ACTIONS, n, {"action": a})
+
+    def model_loaded(self, version: str) -> None:
+        """This replica now serves ``version``: its gauge goes to 1, the previous version's to 0
+        (with Ray, that 0 is exported for a while and then the series is dropped, see :meth:`refresh`)."""
+        old, self._version = self._version, version
+        if old is not None and old != version:
+            self._safe(MODEL_VERSION, self._set, MODEL_VERSION, 0.0, {"model_version": old})
+        self._safe(MODEL_VERSION, self._set, MODEL_VERSION, 1.0, {"model_version": version})
+
+    def refresh(self) -> None:
+        """Set the gauges again. Call it every few seconds: Ray's metrics agent drops a gauge series
+        that was not set for two export intervals (2 x 10 s by default), counters and histograms stay."""
+        if self._version is not None:
+            self._safe(MODEL_VERSION, self._set, MODEL_VERSION, 1.0, {"model_version": self._version})
+
+    # ------------------------------------------------------------------ primitives
+    def _inc(self, spec: MetricSpec, n: int, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def _observe(self, spec: MetricSpec, values: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def _safe(self, spec: MetricSpec, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # metrics must not fail a request; logged below
+            first = spec.name not in self._failed
+            self._failed.add(spec.name)
+            log.warning("could not update metric %s", spec.name, exc_info=first)
+
+
+class NullMetrics(ServingMetrics):
+    """Records nothing."""
+
+    def _inc(self, spec, n, tags) -> None:
+        pass
+
+    def _observe(self, spec, values) -> None:
+        pass
+
+    def _set(self, spec, value, tags) -> None:
+        pass
+
+
+class InMemoryMetrics(ServingMetrics):
+    """Keeps counter totals, observed values and gauge values in dicts keyed by (name, sorted tags)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counters: dict[tuple[str, tuple], float] = {}
+        self.observed: dict[str, list[float]] = {}
+        self.gauges: dict[tuple[str, tuple], float] = {}
+
+    def _inc(self, spec, n, tags) -> None:
+        key = (spec.name, tuple(sorted(tags.items())))
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _observe(self, spec, values) -> None:
+        self.observed.setdefault(spec.name, []).extend(np.asarray(values, dtype=float).tolist())
+
+    def _set(self, spec, value, tags) -> None:
+        self.gauges[(spec.name, tuple(sorted(tags.items())))] = value
+
+
+class RayMetrics(ServingMetrics):
+    """Ray's metrics API. Create it inside a Serve replica: ``ray.serve.metrics`` then adds the
+    ``application``, ``deployment`` and ``replica`` tags to every series (outside a replica they
+    are plain ``ray.util.metrics`` objects). Needs a connected Ray worker or driver.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from ray.serve import metrics as m
+
+        self._m = {}
+        for spec in METRICS:
+            if spec.kind == "counter":
+                self._m[spec.name] = m.Counter(spec.name, spec.description, spec.tag_keys)
+            elif spec.kind == "histogram":
+                self._m[spec.name] = m.Histogram(spec.name, spec.description, list(spec.boundaries), spec.tag_keys)
+            else:
+                self._m[spec.name] = m.Gauge(spec.name, spec.description, spec.tag_keys)
+
+    def _inc(self, spec, n, tags) -> None:
+        self._m[spec.name].inc(float(n), tags=tags)
+
+    def _observe(self, spec, values) -> None:
+        h = self._m[spec.name]
+        for v in np.asarray(values, dtype=float).tolist():
+            h.observe(v)
+
+    def _set(self, spec, value, tags) -> None:
+        self._m[spec.name].set(float(value), tags=tags)
+
+
+__all__ = [
+    "ANOMALIES",
+    "METRICS",
+    "MODEL_VERSION",
+    "REPAIR_ACTIONS",
+    "REQUESTS",
+    "SCORE_BUCKETS",
+    "USER_SCORE",
+    "InMemoryMetrics",
+    "MetricSpec",
+    "NullMetrics",
+    "RayMetrics",
+    "ServingMetrics",
+]
