@@ -132,9 +132,13 @@ def train_encoder(model: SeqGuardEncoder, make_batches: Callable[[int], Iterable
     inner = model.module if hasattr(model, "module") else model
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(1, epochs * (steps_per_epoch or 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
-    ) if steps_per_epoch else None
+    done = start_epoch * (steps_per_epoch or 0)  # a resumed run continues the schedule, not its warm-up
+
+    def lr_factor(s: int) -> float:
+        s += done
+        return min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) if steps_per_epoch else None
     gen = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(start_epoch, epochs):

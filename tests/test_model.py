@@ -44,3 +44,14 @@ def test_training_lowers_surprisal_of_learnable_sequences():
     hist = train_encoder(m, batches, epochs=15, lr=3e-3, steps_per_epoch=4)
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert mean_item_surprisal() < 0.6 * before  # uniform over 20 items -> mostly the 5 in use
+
+
+def test_resumed_training_continues_the_lr_schedule():
+    """A run resumed at epoch 5 of 10 starts mid-cosine (half the peak lr), not at warm-up's start."""
+    m = tiny()
+    lrs = []
+    for start in (0, 5):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        train_encoder(m, lambda epoch: iter(()), epochs=10, steps_per_epoch=10, optimizer=opt, start_epoch=start)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert np.isclose(lrs[0], 1e-3 * 1 / 5) and np.isclose(lrs[1], 1e-3 * 0.5), lrs
