@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmds = {"train": cmd_train, "score": cmd_score, "demo": cmd_demo}
         return cmds[args.command](args) if args.command in cmds else args.handler(args)
-    except (EventsError, BundleError, ValueError, FileNotFoundError) as exc:
+    except (EventsError, BundleError, ValueError, OSError) as exc:  # OSError: a path that is a file, unwritable, ...
         print(f"seqguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -82,8 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _check_out_dir(path: str | Path, flag: str) -> None:
+    """Fail before the work, not after it, when an output directory cannot be created."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {p} exists and is not a directory")
+
+
 def cmd_train(args) -> int:
     from .ray_cli import choose_engine, cmd_train_ray
+    _check_out_dir(args.model, "--model")
     if choose_engine(args) == "ray":
         return cmd_train_ray(args)
     from .engine import SeqGuard, TrainConfig
@@ -117,6 +125,7 @@ def write_outputs(sg, result, out: str | Path) -> dict:
 
 def cmd_score(args) -> int:
     from .ray_cli import choose_engine, cmd_score_ray
+    _check_out_dir(args.out, "--out")
     if choose_engine(args) == "ray":
         return cmd_score_ray(args)
     from .engine import SeqGuard

@@ -26,9 +26,11 @@ REQUIRED = ("user_id", "item_id", "ts")
 DEFAULT_ACTION = "click"
 # Largest accepted timestamp after unit detection: 2100-01-01 in seconds.
 MAX_TS_SECONDS = 4_102_444_800
-# Integer timestamps above this are read as milliseconds (1e11 s is the year 5138).
+# A timestamp column (or gRPC sequence) whose median is above this is read as milliseconds (1e11 s is the year 5138).
 MS_THRESHOLD = 100_000_000_000
 MAX_ID_LENGTH = 256
+# Largest accepted |value|: squares and sums over millions of such values stay finite in float64.
+MAX_ABS_VALUE = 1e15
 BAD_ROW_EXAMPLES = 5
 
 
@@ -137,6 +139,9 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
         raise EventsError(
             f"{source}: missing required column(s) {missing}; found columns {list(df.columns)}"
         )
+    dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+    if dup:
+        raise EventsError(f"{source}: duplicate column name(s) {dup}; each column must appear once")
     if len(df) == 0:
         raise EventsError(f"{source}: the log holds no events")
     df = df.reset_index(drop=True)
@@ -153,8 +158,8 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
     ts = _ts_to_seconds(df["ts"], mark)
     if "action" in df.columns:
         a = df["action"]
-        action = a.astype(object).where(a.notna(), DEFAULT_ACTION).astype(str).to_numpy()
-        mark(np.char.str_len(action.astype(str)) > 64, "action longer than 64 characters")
+        action = _text(a.astype(object).where(a.notna(), DEFAULT_ACTION), "action", mark)
+        mark(np.fromiter((len(s) > 64 for s in action), bool, len(action)), "action longer than 64 characters")
     else:
         action = np.full(len(df), DEFAULT_ACTION, dtype=object)
     if "value" in df.columns:
@@ -162,6 +167,7 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
         mark(v.isna() & df["value"].notna(), "value is not a number")
         value = v.to_numpy(dtype=np.float64)
         mark(np.isinf(value), "value is infinite")
+        mark(np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE, f"value is out of range (|value| > {MAX_ABS_VALUE:g})")
     else:
         value = np.full(len(df), np.nan)
 
@@ -203,16 +209,57 @@ def _ids_to_str(col: pd.Series, name: str, mark) -> np.ndarray:
     if pd.api.types.is_bool_dtype(col):
         mark(np.ones(len(col), bool), f"{name} must be an integer or a string, not bool")
         return col.astype(str).to_numpy(dtype=object)
-    out = col.astype(object).where(col.notna(), "").astype(str).to_numpy(dtype=object)
+    out = _text(col.astype(object).where(col.notna(), ""), name, mark)
     lengths = np.fromiter((len(s) for s in out), dtype=np.int64, count=len(out))
     mark(col.notna() & (lengths == 0), f"{name} is empty")
     mark(lengths > MAX_ID_LENGTH, f"{name} longer than {MAX_ID_LENGTH} characters")
     return out
 
 
+def _text(col: pd.Series, name: str, mark) -> np.ndarray:
+    """(N,) object str: strings and numbers as text, UTF-8 bytes decoded. Other values (lists,
+    dicts, bools, undecodable bytes) are marked bad with their type, never turned into a repr."""
+    if pd.api.types.infer_dtype(col, skipna=True) in ("string", "integer", "empty"):
+        return col.astype(str).to_numpy(dtype=object)
+    out = np.empty(len(col), dtype=object)
+    why = np.full(len(col), "", dtype=object)
+    for i, v in enumerate(col.to_numpy(dtype=object)):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                why[i], v = "non-UTF-8 bytes", ""
+        elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (str, int, float, np.integer, np.floating)):
+            why[i], v = "list" if isinstance(v, (list, tuple, np.ndarray)) else type(v).__name__, ""
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = str(int(v))
+        out[i] = str(v)
+    for w in sorted(set(why) - {""}):
+        mark(why == w, f"{name} must be text or an integer, not {w}")
+    return out
+
+
+def to_seconds(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric timestamps (N,) -> (float seconds (N,), (N,) bool: in the other unit than most).
+
+    The unit is chosen once for the whole column (or sequence): milliseconds when the median
+    magnitude is above ``MS_THRESHOLD``, else seconds. In a millisecond column, values that look
+    like seconds (1e11 ms is 1973) are flagged rather than silently read as 1970; in a seconds
+    column, millisecond values land after 2100 and are flagged by the range check.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    finite = np.abs(raw[np.isfinite(raw)])
+    if finite.size and np.median(finite) > MS_THRESHOLD:
+        return raw / 1000.0, np.isfinite(raw) & (np.abs(raw) <= MS_THRESHOLD)
+    return raw, np.zeros(len(raw), bool)
+
+
 def _ts_to_seconds(col: pd.Series, mark) -> np.ndarray:
     """Timestamps as float seconds since the epoch; int ms are detected by magnitude."""
     mark(col.isna(), "ts is null")
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_complex_dtype(col):
+        mark(np.ones(len(col), bool), f"ts must be a number or a timestamp, not {col.dtype}")
+        return np.zeros(len(col))
     if pd.api.types.is_datetime64_any_dtype(col):
         ts = col.dt.tz_localize(None) if getattr(col.dt, "tz", None) is not None else col
         secs = ts.astype("datetime64[ns]").astype("int64").to_numpy() / 1e9
@@ -227,10 +274,8 @@ def _ts_to_seconds(col: pd.Series, mark) -> np.ndarray:
             num[parsed.index[ok]] = parsed[ok].astype("int64").to_numpy() / 1e9
             unparsed = num.isna() & col.notna()
         mark(unparsed, "ts is not a number or a timestamp")
-        secs = num.to_numpy(dtype=np.float64)
-        finite = secs[np.isfinite(secs)]
-        if finite.size and np.nanmax(np.abs(finite)) > MS_THRESHOLD:
-            secs = secs / 1000.0
+        secs, other_unit = to_seconds(num.to_numpy(dtype=np.float64))
+        mark(other_unit, "ts looks like seconds in a column of milliseconds (mixed units)")
     mark(~np.isfinite(secs) & col.notna().to_numpy(), "ts is not finite")
     mark(secs < 0, "ts is negative")
     mark(secs > MAX_TS_SECONDS, "ts is after the year 2100")

@@ -167,8 +167,8 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
     # replay: the n-gram ending here occurred earlier in the same history; mark its events
     gram = seqs.item.copy()
     for j in range(1, REPLAY_N):
-        prev = np.r_[np.full(j, -1), seqs.item[:-j]]
-        same_user = np.r_[np.zeros(j, bool), uix[j:] == uix[:-j]]
+        prev = np.r_[np.full(j, -1), seqs.item[:-j]][:n]  # [:n]: logs shorter than j
+        same_user = np.r_[np.zeros(j, bool), uix[j:] == uix[:-j]][:n]
         gram = gram * 1_000_003 + np.where(same_user, prev, -1)
     full = np.r_[np.zeros(REPLAY_N - 1, bool), uix[REPLAY_N - 1:] == uix[:1 - REPLAY_N]] if n >= REPLAY_N else np.zeros(n, bool)
     # an n-gram of one repeated item is a burst, not a replay

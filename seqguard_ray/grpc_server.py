@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from .proto.seqguard.v1 import seqguard_pb2 as pb
 from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
 from .serving import (
     ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable, detect_stage, encode_stage,
-    load_engine, repair_stage,
+    lenient_deserializer, load_engine, repair_stage,
 )
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,20 @@ class SeqGuardServicer(pb_grpc.SeqGuardServicer):
         return await self._call("ModelInfo", request, context)
 
 
+def add_servicer(servicer: SeqGuardServicer, server: grpc.aio.Server) -> None:
+    """The generated ``add_SeqGuardServicer_to_server``, built from the proto's descriptor, with
+    deserializers that let an undecodable request reach the service (INVALID_ARGUMENT, not UNKNOWN)."""
+    svc = pb.DESCRIPTOR.services_by_name["SeqGuard"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name), request_deserializer=lenient_deserializer(getattr(pb, m.input_type.name)),
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString)
+        for m in svc.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(svc.full_name, handlers),))
+    server.add_registered_method_handlers(svc.full_name, handlers)
+
+
 async def create_server(address: str, service: ScoringService) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server on ``address`` (port 0 picks a free one); returns (server, port)."""
     limit = service.limits.max_message_bytes
@@ -148,7 +163,7 @@ async def create_server(address: str, service: ScoringService) -> tuple[grpc.aio
     # RESOURCE_EXHAUSTED with our message rather than grpc's
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", min(2**31 - 1, limit + 1024)),
                                       ("grpc.max_send_message_length", 2**31 - 1)])
-    pb_grpc.add_SeqGuardServicer_to_server(SeqGuardServicer(service), server)
+    add_servicer(SeqGuardServicer(service), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
-from .events import DEFAULT_ACTION, MAX_ID_LENGTH, MAX_TS_SECONDS, MS_THRESHOLD, EventsError
+from .events import DEFAULT_ACTION, MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_TS_SECONDS, EventsError, to_seconds
 from .proto.seqguard.v1 import seqguard_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -255,13 +255,19 @@ def parse_score_request(req: pb.ScoreRequest, limits: Limits, where: str = "") -
     if (ts_raw <= 0).any():
         i = int(np.argmax(ts_raw <= 0))
         fail(i, f"ts = {ts_raw[i]} is missing or not positive: send Unix time in seconds or milliseconds")
-    # the batch path's unit rule, applied per sequence: values above 1e11 mean milliseconds
-    ts = ts_raw / 1000.0 if (np.abs(ts_raw) > MS_THRESHOLD).any() else ts_raw.astype(np.float64)
+    # the batch path's unit rule, applied per sequence (milliseconds when most values are above 1e11)
+    ts, other_unit = to_seconds(ts_raw)
+    if other_unit.any():
+        i = int(np.argmax(other_unit))
+        fail(i, f"ts = {ts_raw[i]} looks like seconds while the other events are in milliseconds: use one unit")
     if (ts > MAX_TS_SECONDS).any():
         i = int(np.argmax(ts > MAX_TS_SECONDS))
         fail(i, f"ts = {ts_raw[i]} is out of range (after the year 2100)")
     if np.isinf(value).any():
         fail(int(np.argmax(np.isinf(value))), "value is infinite")
+    if (np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE).any():
+        i = int(np.argmax(np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE))
+        fail(i, f"value = {value[i]:g} is out of range (|value| > {MAX_ABS_VALUE:g})")
     if max((len(a) for a in action), default=0) > MAX_ACTION_LENGTH:
         fail(next(i for i, a in enumerate(action) if len(a) > MAX_ACTION_LENGTH), f"action is longer than {MAX_ACTION_LENGTH} characters")
     return SeqBatch([req.user_id], np.array([0, n], np.int64), item, ts, action, value)
@@ -274,6 +280,27 @@ def parse_batch_request(req: pb.ScoreBatchRequest, limits: Limits) -> SeqBatch:
     if n > limits.max_sequences_per_batch:
         raise InvalidArgument(f"requests has {n} sequences, over the limit of {limits.max_sequences_per_batch} per batch")
     return SeqBatch.concat([parse_score_request(r, limits, f"requests[{i}].") for i, r in enumerate(req.requests)])[0]
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Handed to the service in place of a request whose bytes are not the expected message."""
+
+    message_type: str
+    reason: str
+
+
+def lenient_deserializer(message_cls) -> Callable[[bytes], Any]:
+    """``message_cls.FromString``, but bytes that do not parse become an :class:`UndecodableRequest`
+    (answered INVALID_ARGUMENT) instead of an exception inside grpc (answered UNKNOWN)."""
+    from google.protobuf.message import DecodeError
+
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return UndecodableRequest(message_cls.DESCRIPTOR.full_name, str(exc).split(": ")[-1])
+    return parse
 
 
 def check_size(req, limits: Limits) -> None:
@@ -580,6 +607,8 @@ class ScoringService:
     async def call(self, rpc: str, request, metadata: Iterable[tuple[str, Any]] | None) -> Reply:
         try:
             self.auth.check(metadata)
+            if isinstance(request, UndecodableRequest):
+                raise InvalidArgument(f"the request is not a valid {request.message_type} message ({request.reason})")
             check_size(request, self.limits)
             work = self._run(rpc, request)
             msg = await (asyncio.wait_for(work, self.timeout_s) if self.timeout_s else work)
@@ -606,8 +635,14 @@ class ScoringService:
 
 
 # --------------------------------------------------------------------------- frames -> proto (clients)
+def _is_null(v) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and np.isnan(v))
+
+
 def _id_text(v) -> str:
     """An id as the batch path prints it: integers (and integral floats) without decimals."""
+    if _is_null(v):
+        raise ValueError("is null")
     if isinstance(v, (bool, np.bool_)):
         raise ValueError(f"ids must be integers or strings, not bool ({v!r})")
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
@@ -620,19 +655,35 @@ def _id_text(v) -> str:
 def _ts_int(v) -> int:
     import pandas as pd
 
+    if _is_null(v) or v is pd.NaT:
+        raise ValueError("is null")
     if isinstance(v, (pd.Timestamp, np.datetime64)):
         return int(pd.Timestamp(v).value // 1_000_000)  # milliseconds
     return int(v)
 
 
 def events_to_proto(records: Iterable[dict]) -> list[pb.Event]:
-    """Events from dicts with item_id, ts and optional action, value (NaN/None = unset)."""
+    """Events from dicts with item_id, ts and optional action, value (None/NaN = unset).
+
+    Raises ValueError naming the event and field (``events[3].ts``) for a value that cannot be sent.
+    """
     out = []
-    for r in records:
-        v = r.get("value")
-        ev = pb.Event(item_id=_id_text(r["item_id"]), ts=_ts_int(r["ts"]), action=str(r.get("action") or ""))
-        if v is not None and not (isinstance(v, float) and np.isnan(v)):
-            ev.value = float(v)
+    for i, r in enumerate(records):
+        name = "item_id"
+        try:
+            ev = pb.Event(item_id=_id_text(r["item_id"]))
+            name = "ts"
+            ev.ts = _ts_int(r["ts"])
+            name = "action"
+            if not _is_null(r.get("action")):
+                ev.action = str(r["action"])
+            name = "value"
+            if not _is_null(r.get("value")):
+                ev.value = float(r["value"])
+        except KeyError:
+            raise ValueError(f"events[{i}] has no {name}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"events[{i}].{name} = {r.get(name)!r} cannot be sent: {exc}") from None
         out.append(ev)
     return out
 
@@ -644,6 +695,10 @@ def requests_from_frame(df) -> list[pb.ScoreRequest]:
         raise ValueError(f"events need columns user_id, item_id, ts; missing {missing}")
     cols = [c for c in ("item_id", "ts", "action", "value") if c in df.columns]
     reqs = []
-    for uid, g in df.groupby("user_id", sort=False):
-        reqs.append(pb.ScoreRequest(user_id=_id_text(uid), events=events_to_proto(g[cols].to_dict("records"))))
+    for uid, g in df.groupby("user_id", sort=False, dropna=False):
+        try:
+            user_id = _id_text(uid)
+        except ValueError as exc:
+            raise ValueError(f"user_id {exc} in {len(g)} row(s)") from None
+        reqs.append(pb.ScoreRequest(user_id=user_id, events=events_to_proto(g[cols].to_dict("records"))))
     return reqs
