@@ -6,7 +6,9 @@
 
 Every rpc is a read, so retrying is safe: UNAVAILABLE (replica restarting), RESOURCE_EXHAUSTED
 (overload) and DEADLINE_EXCEEDED (per attempt) are retried with exponential backoff and jitter,
-at most ``retries`` times. Other codes raise :class:`grpc.RpcError` at once.
+at most ``retries`` times, and so is the INTERNAL that Ray Serve's gRPC proxy answers when the
+ingress replica it called died mid-call (a node or replica lost: see :func:`replica_lost`).
+Other codes raise :class:`grpc.RpcError` at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +30,16 @@ from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+# Ray Serve's gRPC proxy answers INTERNAL with the text of a RayActorError when the replica it called
+# died or became unreachable (ray/serve/_private/grpc_util.py, Ray 2.60); seqguard's own errors never
+# start like this (the ingress maps every error it sees to a status with its own message).
+_REPLICA_LOST = re.compile(r"The actor (?:\S+ )?(?:is unavailable|died|experienced an error)")
+
+
+def replica_lost(code: grpc.StatusCode, details: str | None) -> bool:
+    """True for the proxy's INTERNAL answer to a lost replica: as retryable as UNAVAILABLE."""
+    return code == grpc.StatusCode.INTERNAL and bool(_REPLICA_LOST.match(details or ""))
 
 
 class SeqGuardClient:
@@ -66,6 +79,7 @@ class SeqGuardClient:
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self.retry_on = frozenset(retry_on)
         self.attempts = 0  # total attempts made (for tests and metrics)
+        self.retried = 0   # attempts that were retries (attempts - retried = calls made)
 
     def _call(self, rpc: str, request):
         method = getattr(self._stub, rpc)
@@ -75,13 +89,19 @@ class SeqGuardClient:
             try:
                 return method(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.RpcError as exc:
-                if exc.code() not in self.retry_on or attempt == self.retries:
+                if not self._retryable(exc) or attempt == self.retries:
                     raise
                 log.info("%s: %s (%s); retry %d/%d in %.2fs", rpc, exc.code().name, exc.details(), attempt + 1,
                          self.retries, delay)
+                self.retried += 1
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff_s)
         raise AssertionError("unreachable")
+
+    def _retryable(self, exc: grpc.RpcError) -> bool:
+        code = exc.code()
+        return code in self.retry_on or (grpc.StatusCode.UNAVAILABLE in self.retry_on
+                                         and replica_lost(code, exc.details()))
 
     # ---------------------------------------------------------------- rpcs
     def score(self, user_id: str, events: Sequence[dict] | Sequence[pb.Event]) -> pb.ScoreResponse:

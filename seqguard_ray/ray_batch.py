@@ -18,6 +18,11 @@ Nothing re-implements the engine: the stages call ``from_frame``, ``tokenize``, 
 ``detect``, ``repair``, ``users_frame`` and ``events_frame``. Scores equal the in-process
 engine's within float tolerance (only the encoder's batch padding differs). Memory is bounded by
 the block size, not the input: no stage holds more than a read unit or a bucket.
+
+A worker node dying mid-run is survived with Ray Data's own defaults, which this module relies on
+and does not override: tasks are retried, lost blocks are rebuilt from their lineage, and the pool
+actors get ``max_restarts=-1`` / ``max_task_retries=-1``. Output parts have deterministic names, so
+a re-run block overwrites its part instead of duplicating it (tests/test_failures.py).
 """
 
 from __future__ import annotations

@@ -87,6 +87,22 @@ def test_node_types_and_scaling(raw):
     assert raw["upscaling_speed"] > 0 and raw["idle_timeout_minutes"] > 0
 
 
+def test_serve_gpu_stage_placement_matches_node_labels(raw):
+    """serve_gpu.yaml's label selectors pick the CPU workers and never a GPU node (tests/test_failures.py
+    runs the same placement on a simulated cluster)."""
+    types = raw["available_node_types"]
+    serve = yaml.safe_load((ROOT / "deployments" / "serve_gpu.yaml").read_text())
+    for d in serve["applications"][0]["deployments"]:
+        opts = d.get("ray_actor_options", {})
+        if d["name"] == "Encoder":
+            assert opts.get("num_gpus", 0) >= 1 and "label_selector" not in opts, d
+            continue
+        sel = opts.get("label_selector")
+        assert sel, d                                         # every CPU-only stage is pinned
+        matches = {n for n, t in types.items() if all(t.get("labels", {}).get(k) == v for k, v in sel.items())}
+        assert matches == {"ray.worker.cpu"}, (d["name"], matches)
+
+
 # ---- Security -------------------------------------------------------------------------------------
 
 def _ray_start_commands(prepared) -> list[str]:
