@@ -49,6 +49,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-sequences-per-batch", type=_positive_int, default=d.max_sequences_per_batch)
     s.add_argument("--max-message-bytes", type=_positive_int, default=d.max_message_bytes)
     s.add_argument("--request-timeout", type=float, default=30.0, help="seconds per call before DEADLINE_EXCEEDED (default 30)")
+    s.add_argument("--throughput-optimized", action="store_true",
+                   help="embedded Ray only: set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for Ray's processes (user code and "
+                        "handle routing on each replica's own event loop; see docs/serving.md). On a cluster, "
+                        "export it on every node before `ray start`")
     s.add_argument("--no-ray", action="store_true", help="run a plain in-process grpc.aio server instead of Ray Serve")
     s.add_argument("--max-batch", type=_positive_int, default=64,
                    help="--no-ray only: requests merged into one engine call (1 = no batching; default 64)")
@@ -135,6 +139,8 @@ def _serve_ray(args, digest, version) -> int:
     limits = _limits(args)
     # The proxy reads its message limit from the environment when it starts (default 2 GiB).
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(args.max_message_bytes + 1024))
+    if args.throughput_optimized:  # read by every Ray process an embedded ray.init starts
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions, HTTPOptions

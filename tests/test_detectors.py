@@ -55,3 +55,16 @@ def test_event_detector_one_sided():
     det = EventDetector().fit(ef)
     s = det.score(np.array([[0.0, 0.0, 0.0], [6.0, 6.0, 6.0], [-6.0, -6.0, -6.0]]))
     assert s[1] > 0.999 and s[2] < s[0]
+
+
+def test_fast_iforest_scores_equal_sklearns():
+    from sklearn.ensemble import IsolationForest
+
+    from seqguard_ray.detectors import iforest_scores
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    for max_features in (1.0, 0.5):
+        f = IsolationForest(n_estimators=50, max_features=max_features, random_state=0).fit(X)
+        q = np.vstack([rng.normal(size=(7, 6)), [[8.0] * 6]])
+        np.testing.assert_allclose(iforest_scores(f, q), -f.score_samples(q), rtol=1e-10)
