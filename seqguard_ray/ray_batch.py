@@ -232,10 +232,12 @@ class EncodeStage:
     and ``_emb`` (the user's embedding, (H,) float32, on the user's first event; null elsewhere).
     """
 
-    def __init__(self, payload: dict, *, score_batch_size: int | None = None, threads: int = 1):
+    def __init__(self, payload: dict, *, score_batch_size: int | None = None, threads: int | None = None,
+                 pool_size: int = 1):
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        # torch threads: as asked, else this node's cores shared by the pool (OMP_NUM_THREADS is 1)
+        torch.set_num_threads(max(1, threads or (os.cpu_count() or 1) // max(1, pool_size)))
         self.sg = load_payload(payload)
         if score_batch_size:
             self.sg.config.score_batch_size = score_batch_size
@@ -351,6 +353,7 @@ class BatchOptions:
     detect_concurrency: int | None = None  # detector actors; None = max(1, concurrency // 2)
     spread: bool = False                 # SPREAD actors across nodes, one block in flight per actor
     actor_resources: dict | None = None  # extra custom resources per encoder actor (pin actors to nodes)
+    threads: int | None = None           # torch threads per encoder actor; None = the node's CPUs / concurrency
 
 
 def encoder_resources(concurrency: int) -> dict:
@@ -374,7 +377,7 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions):
     pool = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1 if opts.spread else None)
     return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
         EncodeStage, fn_constructor_args=(payload_ref,),
-        fn_constructor_kwargs={"score_batch_size": opts.batch_size},
+        fn_constructor_kwargs={"score_batch_size": opts.batch_size, "threads": opts.threads, "pool_size": conc},
         compute=pool, batch_format="pyarrow", **encoder_resources(conc), **extra), conc
 
 
