@@ -63,7 +63,7 @@ def choose_engine(args) -> str:
     """'ray' or 'local' for --engine auto|ray|local."""
     if args.engine != "auto":
         return args.engine
-    if args.address or os.environ.get("RAY_ADDRESS"):
+    if (args.address or os.environ.get("RAY_ADDRESS") or "local") != "local":  # "local" = no cluster to use
         return "ray"
     n, n_files, n_bytes = input_size(args.events)
     if (n or 0) > AUTO_RAY_EVENTS or n_files > AUTO_RAY_FILES or (n is None and n_bytes > AUTO_RAY_TEXT_BYTES):

@@ -81,6 +81,8 @@ def test_engine_auto_picks_local_for_small_input_and_ray_for_an_address(data, mo
     assert choose_engine(p.parse_args(base)) == "local"
     assert choose_engine(p.parse_args(base + ["--address", "127.0.0.1:6379"])) == "ray"
     assert choose_engine(p.parse_args(base + ["--engine", "ray"])) == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # "start a local Ray", not a cluster to use
+    assert choose_engine(p.parse_args(base)) == "local"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert choose_engine(p.parse_args(base)) == "ray"
     assert choose_engine(p.parse_args(base + ["--engine", "local"])) == "local"

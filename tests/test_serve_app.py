@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -15,10 +14,6 @@ from serving_helpers import TOKEN, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
 from seqguard_ray.serving import token_digest
-
-# Start our own local Ray even if another one runs on this machine (ray.init() would join it and
-# the module teardown would shut its Serve down). Belongs in conftest's ray_local: ray.init(address="local").
-os.environ.setdefault("RAY_ADDRESS", "local")
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SC = grpc.StatusCode
