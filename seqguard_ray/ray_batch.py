@@ -347,7 +347,7 @@ def prepare_out(out: str) -> None:
 class BatchOptions:
     """How the Ray Data scoring pipeline runs."""
 
-    concurrency: int | None = None       # encoder actors; None = GPUs if any, else CPUs (at least 1)
+    concurrency: int | None = None       # encoder actors; None = GPUs if any, else CPUs // 2 (at least 1)
     batch_size: int | None = None        # windows per encoder forward pass; None = the bundle's score_batch_size
     events_per_bucket: int = DEFAULT_EVENTS_PER_BUCKET  # events per group the encoder scores at once
     detect_concurrency: int | None = None  # detector actors; None = max(1, concurrency // 2)
@@ -370,9 +370,10 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions):
     """Group validated events into buckets of whole users and run the encoder actor pool over them."""
     import ray
 
-    # one actor per GPU; on CPUs one single-threaded actor per core (measured: 1M events on 2 cores,
-    # 2 actors x 1 thread 80 s vs 1 actor x 2 threads 92 s)
-    conc = opts.concurrency or (int(cluster_gpus()) or max(1, int(cluster_cpus())))
+    # one actor per GPU, else one per 2 CPUs: larger default pools reserve so many CPUs that Ray Data's
+    # hash shuffle starved on a simulated 3-node cluster. On one node, --concurrency = cores is faster
+    # (1M events on 2 cores: 2 actors x 1 thread 80-88 s vs 1 actor x 2 threads 92-96 s).
+    conc = opts.concurrency or (int(cluster_gpus()) or max(1, int(cluster_cpus()) // 2))
     extra = {"scheduling_strategy": "SPREAD"} if opts.spread else {}
     if opts.actor_resources:
         extra["resources"] = dict(opts.actor_resources)

@@ -38,7 +38,7 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
                        help="checkpoint storage (default MODEL.train next to the bundle; shared or s3:// on a cluster)")
     else:
         g.add_argument("--concurrency", type=_positive_int, default=None,
-                       help="encoder actors (default: one per GPU, else one per CPU)")
+                       help="encoder actors (default: one per GPU, else one per 2 CPUs; on one node, the core count is faster)")
         g.add_argument("--batch-size", type=_positive_int, default=None,
                        help="windows per encoder forward pass (default: the bundle's)")
 
