@@ -167,7 +167,7 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
         mark(v.isna() & df["value"].notna(), "value is not a number")
         value = v.to_numpy(dtype=np.float64)
         mark(np.isinf(value), "value is infinite")
-        mark(np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE, f"value is out of range (|value| > {MAX_ABS_VALUE:g})")
+        mark(value_out_of_range(value), f"value is out of range (|value| > {MAX_ABS_VALUE:g})")
     else:
         value = np.full(len(df), np.nan)
 
@@ -237,6 +237,11 @@ def _text(col: pd.Series, name: str, mark) -> np.ndarray:
     for w in sorted(set(why) - {""}):
         mark(why == w, f"{name} must be text or an integer, not {w}")
     return out
+
+
+def value_out_of_range(value: np.ndarray) -> np.ndarray:
+    """(N,) bool: |value| above MAX_ABS_VALUE (infinities included; NaN = no value is fine)."""
+    return np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE
 
 
 def to_seconds(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,9 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
-from .events import DEFAULT_ACTION, MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_TS_SECONDS, EventsError, to_seconds
+from .events import (
+    DEFAULT_ACTION, MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_TS_SECONDS, EventsError, to_seconds, value_out_of_range,
+)
 from .proto.seqguard.v1 import seqguard_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -265,8 +267,9 @@ def parse_score_request(req: pb.ScoreRequest, limits: Limits, where: str = "") -
         fail(i, f"ts = {ts_raw[i]} is out of range (after the year 2100)")
     if np.isinf(value).any():
         fail(int(np.argmax(np.isinf(value))), "value is infinite")
-    if (np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE).any():
-        i = int(np.argmax(np.abs(np.nan_to_num(value)) > MAX_ABS_VALUE))
+    too_large = value_out_of_range(value)
+    if too_large.any():
+        i = int(np.argmax(too_large))
         fail(i, f"value = {value[i]:g} is out of range (|value| > {MAX_ABS_VALUE:g})")
     if max((len(a) for a in action), default=0) > MAX_ACTION_LENGTH:
         fail(next(i for i, a in enumerate(action) if len(a) > MAX_ACTION_LENGTH), f"action is longer than {MAX_ACTION_LENGTH} characters")
