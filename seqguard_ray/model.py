@@ -84,17 +84,22 @@ class SeqGuardEncoder(PreTrainedModel):
         self.gap_head = nn.Linear(h, config.n_gaps)
         self.post_init()
 
-    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> dict[str, torch.Tensor]:
-        """items, actions, gaps: (B, T) ids with PAD=0. Returns hidden (B, T, H) and logits."""
+    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+                select: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """items, actions, gaps: (B, T) ids with PAD=0. Returns hidden (B, T, H) and logits.
+
+        The logits are (B, T, V), or (M, V) for the M positions where ``select`` (B, T) bool is set:
+        the item head's cost (a matmul over the whole catalogue) is then paid only where it is used.
+        """
         x = self.item_emb(items) + self.action_emb(actions) + self.gap_emb(gaps)  # (B, T, H)
         mask = (gaps != PAD).long()  # gaps are never PAD for real events, even masked ones
         hidden = self.bert(inputs_embeds=x, attention_mask=mask).last_hidden_state  # (B, T, H)
-        item_logits = self.item_proj(hidden) @ self.item_emb.weight.T + self.item_bias  # (B, T, V)
+        h = hidden if select is None else hidden[select]
         return {
             "hidden": hidden,
-            "item": item_logits,
-            "action": self.action_head(hidden),
-            "gap": self.gap_head(hidden),
+            "item": self.item_proj(h) @ self.item_emb.weight.T + self.item_bias,
+            "action": self.action_head(h),
+            "gap": self.gap_head(h),
         }
 
 
@@ -112,11 +117,11 @@ def masked_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: tor
     first = torch.zeros_like(masked)
     first[:, 0] = True
     masked = masked | (first & real & ~masked.any(dim=1, keepdim=True))
-    out = model(*_mask_events(items, actions, gaps, masked))
+    out = model(*_mask_events(items, actions, gaps, masked), select=masked)
     return (
-        F.cross_entropy(out["item"][masked], items[masked])
-        + F.cross_entropy(out["action"][masked], actions[masked])
-        + F.cross_entropy(out["gap"][masked], gaps[masked])
+        F.cross_entropy(out["item"], items[masked])
+        + F.cross_entropy(out["action"], actions[masked])
+        + F.cross_entropy(out["gap"], gaps[masked])
     )
 
 
@@ -180,10 +185,11 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
         masked = (pos % k == r) & real
         if not masked.any():
             continue
-        o = model(*_mask_events(items, actions, gaps, masked))
+        o = model(*_mask_events(items, actions, gaps, masked), select=masked)
         for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
-            lp = torch.log_softmax(o[name].float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
-            out[..., j] = torch.where(masked, -lp, out[..., j])
+            logits = o[name].float()  # (M, V): the masked positions only
+            lp = logits.gather(-1, target[masked].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            out[..., j][masked] = -lp
         if emb is None:
             keep = (real & ~masked).float().unsqueeze(-1)  # (B, T, 1)
             emb = (o["hidden"] * keep).sum(1) / keep.sum(1).clamp(min=1.0)

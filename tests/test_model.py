@@ -1,7 +1,13 @@
 import numpy as np
 import torch
 
-from seqguard_ray.model import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
+from seqguard_ray.model import (
+    SeqGuardConfig,
+    SeqGuardEncoder,
+    iter_window_batches,
+    surprisal,
+    train_encoder,
+)
 
 
 def tiny():
@@ -55,3 +61,32 @@ def test_resumed_training_continues_the_lr_schedule():
         train_encoder(m, lambda epoch: iter(()), epochs=10, steps_per_epoch=10, optimizer=opt, start_epoch=start)
         lrs.append(opt.param_groups[0]["lr"])
     assert np.isclose(lrs[0], 1e-3 * 1 / 5) and np.isclose(lrs[1], 1e-3 * 0.5), lrs
+
+
+def test_surprisal_on_selected_positions_equals_full_logits():
+    """surprisal() computes the item head only where events are masked; the result must equal
+    -log_softmax of the full (B, T, V) logits at every real event."""
+    from seqguard_ray.tokens import MASK, PAD
+
+    torch.manual_seed(1)
+    m = tiny().eval()
+    tok, starts, lengths = toy_tokens(n=100, seed=3)
+    lengths = lengths.copy()
+    lengths[-1] = 9  # a shorter window: padding must stay zero
+    b = next(iter_window_batches(tok, starts, lengths, max_len=16, batch_size=6, shuffle=False))
+    b.pop("window")
+    s, _ = surprisal(m, **b)
+    items, actions, gaps = b["items"], b["actions"], b["gaps"]
+    real = gaps != PAD
+    k = m.config.n_mask_groups
+    pos = torch.arange(items.shape[1]).expand_as(items)
+    expected = torch.zeros_like(s)
+    with torch.no_grad():
+        for r in range(k):
+            masked = (pos % k == r) & real
+            o = m(items.masked_fill(masked, MASK), actions.masked_fill(masked, MASK), gaps.masked_fill(masked, MASK))
+            for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
+                lp = torch.log_softmax(o[name], -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                expected[..., j] = torch.where(masked, -lp, expected[..., j])
+    assert torch.allclose(s, expected, atol=1e-5)
+    assert (s[~real] == 0).all() and (s[real] > 0).all()
