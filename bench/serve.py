@@ -5,9 +5,8 @@
 
 Prints sequential p50/p99 latency of Score (one user's sequence) and throughput at --clients
 concurrent clients, for: plain server without batching, plain server with batching (both in a
-subprocess: `seqguard serve --no-ray`), the Serve app (ingress + 3 stage deployments) with Ray
-Serve's throughput-optimized mode off (`--no-throughput-optimized`) and in seqguard's default
-mode (on); then the ratios. Numbers on a shared 2-core machine are noisy: compare ratios from one run.
+subprocess: `seqguard serve --no-ray`), and the Serve app (ingress + 3 stage deployments);
+then the ratios. Numbers on a shared 2-core machine are noisy: compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -118,38 +117,37 @@ def replica_counts(app: str = "seqguard") -> dict:
     return {name: sum(n for s, n in d.replica_states.items() if str(s).endswith("RUNNING")) for name, d in st.items()}
 
 
-# --autoscale: the app's own Encoder autoscaling (deployments/app.py), reacting faster for a short ramp
-FAST_AUTOSCALING = {"upscale_delay_s": 3, "downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 6}
-
-
-def serve_app(model: str, work, a, *, optimized: bool = True) -> dict:
-    """The Serve app on a fresh local Ray, in the mode `seqguard serve` picks (``optimized``: Ray
-    Serve's throughput-optimized mode, the default; False: --no-throughput-optimized)."""
+def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
+    """The Serve app on a fresh local Ray; ``optimized`` sets RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for
+    every Ray process (user code and handle routing on the replica's own event loop)."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     from deployments import SERVICER
     from deployments.app import AppArgs, deploy
-    from seqguard_ray.serve_cli import set_serve_mode
     from seqguard_ray.serving import token_digest
 
     t0 = time.time()
-    set_serve_mode(optimized)  # inherited by Ray's processes
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if optimized else "0"  # inherited by Ray's processes
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     port = free_port()
     try:
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
                     grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[SERVICER], request_timeout_s=60))
-        deployments = {"Encoder": {"autoscaling_config": FAST_AUTOSCALING}} if a.autoscale else {}
+        deployments = {}
+        if a.autoscale:
+            deployments["Encoder"] = {"autoscaling_config": {
+                "min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                "upscale_delay_s": 2, "downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 3}}
         deploy(AppArgs(model_dir=model, token_sha256=token_digest(TOKEN), max_batch_size=a.max_batch,
                        batch_wait_timeout_s=a.batch_wait, deployments=deployments))
         target = f"127.0.0.1:{port}"
         wait_ready(target)
         start = time.time() - t0
         out = {**measure(target, work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds), "start_s": start}
-        if a.autoscale and optimized:  # the ramp runs in the default mode
+        if a.autoscale and (optimized or "serve-opt" in a.skip):  # the ramp runs once, in the last Serve app
             ramp(target, work, a)
         return out
     finally:
@@ -158,9 +156,7 @@ def serve_app(model: str, work, a, *, optimized: bool = True) -> dict:
 
 
 def ramp(target: str, work, a) -> None:
-    """No load until the Encoder is back to its minimum, then clients 1 -> clients -> 0; print
-    replica counts every 2 s."""
-    from deployments.app import _DEFAULTS
+    """Clients 1 -> clients -> 0; print replica counts every 2 s."""
     from seqguard_ray.client import SeqGuardClient
 
     stop_flags = []
@@ -175,14 +171,9 @@ def ramp(target: str, work, a) -> None:
                 pass
             i += 7
 
-    enc = {**_DEFAULTS["Encoder"]["autoscaling_config"], **FAST_AUTOSCALING}
-    print(f"\nautoscaling ramp (Encoder: {enc})")
+    print("\nautoscaling ramp (Encoder target_ongoing_requests=1, max 3 replicas):")
     t0 = time.time()
-    while replica_counts()["Encoder"] > enc["min_replicas"] and time.time() - t0 < 90:
-        print(f"  settling: replicas={replica_counts()}", flush=True)  # scaled up during the measurement
-        time.sleep(2)
-    t0 = time.time()
-    schedule = [(0, 1), (10, a.clients), (70, 0), (110, None)]
+    schedule = [(0, 1), (10, a.clients), (50, 0), (90, None)]
     for (start, n), (nxt, _) in zip(schedule[:-1], schedule[1:]):
         for f in stop_flags:
             f.set()
@@ -207,7 +198,7 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=32, help="Serve ingress max_batch_size")
     p.add_argument("--batch-wait", type=float, default=0.002, help="Serve ingress batch_wait_timeout_s")
     p.add_argument("--autoscale", action="store_true", help="also run a load ramp and print Encoder replicas")
-    p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve-noopt,serve")
+    p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve,serve-opt")
     a = p.parse_args()
     model = a.model
     if model is None:
@@ -227,15 +218,14 @@ def main() -> int:
         res["plain (no batching)"] = plain(model, 1, work, a)
     if "plain" not in skip:
         res["plain (batching)"] = plain(model, 64, work, a)
-    if "serve-noopt" not in skip:
-        res["Serve, not optimized"] = serve_app(model, work, a, optimized=False)
     if "serve" not in skip:
         res["Ray Serve app"] = serve_app(model, work, a)
+    if "serve-opt" not in skip:
+        res["Serve, optimized"] = serve_app(model, work, a, optimized=True)
     print(f"\n{'server':22s} {'start s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {f'rps@{a.clients}':>9s} {'errors':>6s}")
     for k, r in res.items():
         print(f"{k:22s} {r['start_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:9.1f} {r['errors']:6d}")
-    for name, base in itertools.product(("Ray Serve app", "Serve, not optimized"),
-                                        ("plain (no batching)", "plain (batching)")):
+    for name, base in itertools.product(("Ray Serve app", "Serve, optimized"), ("plain (no batching)", "plain (batching)")):
         s, b = res.get(name), res.get(base)
         if s and b:
             print(f"{name} vs {base}: throughput {100 * s['rps'] / b['rps']:.0f}% (target >= 35%), "

@@ -25,15 +25,11 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_NAMES = ("SeqGuardIngress", "Encoder", "DetectorEnsemble", "RepairPolicy")
 
 # Per-stage defaults for one machine; the YAML profiles (and `deployments` below) override them.
-# The stages get whole ingress batches, at most max_concurrent_batches (2) per method per ingress
-# replica, and run one at a time (one compute thread): an Encoder replica's ongoing requests are
-# about its busy fraction, and rarely pass 1 even when it is the bottleneck. Its target (0.75) is
-# therefore a utilisation target below 1.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "SeqGuardIngress": {"num_replicas": 1},
     "Encoder": {"autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2,
-                                       "target_ongoing_requests": 0.75, "upscale_delay_s": 5,
-                                       "downscale_delay_s": 30, "metrics_interval_s": 2, "look_back_period_s": 10}},
+                                       "target_ongoing_requests": 2, "upscale_delay_s": 5, "downscale_delay_s": 30,
+                                       "metrics_interval_s": 2, "look_back_period_s": 10}},
     "DetectorEnsemble": {"autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2,
                                                 "target_ongoing_requests": 2, "upscale_delay_s": 5,
                                                 "downscale_delay_s": 30, "metrics_interval_s": 2,

@@ -49,11 +49,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-sequences-per-batch", type=_positive_int, default=d.max_sequences_per_batch)
     s.add_argument("--max-message-bytes", type=_positive_int, default=d.max_message_bytes)
     s.add_argument("--request-timeout", type=float, default=30.0, help="seconds per call before DEADLINE_EXCEEDED (default 30)")
-    s.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=None,
-                   help="Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED) for the Ray this "
-                        "command starts; on by default unless that variable is already set. "
-                        "--no-throughput-optimized turns it off. On a cluster, export the variables that "
-                        "docs/serving.md lists on every node before `ray start` (cluster.yaml does)")
+    s.add_argument("--throughput-optimized", action="store_true",
+                   help="embedded Ray only: set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for Ray's processes (user code and "
+                        "handle routing on each replica's own event loop; see docs/serving.md). On a cluster, "
+                        "export it on every node before `ray start`")
     s.add_argument("--no-ray", action="store_true", help="run a plain in-process grpc.aio server instead of Ray Serve")
     s.add_argument("--max-batch", type=_positive_int, default=64,
                    help="--no-ray only: requests merged into one engine call (1 = no batching; default 64)")
@@ -136,50 +135,12 @@ def _read_config(path: str | None) -> tuple[dict, dict]:
     return dict(app.get("args") or {}), serve_options(app.get("deployments") or [])
 
 
-THROUGHPUT_OPTIMIZED = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
-# Ray Serve's throughput-optimized mode as seqguard runs it (docs/serving.md). Every Ray process reads
-# these once, when it starts: `seqguard serve` sets them for the Ray it starts, cluster.yaml on every node.
-SERVE_MODE_ENV = {
-    THROUGHPUT_OPTIMIZED: "1",
-    # The mode's "direct ingress" is not used (clients call the proxy port); it would open a gRPC port
-    # per ingress replica on all interfaces, force a head-only proxy and hold stopping ingress replicas 30 s.
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
-    # The mode sends requests between Serve processes over gRPC, 4 MiB per message by default: a
-    # merged batch (and a 16 MiB request) is larger.
-    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
-    # Otherwise a replica's stderr (where seqguard's error logs go) becomes INFO records in a
-    # 1000-line buffer that may never reach the log file.
-    "RAY_SERVE_LOG_TO_STDERR": "1",
-}
-
-
-def set_serve_mode(optimized: bool | None = None) -> bool:
-    """Choose the Serve mode for the Ray this process starts (its processes inherit the environment).
-    seqguard's default is on; ``None`` keeps a RAY_SERVE_THROUGHPUT_OPTIMIZED already in the
-    environment, ``True``/``False`` override it. When on, the rest of :data:`SERVE_MODE_ENV` is
-    set where the environment does not set it already. Returns whether the mode is on."""
-    if optimized is None:
-        os.environ.setdefault(THROUGHPUT_OPTIMIZED, "1")
-    else:
-        os.environ[THROUGHPUT_OPTIMIZED] = "1" if optimized else "0"
-    on = os.environ[THROUGHPUT_OPTIMIZED] == "1"  # Ray's own test (get_env_bool)
-    if on:
-        for k, v in SERVE_MODE_ENV.items():
-            os.environ.setdefault(k, v)
-    return on
-
-
 def _serve_ray(args, digest, version) -> int:
     limits = _limits(args)
     # The proxy reads its message limit from the environment when it starts (default 2 GiB).
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(args.max_message_bytes + 1024))
-    address = os.environ.get("RAY_ADDRESS")
-    if address and address != "local":  # a running cluster: its nodes' environment decides
-        if args.throughput_optimized is not None:
-            log.warning("--[no-]throughput-optimized has no effect on an existing cluster (RAY_ADDRESS): "
-                        "export %s on every node before `ray start`", " ".join(f"{k}={v}" for k, v in SERVE_MODE_ENV.items()))
-    else:
-        set_serve_mode(args.throughput_optimized)
+    if args.throughput_optimized:  # read by every Ray process an embedded ray.init starts
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions, HTTPOptions
@@ -195,6 +156,7 @@ def _serve_ray(args, digest, version) -> int:
                                        "deployments": {**cfg_args.get("deployments", {}), **overrides}})
     started_ray = not ray.is_initialized()
     if started_ray:
+        address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=False)
     try:
         serve.start(http_options=HTTPOptions(host="127.0.0.1"),

@@ -10,9 +10,6 @@ def ray_local():
     """One local Ray for the whole session: no dashboard, fractional CPUs, stopped at the end."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        from seqguard_ray.serve_cli import set_serve_mode
-
-        set_serve_mode()  # Serve in the mode `seqguard serve` gives users (inherited by Ray's processes)
         # address='local': never join another Ray that happens to run on this machine
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})

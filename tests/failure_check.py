@@ -377,7 +377,6 @@ def main(work: str, report: bool = False) -> dict:
 
     from seqguard_ray.demo import generate
     from seqguard_ray.engine import SeqGuard, TrainConfig
-    from seqguard_ray.serve_cli import set_serve_mode
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)
@@ -397,7 +396,6 @@ def main(work: str, report: bool = False) -> dict:
     logging.getLogger("seqguard_ray.client").propagate = False
 
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every node's workers
-    set_serve_mode()  # the documented default (cluster.yaml exports the same on every node)
     result: dict = {}
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False,
@@ -411,12 +409,6 @@ def main(work: str, report: bool = False) -> dict:
         log("cluster up")
         target = deploy_app(model_dir, TOKEN)
         log("app deployed")
-        # Not a fault: in the throughput-optimized mode the first call after a deploy takes 4-6 s here
-        # (0.2 s without it; docs/serving.md), so warm up before the steps measure anything.
-        from seqguard_ray.client import SeqGuardClient
-        with SeqGuardClient(target, TOKEN, **RETRY) as c:
-            c.score(*groups[0])
-        log("first answer")
 
         # 1. placement
         reps = replicas()

@@ -123,16 +123,6 @@ def test_token_auth_on_every_ray_start(prepared):
             assert "RAY_AUTH_MODE=token" in cmd, cmd
 
 
-def test_every_node_runs_serve_in_the_default_mode(prepared):
-    """Every `ray start` exports the Serve mode `seqguard serve` sets for the Ray it starts itself."""
-    from seqguard_ray.serve_cli import SERVE_MODE_ENV
-
-    for cmd in _ray_start_commands(prepared):
-        before = cmd.split("ray start")[0]
-        for name, value in SERVE_MODE_ENV.items():
-            assert re.search(rf"\b{name}={value}(\s|;|$)", before), (name, cmd)
-
-
 def test_token_and_model_are_file_mounted(raw):
     mounts = raw["file_mounts"]
     assert mounts.get("~/.ray/auth_token") == "~/.ray/auth_token"  # Ray's default token path, every node

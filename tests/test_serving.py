@@ -4,7 +4,6 @@ and the plain grpc.aio server end to end (real gRPC client)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -423,36 +422,6 @@ def test_serve_refuses_to_start_without_token(bundle, monkeypatch, capsys):
     monkeypatch.delenv("SEQGUARD_TOKEN", raising=False)
     assert main(["serve", "--model", str(bundle), "--no-ray"]) == 2
     assert "no auth token" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("env, flag, expect", [
-    ({}, None, ("1", "0")),                                         # seqguard's default
-    ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}, None, ("0", None)),  # the user's value wins
-    ({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}, None, ("1", "1")),
-    ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, False, ("0", None)),  # --no-throughput-optimized
-])
-def test_serve_mode(monkeypatch, env, flag, expect):
-    from seqguard_ray import serve_cli
-
-    for name in serve_cli.SERVE_MODE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    assert serve_cli.set_serve_mode(flag) is (expect[0] == "1")
-    assert (os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED"), os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS")) == expect
-    if expect[0] == "1":
-        assert int(os.environ["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) > 32 * 16 * 2**20  # a merged batch
-
-
-def test_serve_mode_flag_parses():
-    import argparse
-
-    from seqguard_ray.serve_cli import add_parsers
-
-    p = argparse.ArgumentParser()
-    add_parsers(p.add_subparsers())
-    for argv, want in (([], None), (["--throughput-optimized"], True), (["--no-throughput-optimized"], False)):
-        assert p.parse_args(["serve", "--model", "m", *argv]).throughput_optimized is want
 
 
 @pytest.mark.parametrize("name", ["serve_local.yaml", "serve_gpu.yaml"])
