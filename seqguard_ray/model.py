@@ -187,9 +187,8 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
             continue
         o = model(*_mask_events(items, actions, gaps, masked), select=masked)
         for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
-            logits = o[name].float()  # (M, V): the masked positions only
-            lp = logits.gather(-1, target[masked].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            out[..., j][masked] = -lp
+            # o[name]: (M, V) logits of the masked positions only; -log p(target) per position
+            out[..., j][masked] = F.cross_entropy(o[name].float(), target[masked], reduction="none")
         if emb is None:
             keep = (real & ~masked).float().unsqueeze(-1)  # (B, T, 1)
             emb = (o["hidden"] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
