@@ -377,9 +377,9 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions):
     extra = {"scheduling_strategy": "SPREAD"} if opts.spread else {}
     if opts.spread:
         # start every pool actor before the first block is handed out: otherwise the actor that is
-        # up first can take every block of a small input while the others still import torch
-        ctx = ray.data.DataContext.get_current()
-        ctx.wait_for_min_actors_s = max(ctx.wait_for_min_actors_s, 600)
+        # up first can take every block of a small input while the others still import torch.
+        # ds.context is this pipeline's own copy, so the process-wide DataContext is left alone.
+        ds.context.wait_for_min_actors_s = max(ds.context.wait_for_min_actors_s, 600)
     if opts.actor_resources:
         extra["resources"] = dict(opts.actor_resources)
     pool = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1 if opts.spread else None)
