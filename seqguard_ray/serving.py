@@ -31,7 +31,8 @@ import grpc
 import numpy as np
 
 from .events import (
-    DEFAULT_ACTION, MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_TS_SECONDS, EventsError, to_seconds, value_out_of_range,
+    DEFAULT_ACTION, MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_TS_SECONDS, EventLog, EventsError, to_seconds,
+    value_out_of_range,
 )
 from .proto.seqguard.v1 import seqguard_pb2 as pb
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "SEQGUARD_TOKEN"
 MAX_ACTION_LENGTH = 64
-# Width of the internal per-sequence ids: sorting them as strings keeps batch order.
+# Width of the internal per-sequence ids (they sort as strings in batch order).
 _ID_WIDTH = 9
 
 
@@ -220,13 +221,17 @@ class SeqBatch:
             np.concatenate([b.action for b in batches]), np.concatenate([b.value for b in batches]),
         ), bounds
 
-    def to_frame(self):
-        """The engine's input frame; user ids are internal, fixed-width sequence numbers."""
+    def to_log(self) -> EventLog:
+        """The engine's input, straight from these validated columns (no second validation pass):
+        each sequence sorted by time, ties kept in the order sent. ``frame`` holds only ``_row``,
+        the position in this batch of each sorted event. User ids are internal per-sequence numbers."""
         import pandas as pd
 
+        seq = np.repeat(np.arange(self.n_seqs), np.diff(self.offsets))
+        order = np.lexsort((np.arange(self.n_events), self.ts, seq))
         ids = np.array([f"{r:0{_ID_WIDTH}d}" for r in range(self.n_seqs)], dtype=object)
-        return pd.DataFrame({"user_id": np.repeat(ids, np.diff(self.offsets)), "item_id": self.item, "ts": self.ts,
-                             "action": self.action, "value": self.value})
+        return EventLog(pd.DataFrame({"_row": order}), ids[seq], self.item[order], self.ts[order],
+                        self.action[order], self.value[order], self.offsets.copy())
 
 
 def parse_score_request(req: pb.ScoreRequest, limits: Limits, where: str = "") -> SeqBatch:
@@ -395,11 +400,7 @@ class RepairedBatch:
 
 def encode_stage(sg, batch: SeqBatch, model_dir: str = "") -> EncodedBatch:
     """Tokenize and encode (the Encoder deployment's work). ``sg`` is a loaded SeqGuard."""
-    from .events import from_frame
-
-    log_ = from_frame(batch.to_frame(), source="request")
-    if log_.n_users != batch.n_seqs:  # internal ids are unique per sequence
-        raise AssertionError(f"{batch.n_seqs} sequences became {log_.n_users}")
+    log_ = batch.to_log()
     enc = sg.encode(sg.tokenize(log_))
     return EncodedBatch(enc, log_.frame["_row"].to_numpy(), getattr(sg, "model_version", ""),
                         getattr(sg, "model_dir", model_dir))

@@ -108,13 +108,29 @@ def test_limits_events_and_sequences():
         Limits.from_dict({"max_events": 3})
 
 
-def test_concat_and_to_frame_keep_order():
+def test_concat_and_to_log_keep_order():
     a, b = parse_score_request(req(2, user="x"), Limits()), parse_score_request(req(3, user="x"), Limits())
     m, bounds = SeqBatch.concat([a, b, a])
     assert list(bounds) == [0, 1, 2, 3] and list(m.offsets) == [0, 2, 5, 7] and m.user_ids == ["x", "x", "x"]
-    f = m.to_frame()
-    assert f["user_id"].nunique() == 3  # same caller id, still separate sequences
-    assert list(f["user_id"]) == sorted(f["user_id"])
+    log_ = m.to_log()
+    assert log_.n_users == 3 and list(log_.offsets) == [0, 2, 5, 7]  # same caller id, separate sequences
+
+
+def test_to_log_sorts_each_sequence_like_the_batch_path():
+    """Unsorted events with ties: the same per-sequence order, rows and arrays as from_frame."""
+    from seqguard_ray.events import from_frame
+
+    r = pb.ScoreRequest(user_id="u", events=[pb.Event(item_id=i, ts=t, action=a) for i, t, a in
+                                              [("a", 30, "view"), ("b", 10, ""), ("c", 30, "buy"), ("d", 20, "view")]])
+    m, _ = SeqBatch.concat([parse_score_request(r, Limits()), parse_score_request(req(3), Limits())])
+    got = m.to_log()
+    ref = from_frame(pd.DataFrame({"user_id": np.repeat(["0", "1"], np.diff(m.offsets)), "item_id": m.item,
+                                   "ts": m.ts, "action": m.action, "value": m.value}))
+    assert list(got.item[:4]) == ["b", "d", "a", "c"]  # by time; the tie at 30 in the order sent
+    np.testing.assert_array_equal(got.frame["_row"].to_numpy(), ref.frame["_row"].to_numpy())
+    for name in ("item", "ts", "action", "offsets"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+    np.testing.assert_array_equal(np.isnan(got.value), np.isnan(ref.value))
 
 
 def test_requests_from_frame_prints_ids_like_the_batch_path():
