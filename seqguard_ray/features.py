@@ -274,21 +274,20 @@ def best_segment(vecs: np.ndarray, *, grid: int = 24, min_frac: float = 0.1, max
         return 0.0, 0, 0
     cuts = np.unique(np.linspace(0, n, min(grid, n) + 1).round().astype(int))
     c = np.vstack([np.zeros(vecs.shape[1]), np.cumsum(vecs, 0)])
-    s_all = c[-1]
-    best = (0.0, 0, 0)
     lo, hi = max(3, int(min_frac * n)), int(max_frac * n)
-    for a in cuts:
-        bs = cuts[(cuts - a >= lo) & (cuts - a <= hi)]
-        if len(bs) == 0:
-            continue
-        seg = c[bs] - c[a]                   # (k, d)
-        m = (bs - a)[:, None].astype(float)  # (k, 1)
-        rest = s_all - seg
-        between = ((seg / m - (rest / (n - m))) ** 2).sum(1) * (m[:, 0] * (n - m[:, 0]) / n)
-        j = int(between.argmax())
-        if between[j] / total > best[0]:
-            best = (float(between[j] / total), int(a), int(bs[j]))
-    return best
+    a, b = np.meshgrid(cuts, cuts, indexing="ij")       # every (start, end) pair, start-major
+    ok = (b - a >= lo) & (b - a <= hi)
+    if not ok.any():
+        return 0.0, 0, 0
+    a, b = a[ok], b[ok]
+    seg = c[b] - c[a]                                    # (pairs, d) segment sums
+    m = (b - a)[:, None].astype(float)
+    rest = c[-1] - seg
+    between = ((seg / m - (rest / (n - m))) ** 2).sum(1) * (m[:, 0] * (n - m[:, 0]) / n)
+    j = int(between.argmax())                            # the first best pair, as a scan would find
+    if not between[j] / total > 0.0:
+        return 0.0, 0, 0
+    return float(between[j] / total), int(a[j]), int(b[j])
 
 
 def segment_novelty(taste: np.ndarray, a: int, b: int, *, cap: int = 256) -> float:
