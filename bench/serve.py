@@ -142,7 +142,7 @@ def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
                 "min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
                 "upscale_delay_s": 2, "downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 3}}
         deploy(AppArgs(model_dir=model, token_sha256=token_digest(TOKEN), max_batch_size=a.max_batch,
-                       batch_wait_timeout_s=a.batch_wait, deployments=deployments))
+                       max_concurrent_batches=a.concurrent_batches, deployments=deployments))
         target = f"127.0.0.1:{port}"
         wait_ready(target)
         start = time.time() - t0
@@ -195,8 +195,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=20.0, help="throughput window per server")
     p.add_argument("--sequential", type=int, default=50, help="sequential requests for p50/p99")
-    p.add_argument("--max-batch", type=int, default=32, help="Serve ingress max_batch_size")
-    p.add_argument("--batch-wait", type=float, default=0.002, help="Serve ingress batch_wait_timeout_s")
+    p.add_argument("--max-batch", type=int, default=64, help="most requests merged per call (both servers)")
+    p.add_argument("--concurrent-batches", type=int, default=2, help="Serve ingress max_concurrent_batches")
     p.add_argument("--autoscale", action="store_true", help="also run a load ramp and print Encoder replicas")
     p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve,serve-opt")
     a = p.parse_args()
@@ -217,7 +217,7 @@ def main() -> int:
     if "plain1" not in skip:
         res["plain (no batching)"] = plain(model, 1, work, a)
     if "plain" not in skip:
-        res["plain (batching)"] = plain(model, 64, work, a)
+        res["plain (batching)"] = plain(model, a.max_batch, work, a)
     if "serve" not in skip:
         res["Ray Serve app"] = serve_app(model, work, a)
     if "serve-opt" not in skip:

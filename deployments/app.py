@@ -49,8 +49,8 @@ class AppArgs(BaseModel):
     insecure_no_auth: bool = False                    # serve without auth (only behind something that authenticates)
     limits: dict[str, int] = Field(default_factory=dict)  # serving.Limits fields
     timeout_s: Optional[float] = 30.0                 # server-side limit per call -> DEADLINE_EXCEEDED
-    max_batch_size: int = 32                          # requests the ingress merges into one stage call
-    batch_wait_timeout_s: float = 0.002               # how long the ingress waits to fill a batch
+    max_batch_size: int = 32                          # most requests the ingress merges into one stage call
+    max_concurrent_batches: int = 2                   # merged batches in the stages at once (per ingress replica)
     encoder_gpus: Optional[float] = None              # GPUs per Encoder replica; None: 1 if the cluster has GPUs
     deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-deployment .options() overrides
 
@@ -109,7 +109,7 @@ def build_app(args: AppArgs) -> Application:
     repair = RepairPolicy.options(**opts("RepairPolicy")).bind()
     return SeqGuardIngress.options(**opts("SeqGuardIngress")).bind(
         encoder, detector, repair, token_sha256=digest, limits=args.limits, timeout_s=args.timeout_s,
-        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s)
+        max_batch_size=args.max_batch_size, max_concurrent_batches=args.max_concurrent_batches)
 
 
 def serve_options(deployments: list[dict]) -> dict[str, dict]:

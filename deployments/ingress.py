@@ -1,9 +1,10 @@
 """The gRPC ingress: implements the SeqGuard service on Serve's gRPC proxy and composes the stages.
 
-Concurrent requests are gathered with ``@serve.batch`` and sent as ONE batch through the stages
-(two batches in flight, so the Encoder and the DetectorEnsemble work at the same time);
-the Encoder's response is passed straight to the DetectorEnsemble (and on to RepairPolicy)
-without coming back here. Auth, limits, conversion and status codes come from
+Concurrent requests are merged by :class:`seqguard_ray.serving.ContinuousBatcher` and sent as ONE
+batch through the stages (two batches in flight, so the Encoder and the DetectorEnsemble work at
+the same time; each takes every request that queued while the earlier ones ran). The Encoder's
+response is passed straight to the DetectorEnsemble (and on to RepairPolicy) without coming back
+here. Auth, limits, conversion and status codes come from
 :class:`seqguard_ray.serving.ScoringService`; what is counted for Prometheus comes from
 :class:`seqguard_ray.metrics.ServingMetrics` (see docs/metrics.md).
 """
@@ -19,7 +20,8 @@ from ray.serve.handle import DeploymentHandle
 
 from seqguard_ray.metrics import RayMetrics
 from seqguard_ray.serving import (
-    Authenticator, Limits, ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable,
+    Authenticator, ContinuousBatcher, Limits, ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch,
+    Unavailable,
 )
 
 
@@ -28,15 +30,14 @@ from seqguard_ray.serving import (
 class SeqGuardIngress:
     def __init__(self, encoder: DeploymentHandle, detector: DeploymentHandle, repair: DeploymentHandle, *,
                  token_sha256: str | None, limits: dict | None = None, timeout_s: float | None = None,
-                 max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002):
+                 max_batch_size: int = 32, max_concurrent_batches: int = 2):
         self._enc, self._det, self._rep = encoder, detector, repair
         self.service = ScoringService(self, Authenticator(token_sha256), Limits.from_dict(limits), timeout_s)
-        for fn in (self._score_many, self._repair_many):
-            fn.set_max_batch_size(max_batch_size)
-            fn.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.metrics = RayMetrics()
+        self._batcher = ContinuousBatcher(self._stages, max_batch=max_batch_size, concurrency=max_concurrent_batches,
+                                          on_batch=self.metrics.batched)
         self._model_dir: str | None = None
         self._info: ModelInfo | None = None
-        self.metrics = RayMetrics()
 
     async def reconfigure(self, config: dict) -> None:
         self._model_dir = config.get("model_dir")
@@ -45,30 +46,28 @@ class SeqGuardIngress:
 
     # ---------------------------------------------------------------- Backend for ScoringService
     async def score(self, batch: SeqBatch) -> ScoredBatch:
-        return await self._score_many(batch)
+        return await self._batcher.submit(batch)
 
     async def repair(self, batch: SeqBatch) -> RepairedBatch:
-        return await self._repair_many(batch)
+        return await self._batcher.submit(batch, repair=True)
 
     async def model_info(self) -> ModelInfo:
         if self._info is None:
             raise Unavailable("no model is loaded yet: retry shortly")
         return self._info
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, max_concurrent_batches=2)
-    async def _score_many(self, batches: list[SeqBatch]) -> list[ScoredBatch]:
-        merged, bounds = SeqBatch.concat(batches)
-        sb = await self._det.detect.remote(self._enc.encode.remote(merged))
-        self.metrics.scored(sb.score, sb.anomalous, sb.anomaly_type)
-        return sb.split(bounds)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, max_concurrent_batches=2)
-    async def _repair_many(self, batches: list[SeqBatch]) -> list[RepairedBatch]:
-        merged, bounds = SeqBatch.concat(batches)
-        rb = await self._rep.apply.remote(self._det.detect.remote(self._enc.encode.remote(merged)))
+    async def _stages(self, merged: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
+        """One merged batch through Encoder -> DetectorEnsemble [-> RepairPolicy]; each stage's
+        result goes straight to the next stage (a DeploymentResponse), not back here."""
+        scored = self._det.detect.remote(self._enc.encode.remote(merged))
+        if not repair:
+            sb = await scored
+            self.metrics.scored(sb.score, sb.anomalous, sb.anomaly_type)
+            return sb
+        rb = await self._rep.apply.remote(scored)
         self.metrics.scored(rb.scored.score, rb.scored.anomalous, rb.scored.anomaly_type)
         self.metrics.repaired(rb.user_action)
-        return rb.split(bounds)
+        return rb
 
     # ---------------------------------------------------------------- rpcs (names = proto rpc names)
     async def _rpc(self, rpc: str, request, ctx: RayServegRPCContext):

@@ -14,41 +14,41 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 
 from .proto.seqguard.v1 import seqguard_pb2 as pb
 from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
 from .serving import (
-    ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch, Unavailable, detect_stage, encode_stage,
-    lenient_deserializer, load_engine, repair_stage,
+    ContinuousBatcher,
+    ModelInfo,
+    RepairedBatch,
+    ScoredBatch,
+    ScoringService,
+    SeqBatch,
+    Unavailable,
+    detect_stage,
+    encode_stage,
+    lenient_deserializer,
+    load_engine,
+    repair_stage,
 )
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Job:
-    batch: SeqBatch
-    repair: bool
-    future: asyncio.Future
-
-
 class InProcessBackend:
     """Runs the three stages in this process, on one worker thread (the engine is not shared
     between threads). With ``batching``, requests that arrive while a batch runs are merged into
-    the next engine call (up to ``max_batch`` requests).
+    the next engine call (up to ``max_batch`` requests; :class:`ContinuousBatcher`).
     """
 
     def __init__(self, sg=None, *, model_dir: str = "", batching: bool = True, max_batch: int = 64):
         self.sg = sg
         self.model_dir = str(model_dir)
         self.batching = batching
-        self.max_batch = max_batch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqguard-engine")
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task | None = None
+        self._batcher = ContinuousBatcher(self._run, max_batch=max_batch)
         self._info: ModelInfo | None = None
 
     @classmethod
@@ -65,39 +65,12 @@ class InProcessBackend:
         sb = detect_stage(sg, encode_stage(sg, batch, self.model_dir))
         return repair_stage(sg.policy, sb) if repair else sb
 
+    async def _run(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_stages, batch, repair)
+
     async def _submit(self, batch: SeqBatch, repair: bool):
         self._engine()
-        loop = asyncio.get_running_loop()
-        if not self.batching:
-            return await loop.run_in_executor(self._pool, self._run_stages, batch, repair)
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._drain())
-        fut = loop.create_future()
-        await self._queue.put(_Job(batch, repair, fut))
-        return await fut
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            while len(jobs) < self.max_batch and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-            jobs = [j for j in jobs if not j.future.done()]  # cancelled by the client meanwhile
-            if not jobs:
-                continue
-            merged, bounds = SeqBatch.concat([j.batch for j in jobs])
-            try:
-                out = await loop.run_in_executor(self._pool, self._run_stages, merged, any(j.repair for j in jobs))
-                parts = out.split(bounds)
-            except BaseException as exc:  # noqa: BLE001 - handed to every caller
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            for j, part in zip(jobs, parts):
-                if not j.future.done():
-                    j.future.set_result(part if j.repair or not isinstance(part, RepairedBatch) else part.scored)
+        return await (self._batcher.submit(batch, repair) if self.batching else self._run(batch, repair))
 
     async def score(self, batch: SeqBatch) -> ScoredBatch:
         return await self._submit(batch, False)
@@ -112,8 +85,7 @@ class InProcessBackend:
         return self._info
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        self._batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

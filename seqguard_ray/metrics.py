@@ -54,11 +54,14 @@ ANOMALIES = MetricSpec("seqguard_anomalies", "counter",
                        "sequences scored anomalous, by anomaly type", ("anomaly_type",))
 REPAIR_ACTIONS = MetricSpec("seqguard_repair_actions", "counter",
                             "sequences repaired, by the repair action applied (pass included)", ("action",))
+BATCH_REQUESTS = MetricSpec("seqguard_batch_requests", "histogram",
+                            "requests merged into one stage call by the ingress (ContinuousBatcher)", (),
+                            (1, 2, 4, 8, 16, 32, 64, 128, 256))
 MODEL_VERSION = MetricSpec("seqguard_model_version", "gauge",
                            "1 for the model version this replica serves, 0 for versions it served before",
                            ("model_version",))
 
-METRICS: tuple[MetricSpec, ...] = (REQUESTS, USER_SCORE, ANOMALIES, REPAIR_ACTIONS, MODEL_VERSION)
+METRICS: tuple[MetricSpec, ...] = (REQUESTS, USER_SCORE, ANOMALIES, REPAIR_ACTIONS, BATCH_REQUESTS, MODEL_VERSION)
 
 
 def _counts(values: Iterable) -> list[tuple[str, int]]:
@@ -97,6 +100,10 @@ class ServingMetrics:
         """A batch of R sequences repaired: user_action (R,) str, the action applied to each."""
         for a, n in _counts(user_action):
             self._safe(REPAIR_ACTIONS, self._inc, REPAIR_ACTIONS, n, {"action": a})
+
+    def batched(self, n_requests: int) -> None:
+        """One stage call carried ``n_requests`` merged requests."""
+        self._safe(BATCH_REQUESTS, self._observe, BATCH_REQUESTS, np.array([n_requests], dtype=np.float64))
 
     def model_loaded(self, version: str) -> None:
         """This replica now serves ``version``: its gauge goes to 1, the previous version's to 0
@@ -197,6 +204,7 @@ class RayMetrics(ServingMetrics):
 
 __all__ = [
     "ANOMALIES",
+    "BATCH_REQUESTS",
     "METRICS",
     "MODEL_VERSION",
     "REPAIR_ACTIONS",

@@ -133,6 +133,65 @@ def test_to_log_sorts_each_sequence_like_the_batch_path():
     np.testing.assert_array_equal(np.isnan(got.value), np.isnan(ref.value))
 
 
+class _Parts:
+    """Stands in for a ScoredBatch: split() hands each caller its (first, last) sequence numbers."""
+
+    def __init__(self, n0: int, n: int):
+        self.n0, self.n = n0, n
+
+    def split(self, bounds):
+        return [(self.n0 + a, self.n0 + b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def test_continuous_batcher_merges_what_queues_while_busy():
+    from seqguard_ray.serving import ContinuousBatcher
+
+    async def main():
+        gate, sizes, running, peak = asyncio.Event(), [], [0], [0]
+
+        async def run(merged, repair):
+            sizes.append(merged.n_seqs)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            await gate.wait()
+            running[0] -= 1
+            if merged.n_seqs == 3:
+                raise ValueError("bad batch")
+            return _Parts(0, merged.n_seqs)
+
+        one = parse_score_request(req(2), Limits())
+        b = ContinuousBatcher(run, max_batch=4, concurrency=2)
+        first = []
+        for _ in range(2):                 # one at a time: two batches of one, nothing waits to fill
+            first.append(asyncio.ensure_future(b.submit(one)))
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(b.submit(one)) for _ in range(7)]
+        await asyncio.sleep(0.01)
+        assert sizes == [1, 1] and peak[0] == 2
+        gate.set()                         # the 7 that queued go as 4 + 3 (max_batch 4)
+        out = await asyncio.gather(*first, *rest, return_exceptions=True)
+        assert sizes == [1, 1, 4, 3]
+        assert out[:6] == [(0, 1), (0, 1), (0, 1), (1, 2), (2, 3), (3, 4)]
+        assert all(isinstance(e, ValueError) for e in out[6:])  # a failed batch fails its callers only
+        assert await b.submit(one) == (0, 1)  # and the batcher goes on
+        b.close()
+
+        async def cancelled(merged, repair):  # e.g. a stage call cancelled under the worker
+            raise asyncio.CancelledError
+
+        c = ContinuousBatcher(cancelled, concurrency=1)
+        with pytest.raises(Unavailable, match="cancelled"):
+            await c.submit(one)
+        c._run = run                       # the dead worker is replaced on the next submit
+        assert await c.submit(one) == (0, 1)
+        c.close()
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="max_batch"):
+        from seqguard_ray.serving import ContinuousBatcher
+        ContinuousBatcher(lambda m, r: None, max_batch=0)
+
+
 def test_requests_from_frame_prints_ids_like_the_batch_path():
     df = pd.DataFrame({"user_id": [7, 7, 8], "item_id": [123, 5, 9], "ts": [1, 2, 3], "value": [1.0, np.nan, 2.0]})
     reqs = requests_from_frame(df)
