@@ -1,6 +1,7 @@
 """Ray Data batch scoring and Ray Train training against the in-process engine, same data, same run.
 
     python bench/batch.py                      # 1M events: throughput; RSS at 1M and 4M; training
+    python bench/batch.py --events 1000000,4000000 --train-events 0   # throughput at 1M and at 4M
     python bench/batch.py --events 200000 --rss-events 200000,800000 --train-events 100000   # quicker
 
 Prints events/s and the ratio Ray / in-process, and the peak memory of all processes of each run
@@ -110,10 +111,13 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
             t_ray = time.perf_counter() - t
             # one single-threaded encoder actor per core: the fastest setting on one node
             summary = score(model, events, out, options=BatchOptions(concurrency=os.cpu_count() or 1))
+            t = time.perf_counter()
             ray.shutdown()
+            t_stop = time.perf_counter() - t
         wall = time.perf_counter() - t0
     n = summary["events_in"]
     return {"engine": engine, "events": n, "wall_s": round(wall, 1), "ray_init_s": round(t_ray, 1),
+            **({"ray_shutdown_s": round(t_stop, 1)} if engine != "local" else {}),
             "events_per_s": round(n / wall), "peak_pss_mb": round(mem.peak / 1024)}
 
 
@@ -161,7 +165,7 @@ def child(args: list[str]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--events", type=int, default=1_000_000, help="throughput comparison size")
+    p.add_argument("--events", default="1000000", help="throughput comparison size(s), comma-separated")
     p.add_argument("--rss-events", default="1000000,4000000", help="sizes for the Ray peak-memory comparison")
     p.add_argument("--train-events", type=int, default=200_000, help="training throughput size (0 = skip)")
     p.add_argument("--workers", type=int, default=2)
@@ -176,7 +180,8 @@ def main() -> None:
 
     w = Path(a.work)
     w.mkdir(exist_ok=True)
-    sizes = sorted({a.events, *[int(s) for s in a.rss_events.split(",") if s]})
+    tp_sizes = [int(n) for n in a.events.split(",") if n]
+    sizes = sorted({*tp_sizes, *[int(s) for s in a.rss_events.split(",") if s]})
     for n in sizes:
         if not (w / f"ev{n}").exists():
             write_dir(make_events(n, seed=1), w / f"ev{n}")
@@ -184,18 +189,21 @@ def main() -> None:
         SeqGuard(TrainConfig(**MODEL)).fit(make_events(50_000, seed=0)).save(w / "model")
     print(f"model: {MODEL}; cpus: {os.cpu_count()}")
     res = {}
-    res["local"] = child(["score", "local", str(w / "model"), str(w / f"ev{a.events}"), str(w / "out_local")])
-    print("in-process", res["local"], flush=True)
+    for n in tp_sizes:
+        res[f"local{n}"] = child(["score", "local", str(w / "model"), str(w / f"ev{n}"), str(w / "out_local")])
+        print(f"in-process {n:,}", res[f"local{n}"], flush=True)
     for n in sizes:
         res[f"ray{n}"] = child(["score", "ray", str(w / "model"), str(w / f"ev{n}"), str(w / f"out_ray{n}")])
         print(f"ray {n:,}", res[f"ray{n}"], flush=True)
-    r, l = res[f"ray{a.events}"], res["local"]
-    print(f"\nscoring {a.events:,} events: Ray Data {r['events_per_s']:,} ev/s vs in-process {l['events_per_s']:,} ev/s"
-          f" = {r['events_per_s'] / l['events_per_s']:.2f}x")
+    print()
+    for n in tp_sizes:
+        r, l = res[f"ray{n}"], res[f"local{n}"]
+        print(f"scoring {n:,} events: Ray Data {r['events_per_s']:,} ev/s vs in-process {l['events_per_s']:,} ev/s"
+              f" = {r['events_per_s'] / l['events_per_s']:.2f}x (target >= 0.8x)")
     lo, hi = sizes[0], sizes[-1]
     print(f"peak PSS, Ray: {res[f'ray{lo}']['peak_pss_mb']} MB at {lo:,} vs {res[f'ray{hi}']['peak_pss_mb']} MB at {hi:,}"
           f" ({hi / lo:.0f}x input, {res[f'ray{hi}']['peak_pss_mb'] / res[f'ray{lo}']['peak_pss_mb']:.2f}x memory);"
-          f" in-process {l['peak_pss_mb']} MB at {a.events:,}")
+          + "".join(f" in-process {res[f'local{n}']['peak_pss_mb']} MB at {n:,};" for n in tp_sizes))
     if a.train_events:
         ev = w / f"train{a.train_events}.parquet"
         if not ev.exists():
