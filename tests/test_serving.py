@@ -323,8 +323,13 @@ def plain(engine, bundle):
     backend = InProcessBackend(engine, model_dir=str(bundle))
     srv = _Server(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(max_message_bytes=200_000)))
     yield srv
+
+    async def close():  # on the server's loop, so the batcher's workers finish their cancellation
+        backend.close()
+        await asyncio.sleep(0.05)
+
+    asyncio.run_coroutine_threadsafe(close(), srv.loop).result(10)
     srv.stop()
-    backend.close()
 
 
 @pytest.fixture
