@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -27,3 +29,27 @@ def score_events(n_users: int = 12, seed: int = 7) -> pd.DataFrame:
     ev = generate(n_users=40, seed=seed).events
     users = ev["user_id"].drop_duplicates().to_numpy()[:n_users]
     return ev[ev["user_id"].isin(users)][["user_id", "item_id", "ts", "action", "value"]].reset_index(drop=True)
+
+
+class PlainServer:
+    """A plain grpc.aio server (no Ray) on its own event-loop thread."""
+
+    def __init__(self, service, backend=None):
+        from seqguard_ray.grpc_server import create_server
+
+        self.backend = backend
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server, self.port = asyncio.run_coroutine_threadsafe(create_server("127.0.0.1:0", service), self.loop).result(30)
+
+    def stop(self) -> None:
+        async def shut():
+            await self.server.stop(0.5)
+            if self.backend is not None:  # on this loop, so its batcher's workers finish cancelling
+                self.backend.close()
+                await asyncio.sleep(0.05)
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

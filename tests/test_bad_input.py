@@ -15,10 +15,8 @@ and very long histories are legitimate: they are scored.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import grpc
@@ -27,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from serving_helpers import PlainServer
 
 from seqguard_ray.bundle import BundleError
 from seqguard_ray.cli import main
@@ -410,23 +409,6 @@ def test_client_sends_null_action_as_unset():
 
 
 # =========================================================================== gRPC (plain server, real client)
-class _Server:
-    """A plain grpc.aio server on its own event-loop thread."""
-
-    def __init__(self, service):
-        from seqguard_ray.grpc_server import create_server
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, self.port = asyncio.run_coroutine_threadsafe(create_server("127.0.0.1:0", service), self.loop).result(30)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 LIMITS = {"max_events_per_sequence": 500, "max_sequences_per_batch": 20, "max_message_bytes": 100_000}
 
 
@@ -442,10 +424,10 @@ def grpc_target(tiny_bundle):
     )
 
     backend = InProcessBackend(load_engine(str(tiny_bundle), torch_threads=1), model_dir=str(tiny_bundle))
-    srv = _Server(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(**LIMITS), timeout_s=30))
+    srv = PlainServer(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(**LIMITS), timeout_s=30),
+                      backend)
     yield f"127.0.0.1:{srv.port}"
     srv.stop()
-    backend.close()
 
 
 @pytest.fixture(scope="module")

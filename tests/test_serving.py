@@ -4,14 +4,13 @@ and the plain grpc.aio server end to end (real gRPC client)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from serving_helpers import TOKEN, score_events, tiny_bundle
+from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 
 from seqguard_ray.bundle import FORMAT_VERSION, BundleError
 from seqguard_ray.detectors import DETECTORS
@@ -299,36 +298,14 @@ def engine(bundle):
     return load_engine(str(bundle), torch_threads=1)
 
 
-class _Server:
-    """A plain grpc.aio server on its own event loop thread."""
-
-    def __init__(self, service: ScoringService):
-        from seqguard_ray.grpc_server import create_server
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server, self.port = asyncio.run_coroutine_threadsafe(create_server("127.0.0.1:0", service), self.loop).result(30)
-
-    def stop(self):
-        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def plain(engine, bundle):
     from seqguard_ray.grpc_server import InProcessBackend
 
     backend = InProcessBackend(engine, model_dir=str(bundle))
-    srv = _Server(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(max_message_bytes=200_000)))
+    srv = PlainServer(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(max_message_bytes=200_000)),
+                      backend)
     yield srv
-
-    async def close():  # on the server's loop, so the batcher's workers finish their cancellation
-        backend.close()
-        await asyncio.sleep(0.05)
-
-    asyncio.run_coroutine_threadsafe(close(), srv.loop).result(10)
     srv.stop()
 
 
@@ -406,7 +383,7 @@ def test_error_codes(plain, client):
 def test_unavailable_deadline_and_retries(bundle):
     from seqguard_ray.grpc_server import InProcessBackend
 
-    srv = _Server(ScoringService(InProcessBackend(None, model_dir=str(bundle)), Authenticator(None)))
+    srv = PlainServer(ScoringService(InProcessBackend(None, model_dir=str(bundle)), Authenticator(None)))
     try:
         c = SeqGuardClient(f"127.0.0.1:{srv.port}", retries=2, backoff_s=0.01)
         code, details = _code(lambda: c.score("u", [{"item_id": "a", "ts": 1_700_000_000}]))
@@ -419,7 +396,7 @@ def test_unavailable_deadline_and_retries(bundle):
         async def model_info(self):
             await asyncio.sleep(5)
 
-    srv = _Server(ScoringService(Slow(), Authenticator(None), timeout_s=0.05))
+    srv = PlainServer(ScoringService(Slow(), Authenticator(None), timeout_s=0.05))
     try:
         code, _ = _code(lambda: SeqGuardClient(f"127.0.0.1:{srv.port}", retries=0).model_info())
         assert code == SC.DEADLINE_EXCEEDED
