@@ -179,22 +179,36 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
     B, T = items.shape
     real = gaps != PAD
     pos = torch.arange(T, device=items.device).expand(B, T)
+    groups = [m for m in ((pos % k == r) & real for r in range(k)) if m.any()]
     out = torch.zeros(B, T, 3, device=items.device)
+    if not groups:
+        return out, torch.zeros(B, model.config.hidden_size, device=items.device)
     emb = None
-    for r in range(k):
-        masked = (pos % k == r) & real
-        if not masked.any():
-            continue
-        o = model(*_mask_events(items, actions, gaps, masked), select=masked)
+    # Small batches run several passes in one forward call (pass g of a call is rows g*B:(g+1)*B):
+    # fixed per-call costs dominate there (one request: 6.9 -> 3.7 ms). Large batches run one pass
+    # per call, which measured faster (200k events: 1.8 vs 2.2 s on one thread).
+    per_call = max(1, _STACK_ROWS // B)
+    for c in range(0, len(groups), per_call):
+        masked = torch.stack(groups[c:c + per_call])  # (G, B, T), disjoint passes
+        G = masked.shape[0]
+        flat = masked.reshape(G * B, T)
+
+        def rep(x):
+            return x.unsqueeze(0).expand(G, B, T).reshape(G * B, T)
+
+        o = model(*_mask_events(rep(items), rep(actions), rep(gaps), flat), select=flat)
+        _, b, t = masked.nonzero(as_tuple=True)      # the row-major order of o's selected positions
         for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
             # o[name]: (M, V) logits of the masked positions only; -log p(target) per position
-            out[..., j][masked] = F.cross_entropy(o[name].float(), target[masked], reduction="none")
-        if emb is None:
-            keep = (real & ~masked).float().unsqueeze(-1)  # (B, T, 1)
-            emb = (o["hidden"] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-    if emb is None:
-        emb = torch.zeros(B, model.config.hidden_size, device=items.device)
+            out[b, t, j] = F.cross_entropy(o[name].float(), target[b, t], reduction="none")
+        if emb is None:  # the embedding of the first pass: its unmasked events
+            keep = (real & ~masked[0]).float().unsqueeze(-1)  # (B, T, 1)
+            emb = (o["hidden"][:B] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
     return out, emb
+
+
+# Most windows one surprisal forward call takes when it stacks several masking passes.
+_STACK_ROWS = 64
 
 
 def batch_windows(tokens: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:

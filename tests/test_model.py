@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from seqguard_ray.model import (
@@ -63,11 +64,15 @@ def test_resumed_training_continues_the_lr_schedule():
     assert np.isclose(lrs[0], 1e-3 * 1 / 5) and np.isclose(lrs[1], 1e-3 * 0.5), lrs
 
 
-def test_surprisal_on_selected_positions_equals_full_logits():
-    """surprisal() computes the item head only where events are masked; the result must equal
+@pytest.mark.parametrize("stack_rows", [1, 64])
+def test_surprisal_on_selected_positions_equals_full_logits(stack_rows, monkeypatch):
+    """surprisal() computes the item head only where events are masked, one masking pass per
+    forward call (stack_rows 1) or several stacked in one call (64); the result must equal
     -log_softmax of the full (B, T, V) logits at every real event."""
+    from seqguard_ray import model as model_mod
     from seqguard_ray.tokens import MASK, PAD
 
+    monkeypatch.setattr(model_mod, "_STACK_ROWS", stack_rows)
     torch.manual_seed(1)
     m = tiny().eval()
     tok, starts, lengths = toy_tokens(n=100, seed=3)
