@@ -192,11 +192,8 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
         masked = torch.stack(groups[c:c + per_call])  # (G, B, T), disjoint passes
         G = masked.shape[0]
         flat = masked.reshape(G * B, T)
-
-        def rep(x):
-            return x.unsqueeze(0).expand(G, B, T).reshape(G * B, T)
-
-        o = model(*_mask_events(rep(items), rep(actions), rep(gaps), flat), select=flat)
+        tiled = (x.unsqueeze(0).expand(G, B, T).reshape(G * B, T) for x in (items, actions, gaps))
+        o = model(*_mask_events(*tiled, flat), select=flat)
         _, b, t = masked.nonzero(as_tuple=True)      # the row-major order of o's selected positions
         for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
             # o[name]: (M, V) logits of the masked positions only; -log p(target) per position
