@@ -292,9 +292,15 @@ def encoded_from_table(sg, table: pa.Table):
     H = sg.model.config.hidden_size if sg.model is not None else sg.config.hidden_size
     emb_rows = emb_col.take(pa.array(first)).combine_chunks() if len(first) else pa.array([], pa.list_(pa.float32()))
     user_emb = np.asarray(emb_rows.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(first), H)
+    _restore_input_rows(lg)
+    return lg, Encoded(seqs, user_emb)
+
+
+def _restore_input_rows(lg) -> None:
+    """``lg.frame["_row"]`` becomes the input row number and the helper columns go: the frame the
+    in-process engine's users_frame / events_frame expect."""
     lg.frame["_row"] = lg.frame["_in_row"].to_numpy()
     lg.frame = lg.frame.drop(columns=[c for c in (*HELPER_COLS, "_encode_node") if c in lg.frame.columns])
-    return lg, Encoded(seqs, user_emb)
 
 
 class DetectStage:
@@ -326,8 +332,7 @@ class ScoreStage(EncodeStage):
         if table.num_rows == 0:
             return pa.table({"summary": pa.array([], pa.string())})
         lg, enc = encode_bucket(self.sg, table)
-        lg.frame["_row"] = lg.frame["_in_row"].to_numpy()
-        lg.frame = lg.frame.drop(columns=[c for c in HELPER_COLS if c in lg.frame.columns])
+        _restore_input_rows(lg)
         return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=[self.node_id], detect_node=self.node_id)
 
 
