@@ -236,7 +236,7 @@ class UserDetectors:
     def _raw(self, feats: np.ndarray) -> np.ndarray:
         """(n, len(DETECTORS)) raw scores, higher = more anomalous."""
         z = self._z(feats)
-        right = tail_logp(self.ecod_ref_, z, two_sided=False)
+        right = _side_logp(self.ecod_ref_, z)
         ecod = _two_sided(right, self.ecod_ref_, z).sum(1)
         iforest = iforest_scores(self.iforest_, z)
         enc = right[:, list(self.encoder_columns)].sum(1)  # the encoder's surprisal columns, high side
