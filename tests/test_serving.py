@@ -135,11 +135,8 @@ def test_to_log_sorts_each_sequence_like_the_batch_path():
 class _Parts:
     """Stands in for a ScoredBatch: split() hands each caller its (first, last) sequence numbers."""
 
-    def __init__(self, n0: int, n: int):
-        self.n0, self.n = n0, n
-
     def split(self, bounds):
-        return [(self.n0 + a, self.n0 + b) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def test_continuous_batcher_merges_what_queues_while_busy():
@@ -156,7 +153,7 @@ def test_continuous_batcher_merges_what_queues_while_busy():
             running[0] -= 1
             if merged.n_seqs == 3:
                 raise ValueError("bad batch")
-            return _Parts(0, merged.n_seqs)
+            return _Parts()
 
         one = parse_score_request(req(2), Limits())
         b = ContinuousBatcher(run, max_batch=4, concurrency=2)
