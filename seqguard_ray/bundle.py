@@ -4,8 +4,8 @@
 manifest.json        format version, package and library versions, training config, repair policy,
                      vocabulary, thresholds, training metrics, sha256 of every other file
 encoder.safetensors  encoder weights (config in the manifest)
-state.npz            item statistics and detector state as plain arrays (loaded with allow_pickle=False)
-iforest.skops        the Isolation Forest, loaded by skops with an explicit type allowlist
+state.npz            item statistics and detector state, the Isolation Forest's trees included, as
+                     plain arrays (loaded with allow_pickle=False)
 ```
 Nothing is unpickled. Loading checks the format version and every file's hash, so a truncated or
 tampered bundle gets a clear :class:`BundleError`.
@@ -25,11 +25,9 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "2"  # 2: user feature "catalogue_order"; feature names in the manifest
+FORMAT_VERSION = "3"  # 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
-FILES = ("encoder.safetensors", "state.npz", "iforest.skops")
-# Types skops may rebuild besides numpy/sklearn basics; anything else in the file is refused.
-SKOPS_TRUSTED = ["sklearn.tree._tree.Tree"]
+FILES = ("encoder.safetensors", "state.npz")
 
 
 class BundleError(ValueError):
@@ -56,7 +54,6 @@ def _versions() -> dict[str, str]:
 
 def save_bundle(sg, path: str | Path) -> Path:
     """Write a fitted SeqGuard to directory ``path`` (created; existing bundle files replaced)."""
-    import skops.io as sio
     from safetensors.torch import save_file
 
     sg._check_fitted()
@@ -70,12 +67,11 @@ def save_bundle(sg, path: str | Path) -> Path:
         "stats.value_range": np.array([st.value_lo, st.value_hi]),
         "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_,
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
-        "vocab.item_counts": sg.vocab.item_counts,
+        "vocab.item_counts": sg.vocab.item_counts, **ud.iforest_.to_arrays("user.iforest."),
     }
     for name, cal in ud.calibrators_.items():
         arrays[f"user.cal.{name}"] = cal.reference
     np.savez(out / "state.npz", **arrays)
-    sio.dump(ud.iforest_, out / "iforest.skops")
     manifest = {
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
@@ -134,10 +130,9 @@ def read_manifest(path: str | Path) -> dict:
 
 def load_bundle(path: str | Path):
     """Read a bundle written by :func:`save_bundle` into a ready SeqGuard."""
-    import skops.io as sio
     from safetensors.torch import load_file
 
-    from .detectors import Calibrator, EventDetector, UserDetectors
+    from .detectors import Calibrator, EventDetector, FlatForest, UserDetectors
     from .engine import SeqGuard, TrainConfig
     from .features import ItemStats, catalogue_rank
     from .model import SeqGuardConfig, SeqGuardEncoder
@@ -176,7 +171,7 @@ def load_bundle(path: str | Path):
         ud.calibrators_ = {k.split(".", 2)[2]: Calibrator(a[k]) for k in a.files if k.startswith("user.cal.")}
         ud.combined_ = Calibrator(a["user.combined"])
         ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])
-        ud.iforest_ = sio.load(p / "iforest.skops", trusted=SKOPS_TRUSTED)
+        ud.iforest_ = FlatForest.from_arrays(a, "user.iforest.")
         sg.user_detectors = ud
         ed = EventDetector()
         ed.ref_, ed.calibrator_ = a["event.ref"], Calibrator(a["event.calibrator"])

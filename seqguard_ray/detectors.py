@@ -10,11 +10,9 @@ rate on the trimmed training population, not a contamination guess.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
 
 MAX_REFERENCE = 20_000   # reference values kept per calibrator / ECOD column
 
@@ -82,38 +80,75 @@ class Calibrator:
         return 1.0 - np.exp(-self.nats(raw))
 
 
-class _FlatForest:
-    """An Isolation Forest's trees as padded (trees, nodes) arrays, traversed level by level for all
-    trees and rows at once: a dozen numpy calls per batch instead of one ``tree_.apply`` per tree
-    (online scoring runs the forest several times per small batch; per-tree calls were ~1.6 ms)."""
+def _average_path_length(n: np.ndarray) -> np.ndarray:
+    """Expected path length of an unsuccessful search in a binary tree of n points (Liu et al. 2008)."""
+    n = np.asarray(n, np.float64)
+    safe = np.maximum(n, 3.0)
+    c = 2.0 * (np.log(safe - 1.0) + np.euler_gamma) - 2.0 * (safe - 1.0) / safe
+    return np.where(n <= 1, 0.0, np.where(n <= 2, 1.0, c))
 
-    def __init__(self, forest: IsolationForest):
-        from sklearn.ensemble._iforest import _average_path_length
 
-        trees = list(zip(forest.estimators_, forest.estimators_features_, forest._decision_path_lengths,
-                         forest._average_path_length_per_tree))
-        T, M = len(trees), max(e.tree_.node_count for e, *_ in trees)
-        self.left = np.tile(np.arange(M, dtype=np.int32), (T, 1))  # padding and leaves point at themselves
-        self.right = self.left.copy()
-        self.feature = np.zeros((T, M), np.int32)
-        self.threshold = np.zeros((T, M), np.float64)
-        self.leaf_depth = np.zeros((T, M), np.float64)
-        self.levels = 0
-        for t, (est, feats, path_len, avg_len) in enumerate(trees):
-            tr = est.tree_
+class FlatForest:
+    """An Isolation Forest as plain padded (trees, nodes) arrays: what the bundle stores (no pickle,
+    no scikit-learn needed to score) and what scores, level by level for all trees and rows at once
+    (a dozen numpy calls per batch instead of one ``tree_.apply`` per tree, ~1.6 ms each online).
+    Scores equal ``-IsolationForest.score_samples``."""
+
+    ARRAYS = ("left", "right", "feature", "threshold", "leaf_depth")
+
+    def __init__(self, left, right, feature, threshold, leaf_depth, *, levels: int, denom: float):
+        self.left, self.right, self.feature = (np.asarray(a, np.int32) for a in (left, right, feature))
+        self.threshold, self.leaf_depth = (np.asarray(a, np.float64) for a in (threshold, leaf_depth))
+        self.levels, self.denom = int(levels), float(denom)
+        T, M = self.left.shape
+        if any(getattr(self, a).shape != (T, M) for a in self.ARRAYS) or T == 0 or not 0 <= self.levels <= M:
+            raise ValueError(f"isolation forest arrays do not fit together ({T} trees x {M} nodes, {self.levels} levels)")
+        if min(self.left.min(), self.right.min(), self.feature.min()) < 0 or max(self.left.max(), self.right.max()) >= M:
+            raise ValueError("isolation forest arrays point outside the forest")
+        self._tree = np.arange(T)[None, :]
+        self._n_features = int(self.feature.max()) + 1
+
+    @classmethod
+    def from_sklearn(cls, forest) -> FlatForest:
+        """Flatten a fitted ``sklearn.ensemble.IsolationForest`` (public attributes only)."""
+        trees = [(e.tree_, np.asarray(f)) for e, f in zip(forest.estimators_, forest.estimators_features_)]
+        T, M = len(trees), max(t.node_count for t, _ in trees)
+        left = np.tile(np.arange(M, dtype=np.int32), (T, 1))  # padding and leaves point at themselves
+        right, feature = left.copy(), np.zeros((T, M), np.int32)
+        threshold, leaf_depth = np.zeros((T, M)), np.zeros((T, M))
+        levels = 0
+        for t, (tr, feats) in enumerate(trees):
             n = tr.node_count
             split = tr.children_left[:n] >= 0
-            self.left[t, :n] = np.where(split, tr.children_left[:n], np.arange(n))
-            self.right[t, :n] = np.where(split, tr.children_right[:n], np.arange(n))
-            self.feature[t, :n] = np.where(split, np.asarray(feats)[np.maximum(tr.feature[:n], 0)], 0)
-            self.threshold[t, :n] = tr.threshold[:n]
-            self.leaf_depth[t, :n] = path_len[:n] + avg_len[:n] - 1.0
-            self.levels = max(self.levels, int(tr.max_depth))
-        self.denom = T * float(_average_path_length([forest._max_samples])[0])
-        self._tree = np.arange(T)[None, :]
+            left[t, :n] = np.where(split, tr.children_left[:n], np.arange(n))
+            right[t, :n] = np.where(split, tr.children_right[:n], np.arange(n))
+            feature[t, :n] = np.where(split, feats[np.maximum(tr.feature[:n], 0)], 0)
+            threshold[t, :n] = tr.threshold[:n]
+            depth = np.zeros(n)
+            for _ in range(int(tr.max_depth)):  # children come after their parent: one pass per level
+                depth[left[t, :n][split]] = depth[split] + 1
+                depth[right[t, :n][split]] = depth[split] + 1
+            # sklearn: nodes on the path (depth + 1) + c(leaf samples) - 1
+            leaf_depth[t, :n] = depth + _average_path_length(tr.n_node_samples[:n])
+            levels = max(levels, int(tr.max_depth))
+        denom = T * float(_average_path_length([forest.max_samples_])[0])
+        return cls(left, right, feature, threshold, leaf_depth, levels=levels, denom=denom)
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}{a}": getattr(self, a) for a in self.ARRAYS}
+        out[f"{prefix}shape"] = np.array([self.levels, self.denom])
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> FlatForest:
+        levels, denom = arrays[f"{prefix}shape"]
+        return cls(*(arrays[f"{prefix}{a}"] for a in cls.ARRAYS), levels=int(levels), denom=float(denom))
 
     def __call__(self, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Anomaly score (n,), higher = more anomalous."""
         X = np.ascontiguousarray(x, dtype=np.float32)  # scikit-learn compares float32 features
+        if X.ndim != 2 or X.shape[1] < self._n_features:
+            raise ValueError(f"isolation forest needs {self._n_features} feature columns, got shape {X.shape}")
         depths = np.empty(len(X))
         for r0 in range(0, len(X), chunk):
             xc = X[r0:r0 + chunk]
@@ -125,22 +160,6 @@ class _FlatForest:
                 node = np.where(go_left, self.left[self._tree, node], self.right[self._tree, node])
             depths[r0:r0 + chunk] = self.leaf_depth[self._tree, node].sum(1)
         return 2.0 ** (-depths / self.denom) if self.denom > 0 else np.ones(len(X))
-
-
-_FLAT_FORESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def iforest_scores(forest: IsolationForest, x: np.ndarray) -> np.ndarray:
-    """``-forest.score_samples(x)`` (higher = more anomalous), computed on the forest flattened once
-    into arrays (:class:`_FlatForest`): the same sum over trees of leaf depth plus the leaf's
-    average path length, without scikit-learn's per-tree dispatch."""
-    flat = _FLAT_FORESTS.get(forest)
-    if flat is None:
-        try:
-            flat = _FLAT_FORESTS[forest] = _FlatForest(forest)
-        except AttributeError:  # another scikit-learn layout: the public (slower) path
-            return -forest.score_samples(x)
-    return flat(x)
 
 
 def combine(p: np.ndarray) -> np.ndarray:
@@ -180,7 +199,7 @@ class UserDetectors:
     center_: np.ndarray | None = None
     scale_: np.ndarray | None = None
     ecod_ref_: np.ndarray | None = None
-    iforest_: IsolationForest | None = None
+    iforest_: FlatForest | None = None
     calibrators_: dict[str, Calibrator] = field(default_factory=dict)
     combined_: Calibrator | None = None
     threshold_: float = 0.0
@@ -224,7 +243,9 @@ class UserDetectors:
         self.center_, self.scale_ = _robust_scale(feats)
         z = self._z(feats)
         self.ecod_ref_ = np.sort(z, axis=0)[:: max(1, len(z) // MAX_REFERENCE)]
-        self.iforest_ = IsolationForest(n_estimators=200, random_state=self.seed).fit(z)
+        from sklearn.ensemble import IsolationForest  # fit only: scoring needs no scikit-learn
+
+        self.iforest_ = FlatForest.from_sklearn(IsolationForest(n_estimators=200, random_state=self.seed).fit(z))
 
     def _fit_calibration(self, feats: np.ndarray) -> None:
         raw = self._raw(feats)
@@ -238,7 +259,7 @@ class UserDetectors:
         z = self._z(feats)
         right = _side_logp(self.ecod_ref_, z)
         ecod = _two_sided(right, self.ecod_ref_, z).sum(1)
-        iforest = iforest_scores(self.iforest_, z)
+        iforest = self.iforest_(z)
         enc = right[:, list(self.encoder_columns)].sum(1)  # the encoder's surprisal columns, high side
         return np.stack([ecod, iforest, enc], axis=1)
 

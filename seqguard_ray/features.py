@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.decomposition import TruncatedSVD
 
 from .tokens import N_SPECIAL, UNK
 
@@ -100,6 +99,8 @@ def _taste_vectors(seqs: Seqs, n_items: int, seed: int) -> np.ndarray:
     out = np.zeros((n_items, TASTE_DIM), np.float32)
     k = min(TASTE_DIM, min(m.shape) - 1)
     if k >= 2:
+        from sklearn.decomposition import TruncatedSVD  # fit only: scoring needs no scikit-learn
+
         svd = TruncatedSVD(n_components=k, random_state=seed, n_iter=7)
         svd.fit(m)
         vecs = (svd.components_.T * svd.singular_values_).astype(np.float32)  # (V, k)

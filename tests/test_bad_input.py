@@ -280,7 +280,7 @@ BUNDLE_CASES = [
     ("bundle-no-format-version", _edit_manifest(format_version=None), "format version None", True),
     ("bundle-tampered-weights", _flip_byte("encoder.safetensors"), "encoder.safetensors does not match the manifest's checksum", True),
     ("bundle-tampered-state", _flip_byte("state.npz"), "state.npz does not match the manifest's checksum", True),
-    ("bundle-missing-file", lambda b: (b / "iforest.skops").unlink(), "is missing iforest.skops", True),
+    ("bundle-missing-file", lambda b: (b / "state.npz").unlink(), "is missing state.npz", True),
     ("bundle-non-bundle-dir", _make_plain_dir, "has no manifest.json", True),
     ("bundle-path-is-a-file", _make_file, "does not exist or is not a directory", True),
     ("bundle-path-missing", lambda b: shutil.rmtree(b), "does not exist or is not a directory", True),

@@ -60,11 +60,32 @@ def test_event_detector_one_sided():
 def test_fast_iforest_scores_equal_sklearns():
     from sklearn.ensemble import IsolationForest
 
-    from seqguard_ray.detectors import iforest_scores
+    from seqguard_ray.detectors import FlatForest
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6))
     for max_features in (1.0, 0.5):
         f = IsolationForest(n_estimators=50, max_features=max_features, random_state=0).fit(X)
         q = np.vstack([rng.normal(size=(7, 6)), [[8.0] * 6]])
-        np.testing.assert_allclose(iforest_scores(f, q), -f.score_samples(q), rtol=1e-10)
+        flat = FlatForest.from_sklearn(f)
+        np.testing.assert_allclose(flat(q), -f.score_samples(q), rtol=1e-10)
+        # the bundle's form: plain arrays in, the same scores out
+        again = FlatForest.from_arrays(flat.to_arrays("f."), "f.")
+        np.testing.assert_array_equal(again(q), flat(q))
+
+
+def test_flat_forest_refuses_arrays_that_do_not_fit():
+    from sklearn.ensemble import IsolationForest
+
+    from seqguard_ray.detectors import FlatForest
+
+    X = np.random.default_rng(0).normal(size=(100, 3))
+    arrays = FlatForest.from_sklearn(IsolationForest(n_estimators=5, random_state=0).fit(X)).to_arrays("")
+    bad = dict(arrays, left=arrays["left"] + 10_000)
+    with pytest.raises(ValueError, match="point outside the forest"):
+        FlatForest.from_arrays(bad, "")
+    bad = dict(arrays, threshold=arrays["threshold"][:, :-1])
+    with pytest.raises(ValueError, match="do not fit together"):
+        FlatForest.from_arrays(bad, "")
+    with pytest.raises(ValueError, match="needs 3 feature columns"):
+        FlatForest.from_arrays(arrays, "")(X[:, :2])

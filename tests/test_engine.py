@@ -106,8 +106,8 @@ def test_corrupt_bundles(tiny_bundle, tmp_path):
     with pytest.raises(BundleError, match="corrupt"):
         SeqGuard.load(d)
     d = copy("missing_file")
-    (d / "iforest.skops").unlink()
-    with pytest.raises(BundleError, match="missing iforest.skops"):
+    (d / "state.npz").unlink()
+    with pytest.raises(BundleError, match="missing state.npz"):
         SeqGuard.load(d)
 
 
