@@ -428,6 +428,10 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
         ds.context.wait_for_min_actors_s = max(ds.context.wait_for_min_actors_s, 600)
     if opts.actor_resources:
         extra["resources"] = dict(opts.actor_resources)
+    # the sort-based shuffle runs as plain tasks on the workers already up; Ray 2.60's default hash
+    # shuffle starts aggregator actors first, which left the 2 cores idle for ~4 s at 1M events
+    # (1M events end to end: 36.4 -> 33.8 s). ds.context is this pipeline's own copy.
+    ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     pool = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1 if opts.spread else None)
     stage, args = (EncodeStage, (payload_ref,)) if out is None else (ScoreStage, (payload_ref, out))
     return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
