@@ -3,6 +3,7 @@
     python bench/batch.py                      # 1M events: throughput; RSS at 1M and 4M; training
     python bench/batch.py --events 1000000,4000000 --train-events 0   # throughput at 1M and at 4M
     python bench/batch.py --events 200000 --rss-events 200000,800000 --train-events 100000   # quicker
+    python bench/batch.py --events "" --rss-events "" --train-events 200000   # training only
 
 Prints events/s and the ratio Ray / in-process, and the peak memory of all processes of each run
 (the sum of PSS over the process tree: driver, raylet, GCS, workers; shared object-store pages are
@@ -200,10 +201,11 @@ def main() -> None:
         r, l = res[f"ray{n}"], res[f"local{n}"]
         print(f"scoring {n:,} events: Ray Data {r['events_per_s']:,} ev/s vs in-process {l['events_per_s']:,} ev/s"
               f" = {r['events_per_s'] / l['events_per_s']:.2f}x (target >= 0.8x)")
-    lo, hi = sizes[0], sizes[-1]
-    print(f"peak PSS, Ray: {res[f'ray{lo}']['peak_pss_mb']} MB at {lo:,} vs {res[f'ray{hi}']['peak_pss_mb']} MB at {hi:,}"
-          f" ({hi / lo:.0f}x input, {res[f'ray{hi}']['peak_pss_mb'] / res[f'ray{lo}']['peak_pss_mb']:.2f}x memory);"
-          + "".join(f" in-process {res[f'local{n}']['peak_pss_mb']} MB at {n:,};" for n in tp_sizes))
+    if sizes:
+        lo, hi = sizes[0], sizes[-1]
+        print(f"peak PSS, Ray: {res[f'ray{lo}']['peak_pss_mb']} MB at {lo:,} vs {res[f'ray{hi}']['peak_pss_mb']} MB at {hi:,}"
+              f" ({hi / lo:.0f}x input, {res[f'ray{hi}']['peak_pss_mb'] / res[f'ray{lo}']['peak_pss_mb']:.2f}x memory);"
+              + "".join(f" in-process {res[f'local{n}']['peak_pss_mb']} MB at {n:,};" for n in tp_sizes))
     if a.train_events:
         ev = w / f"train{a.train_events}.parquet"
         if not ev.exists():
