@@ -243,7 +243,8 @@ class UserDetectors:
         self.center_, self.scale_ = _robust_scale(feats)
         z = self._z(feats)
         self.ecod_ref_ = np.sort(z, axis=0)[:: max(1, len(z) // MAX_REFERENCE)]
-        from sklearn.ensemble import IsolationForest  # fit only: scoring needs no scikit-learn
+        # fit only: scoring needs no scikit-learn
+        from sklearn.ensemble import IsolationForest
 
         self.iforest_ = FlatForest.from_sklearn(IsolationForest(n_estimators=200, random_state=self.seed).fit(z))
 

@@ -99,7 +99,8 @@ def _taste_vectors(seqs: Seqs, n_items: int, seed: int) -> np.ndarray:
     out = np.zeros((n_items, TASTE_DIM), np.float32)
     k = min(TASTE_DIM, min(m.shape) - 1)
     if k >= 2:
-        from sklearn.decomposition import TruncatedSVD  # fit only: scoring needs no scikit-learn
+        # fit only: scoring needs no scikit-learn
+        from sklearn.decomposition import TruncatedSVD
 
         svd = TruncatedSVD(n_components=k, random_state=seed, n_iter=7)
         svd.fit(m)
