@@ -651,8 +651,14 @@ class ContinuousBatcher:
                     j.future.set_result(part if j.repair or not isinstance(part, RepairedBatch) else part.scored)
 
     def close(self) -> None:
+        """Stop the workers. Requests in a running batch and requests still queued fail with
+        UNAVAILABLE (their clients may retry elsewhere) rather than wait for their deadline."""
         for w in self._workers:
             w.cancel()
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(Unavailable("the server is shutting down: retry"))
         self._queue, self._workers = None, []
 
 

@@ -182,6 +182,15 @@ def test_continuous_batcher_merges_what_queues_while_busy():
         assert await c.submit(one) == (0, 1)
         c.close()
 
+        gate.clear()                       # closing: the running batch and the queued requests
+        d = ContinuousBatcher(run, max_batch=1, concurrency=1)  # fail at once, none is left waiting
+        pending = [asyncio.ensure_future(d.submit(one)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        d.close()
+        out = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 1.0)
+        assert [type(e) for e in out] == [Unavailable] * 3
+        assert "cancelled" in str(out[0]) and all("shutting down" in str(e) for e in out[1:])
+
     asyncio.run(main())
     with pytest.raises(ValueError, match="max_batch"):
         from seqguard_ray.serving import ContinuousBatcher
