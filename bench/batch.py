@@ -110,8 +110,8 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
             t = time.perf_counter()
             ensure_ray()
             t_ray = time.perf_counter() - t
-            # one single-threaded encoder actor per core: the fastest setting on one node
-            summary = score(model, events, out, options=BatchOptions(concurrency=os.cpu_count() or 1))
+            # the defaults a user gets (on one node: one single-threaded actor per core)
+            summary = score(model, events, out, options=BatchOptions())
             t = time.perf_counter()
             ray.shutdown()
             t_stop = time.perf_counter() - t

@@ -91,6 +91,25 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
+def default_pool_size(n_buckets: int) -> int:
+    """Encoder actors when ``--concurrency`` is not given, never more than there are buckets.
+
+    One per GPU. On CPUs, one single-threaded actor per core of a single node: they beat fewer
+    multi-threaded ones (1M events on 2 cores, pipeline alone: 2 actors x 1 thread 27.8-30.5 s,
+    1 actor x 2 threads 33.4-33.5 s). Across nodes one per 2 CPUs, which left the shuffle room on
+    the simulated 3-node cluster where larger pools starved it.
+    """
+    import ray
+
+    gpus = int(cluster_gpus())
+    if gpus:
+        size = gpus
+    else:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+        size = int(cluster_cpus()) // (1 if nodes <= 1 else 2)
+    return max(1, min(size, n_buckets))
+
+
 # ---------------------------------------------------------------------------------------------
 # reading
 
@@ -390,7 +409,7 @@ def prepare_out(out: str) -> None:
 class BatchOptions:
     """How the Ray Data scoring pipeline runs."""
 
-    concurrency: int | None = None       # encoder actors; None = GPUs if any, else CPUs // 2 (at least 1)
+    concurrency: int | None = None       # encoder actors; None = default_pool_size()
     batch_size: int | None = None        # windows per encoder forward pass; None = the bundle's score_batch_size
     events_per_bucket: int = DEFAULT_EVENTS_PER_BUCKET  # events per group the encoder scores at once
     detect_concurrency: int | None = None  # detector actors; None = max(1, concurrency // 2)
@@ -416,10 +435,7 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
     With ``out``, the pool runs :class:`ScoreStage` (encode, detect, repair, write) instead."""
     import ray
 
-    # one actor per GPU, else one per 2 CPUs: larger default pools reserve so many CPUs that Ray Data's
-    # hash shuffle starved on a simulated 3-node cluster. On one node, --concurrency = cores is faster
-    # (1M events on 2 cores: 2 actors x 1 thread 80-88 s vs 1 actor x 2 threads 92-96 s).
-    conc = opts.concurrency or (int(cluster_gpus()) or max(1, int(cluster_cpus()) // 2))
+    conc = opts.concurrency or default_pool_size(n_buckets)
     extra = {"scheduling_strategy": "SPREAD"} if opts.spread else {}
     if opts.spread:
         # start every pool actor before the first block is handed out: otherwise the actor that is

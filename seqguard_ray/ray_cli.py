@@ -38,7 +38,8 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
                        help="checkpoint storage (default MODEL.train next to the bundle; shared or s3:// on a cluster)")
     else:
         g.add_argument("--concurrency", type=_positive_int, default=None,
-                       help="encoder actors (default: one per GPU, else one per 2 CPUs; on one node, the core count is faster)")
+                       help="encoder actors (default: one per GPU, else one per core on one node and one per "
+                            "2 CPUs across nodes; never more than the input's buckets of ~20k events)")
         g.add_argument("--batch-size", type=_positive_int, default=None,
                        help="windows per encoder forward pass (default: the bundle's)")
 
