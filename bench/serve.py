@@ -126,12 +126,12 @@ def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
 
     from deployments import SERVICER
     from deployments.app import AppArgs, deploy
+    from seqguard_ray.ray_batch import start_local_ray
     from seqguard_ray.serving import token_digest
 
     t0 = time.time()
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if optimized else "0"  # inherited by Ray's processes
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    start_local_ray(num_cpus=4)
     port = free_port()
     try:
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),

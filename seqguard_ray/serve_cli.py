@@ -148,16 +148,15 @@ def _serve_ray(args, digest, version) -> int:
     from deployments import SERVICER
     from deployments.app import AppArgs, deploy
 
+    from .ray_batch import ensure_ray
+
     cfg_args, overrides = _read_config(args.config)
     cfg_args.pop("model_dir", None)
     app_args = AppArgs.model_validate({**cfg_args, "model_dir": args.model, "token_sha256": digest,
                                        "insecure_no_auth": digest is None, "token_file": None,
                                        "limits": limits, "timeout_s": args.request_timeout,
                                        "deployments": {**cfg_args.get("deployments", {}), **overrides}})
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=False)
+    started_ray = ensure_ray()
     try:
         serve.start(http_options=HTTPOptions(host="127.0.0.1"),
                     grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[SERVICER],

@@ -11,8 +11,8 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         # address='local': never join another Ray that happens to run on this machine
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        from seqguard_ray.ray_batch import start_local_ray
+        start_local_ray(num_cpus=4)
     yield ray
     try:
         from ray import serve
