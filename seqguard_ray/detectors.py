@@ -136,12 +136,12 @@ class FlatForest:
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         out = {f"{prefix}{a}": getattr(self, a) for a in self.ARRAYS}
-        out[f"{prefix}shape"] = np.array([self.levels, self.denom])
+        out[f"{prefix}levels_denom"] = np.array([self.levels, self.denom])
         return out
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str) -> FlatForest:
-        levels, denom = arrays[f"{prefix}shape"]
+        levels, denom = arrays[f"{prefix}levels_denom"]
         return cls(*(arrays[f"{prefix}{a}"] for a in cls.ARRAYS), levels=int(levels), denom=float(denom))
 
     def __call__(self, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
