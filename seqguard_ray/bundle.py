@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "3"  # 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "4"  # 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -67,6 +67,7 @@ def save_bundle(sg, path: str | Path) -> Path:
         "stats.value_range": np.array([st.value_lo, st.value_hi]),
         "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_,
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
+        "event.residual_check": sg.residual_check.coef,
         "vocab.item_counts": sg.vocab.item_counts, **ud.iforest_.to_arrays("user.iforest."),
     }
     for name, cal in ud.calibrators_.items():
@@ -132,7 +133,7 @@ def load_bundle(path: str | Path):
     """Read a bundle written by :func:`save_bundle` into a ready SeqGuard."""
     from safetensors.torch import load_file
 
-    from .detectors import Calibrator, EventDetector, FlatForest, UserDetectors
+    from .detectors import Calibrator, EventDetector, FlatForest, ResidualCheck, UserDetectors
     from .engine import SeqGuard, TrainConfig
     from .features import ItemStats, catalogue_rank
     from .model import SeqGuardConfig, SeqGuardEncoder
@@ -176,6 +177,7 @@ def load_bundle(path: str | Path):
         ed = EventDetector()
         ed.ref_, ed.calibrator_ = a["event.ref"], Calibrator(a["event.calibrator"])
         sg.event_detector = ed
+        sg.residual_check = ResidualCheck(a["event.residual_check"])
         sg.metrics = m.get("metrics", {})
         sg.model_version = m.get("model_version", "")
     except BundleError:

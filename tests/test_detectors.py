@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from seqguard_ray.detectors import DETECTORS, Calibrator, EventDetector, UserDetectors, combine
+from seqguard_ray.detectors import DETECTORS, Calibrator, EventDetector, ResidualCheck, UserDetectors, combine
 
 
 def test_calibrator_is_monotone_and_inside_unit_interval():
@@ -89,3 +89,34 @@ def test_flat_forest_refuses_arrays_that_do_not_fit():
         FlatForest.from_arrays(bad, "")
     with pytest.raises(ValueError, match="needs 3 feature columns"):
         FlatForest.from_arrays(arrays, "")(X[:, :2])
+
+
+def _histories(rng, sizes, lo=0.0, hi=1.0):
+    local = np.concatenate([rng.uniform(lo, hi, n) for n in sizes])
+    return local, np.r_[0, np.cumsum(sizes)]
+
+
+def test_residual_check_refuses_histories_whose_ordinary_events_are_odd():
+    rng = np.random.default_rng(0)
+    local, off = _histories(rng, rng.integers(15, 300, 400))  # normal users: calibrated, uniform
+    check = ResidualCheck.fit(local, off, np.ones(400, bool), cut=0.9)
+    a, b, sd, cut = check.coef
+    assert abs(a + b * np.log(100) - 0.45) < 0.02 and cut == 0.9 and 0 < sd < 0.1
+    z_normal = check.z(*_histories(rng, [40, 120, 250]))
+    assert (np.abs(z_normal) < 3).all()
+    # a fake profile's events, its oddest ones removed: all in 0.55..0.9, not spread over 0..0.9
+    z_fake = check.z(*_histories(rng, [40, 120], lo=0.55, hi=0.9))
+    assert (z_fake > 3).all()
+    # too few events below the cut to tell: never refused
+    few = check.z(np.r_[np.full(5, 0.85), np.full(20, 0.95)], np.array([0, 25]))
+    assert few[0] == -np.inf
+
+
+def test_residual_check_is_off_without_enough_normal_users_and_refuses_bad_state():
+    rng = np.random.default_rng(1)
+    local, off = _histories(rng, [50] * 10)
+    check = ResidualCheck.fit(local, off, np.r_[np.ones(3, bool), np.zeros(7, bool)], cut=0.9)
+    assert (check.z(*_histories(rng, [50, 50], lo=0.8, hi=0.9)) == 0).all()
+    for bad in ([0.1, 0.2, 0.0, 0.9], [0.1, 0.2, 0.1], [np.nan, 0.2, 0.1, 0.9]):
+        with pytest.raises(ValueError, match="residual check"):
+            ResidualCheck(np.array(bad))

@@ -132,3 +132,22 @@ def test_catalogue_order_flags_sweeps_not_people():
     got = _catalogue_order(seqs, stats, seqs.user_index())
     assert got[0] > 0.8 and got[1] > 0.8 and got[2] < 0.4, got
     assert "catalogue_order" in USER_FEATURES
+
+
+def test_partial_explanations_must_leave_ordinary_events(tiny_events, monkeypatch):
+    """A flagged history is typed injection/replay/takeover only when the events left look like a
+    normal user's; with a check that finds every remainder odd, each flagged user is whole-history."""
+    from seqguard_ray.detectors import ResidualCheck
+
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4, target_fpr=0.1)).fit(tiny_events)
+    assert np.isfinite(sg.residual_check.coef).all()
+    before = sg.score(tiny_events).users
+    partial = before.anomaly_type.isin(["injection", "replay", "takeover"])
+    assert partial.any(), "the tiny log should have partly anomalous users"
+    sg.residual_check = ResidualCheck(np.array([-10.0, 0.0, 0.01, 0.9]))  # every remainder is far above normal
+    monkeypatch.setattr(ResidualCheck, "MIN_EVENTS", 1)  # tiny histories: judge remainders of any length
+    after = sg.score(tiny_events).users
+    assert (after.anomalous == before.anomalous).all()
+    assert not after.anomaly_type.isin(["injection", "replay", "takeover"]).any()
+    refused = after[partial.to_numpy()]
+    assert refused.reasons.str.contains("the events left are still unusual").all()
