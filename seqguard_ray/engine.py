@@ -25,7 +25,7 @@ from .events import EventLog, from_frame, read_events
 from .features import EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, event_features, user_features
 from .model import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
 from .repair import RepairPolicy
-from .tokens import Vocab, gap_buckets, owner_positions, windows
+from .tokens import N_SPECIAL, Vocab, gap_buckets, owner_positions, windows
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,12 @@ class SeqGuard:
             a, b = segments[u]
             if b > a:
                 seg_mask[off[u] + a: off[u] + b] = True
+        doubtful = local >= self._DOUBTFUL_EVENT
         # (type, events) candidates; the smallest set whose removal leaves a clearly normal history wins
         candidates = [
             ("injection", local >= thr),
-            ("injection", local >= self._DOUBTFUL_EVENT),
+            ("injection", doubtful),
+            ("injection", doubtful | _on_targets(uix, seqs.item, doubtful & in_flagged)),
             ("replay", replay),
             ("takeover", seg_mask),
         ]
@@ -437,6 +439,15 @@ class SeqGuard:
     def load(cls, path: str | Path) -> SeqGuard:
         from .bundle import load_bundle
         return load_bundle(path)
+
+
+def _on_targets(uix: np.ndarray, item: np.ndarray, hot: np.ndarray) -> np.ndarray:
+    """(N,) events on a user's target items: known items with two or more ``hot`` events in that
+    user's history. Injected traffic (click farms) pushes a few items many times, and not every
+    injected event is odd on its own."""
+    key = uix.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
+    keys, counts = np.unique(key[hot & (item >= N_SPECIAL)], return_counts=True)
+    return np.isin(key, keys[counts >= 2])
 
 
 def users_frame(log_: EventLog, s: Scored) -> pd.DataFrame:

@@ -134,20 +134,36 @@ def test_catalogue_order_flags_sweeps_not_people():
     assert "catalogue_order" in USER_FEATURES
 
 
-def test_partial_explanations_must_leave_ordinary_events(tiny_events, monkeypatch):
+def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
     """A flagged history is typed injection/replay/takeover only when the events left look like a
     normal user's; with a check that finds every remainder odd, each flagged user is whole-history."""
+    from seqguard_ray.demo import AttackMix, generate
     from seqguard_ray.detectors import ResidualCheck
 
-    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4, target_fpr=0.1)).fit(tiny_events)
+    events = generate(n_users=100, mix=AttackMix.only("click_farm", 0.1), seed=0).events
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4, target_fpr=0.05)).fit(events)
     assert np.isfinite(sg.residual_check.coef).all()
-    before = sg.score(tiny_events).users
+    before = sg.score(events).users
     partial = before.anomaly_type.isin(["injection", "replay", "takeover"])
-    assert partial.any(), "the tiny log should have partly anomalous users"
+    assert partial.any(), "the log should have partly anomalous users"
     sg.residual_check = ResidualCheck(np.array([-10.0, 0.0, 0.01, 0.9]))  # every remainder is far above normal
-    monkeypatch.setattr(ResidualCheck, "MIN_EVENTS", 1)  # tiny histories: judge remainders of any length
-    after = sg.score(tiny_events).users
+    monkeypatch.setattr(ResidualCheck, "MIN_EVENTS", 1)  # judge remainders of any length
+    after = sg.score(events).users
     assert (after.anomalous == before.anomalous).all()
     assert not after.anomaly_type.isin(["injection", "replay", "takeover"]).any()
     refused = after[partial.to_numpy()]
     assert refused.reasons.str.contains("the events left are still unusual").all()
+
+
+def test_target_items_gather_every_event_on_an_item_pushed_repeatedly():
+    from seqguard_ray.engine import _on_targets
+    from seqguard_ray.tokens import N_SPECIAL, UNK
+
+    t = N_SPECIAL + 5
+    uix = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    item = np.array([t, t, t, t + 1, t, t + 1, t, UNK, UNK, UNK])
+    hot = np.array([1, 1, 0, 1, 1, 0, 0, 1, 1, 0], bool)
+    got = _on_targets(uix, item, hot)
+    # user 0 pushed t twice: all three of its t events; user 1 had one odd t event: nothing;
+    # the unknown-item bucket is not an item and gathers nothing
+    assert got.tolist() == [True, True, True, False, False, False, False, False, False, False]
