@@ -149,7 +149,8 @@ def _ints(summary: dict) -> dict[str, int]:
 
 def _model_info(sg) -> dict:
     return {"model version": getattr(sg, "model_version", "in memory"), "threshold": sg.user_detectors.threshold_,
-            "target FPR": sg.config.target_fpr, "training events": sg.metrics.get("train_events"),
+            "target FPR": sg.config.target_fpr, "training users flagged": sg.metrics.get("train_flagged_share"),
+            "training events": sg.metrics.get("train_events"),
             "training users": sg.metrics.get("train_users"), "encoder epochs": sg.metrics.get("epochs"),
             "final loss": sg.metrics.get("final_loss")}
 

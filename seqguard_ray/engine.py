@@ -45,7 +45,7 @@ class TrainConfig:
     num_layers: int = 2         # encoder layers
     num_heads: int = 2          # attention heads
     min_item_count: int = 2     # items seen fewer times share the unknown bucket
-    target_fpr: float = 0.01    # share of normal users flagged at the decision threshold
+    target_fpr: float = 0.01    # share of normal users flagged at the threshold (clean logs: more, docs/metrics.md)
     score_batch_size: int = 128  # windows per scoring batch
 
     def __post_init__(self) -> None:
