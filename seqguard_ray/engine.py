@@ -277,7 +277,7 @@ class SeqGuard:
     _RESIDUAL_NORMAL = 0.95
     # ... and its remaining events must not be unusually odd on average (ResidualCheck z-score):
     # fake profiles typed "injection" kept about half their events otherwise (bench/quality.py,
-    # MovieLens with held-out attack types: injected events removed 0.63 -> 0.72).
+    # MovieLens with held-out attack types: injected events removed 0.627 -> 0.690).
     _RESIDUAL_Z = 3.0
     # The largest share of a history a partial explanation may take. Click farms can inject more
     # events than their victim made; with the residual check guarding against fakes explained

@@ -65,6 +65,7 @@ def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
     np.testing.assert_allclose(a.users.score, b.users.score, atol=1e-6)
     np.testing.assert_allclose(a.events.event_score, b.events.event_score, atol=1e-6)
     assert len(loaded.model_version) == 12
+    np.testing.assert_array_equal(loaded.residual_check.coef, tiny_model.residual_check.coef)
 
 
 def test_corrupt_bundles(tiny_bundle, tmp_path):
