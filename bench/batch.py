@@ -177,6 +177,7 @@ def main() -> None:
         kind, *rest = json.loads(a.child)
         print(json.dumps(run_score(*rest) if kind == "score" else run_train(*rest)))
         return
+    from seqguard_ray.bundle import BundleError, read_manifest
     from seqguard_ray.engine import SeqGuard, TrainConfig
 
     w = Path(a.work)
@@ -186,7 +187,10 @@ def main() -> None:
     for n in sizes:
         if not (w / f"ev{n}").exists():
             write_dir(make_events(n, seed=1), w / f"ev{n}")
-    if not (w / "model").exists():
+    try:
+        read_manifest(w / "model")
+    except BundleError as exc:  # none yet, or one an older seqguard wrote
+        print(f"training the bench model: {exc}")
         SeqGuard(TrainConfig(**MODEL)).fit(make_events(50_000, seed=0)).save(w / "model")
     print(f"model: {MODEL}; cpus: {os.cpu_count()}")
     res = {}
