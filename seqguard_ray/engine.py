@@ -229,6 +229,8 @@ class SeqGuard:
             ("replay", replay),
             ("takeover", seg_mask),
         ]
+        # a push: on average more events per item than two full passes down the action funnel
+        per_item_push = 2 * max(1, len(self.vocab.actions))
         best_set = {}
         still_odd = {}  # user -> (size, residual score, z) of the smallest set refused by the residual check
         for k, (name, cand) in enumerate(candidates):
@@ -245,10 +247,13 @@ class SeqGuard:
             sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
             res_score, _ = self.user_detectors.score(sub_uf[users])
             res_z = self.residual_check.z(local[keep], sub.offsets)[users]
+            pushed = size >= per_item_push * _distinct_items(uix, seqs.item, cand, seqs.n_users)
             for u, r, z in zip(users, res_score, res_z):
                 if r >= self._RESIDUAL_NORMAL:
                     continue
-                if z >= self._RESIDUAL_Z:
+                # a set picked by oddness alone must leave ordinary events; a push of a few items
+                # is an explanation by its structure
+                if z >= self._RESIDUAL_Z and not pushed[u]:
                     if u not in still_odd or size[u] < still_odd[u][0]:
                         still_odd[u] = (size[u], r, z)
                 elif u not in best_set or size[u] < best_set[u][1]:
@@ -453,6 +458,12 @@ def _on_targets(uix: np.ndarray, item: np.ndarray, hot: np.ndarray) -> np.ndarra
     key = uix.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
     keys, counts = np.unique(key[hot & (item >= N_SPECIAL)], return_counts=True)
     return np.isin(key, keys[counts >= 2])
+
+
+def _distinct_items(uix: np.ndarray, item: np.ndarray, mask: np.ndarray, n_users: int) -> np.ndarray:
+    """(U,) distinct items among each user's ``mask``ed events."""
+    key = uix[mask].astype(np.int64) * (int(item.max(initial=0)) + 1) + item[mask]
+    return np.bincount(np.unique(key) // (int(item.max(initial=0)) + 1), minlength=n_users)
 
 
 def users_frame(log_: EventLog, s: Scored) -> pd.DataFrame:
