@@ -335,11 +335,11 @@ class ResidualCheck:
     @staticmethod
     def _stat(local: np.ndarray, offsets: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
         """(U,) mean local score of each history's events below ``cut`` and (U,) their count."""
+        from .features import _segment_sums
+
         low = local < cut
-        c = np.r_[0.0, np.cumsum(np.where(low, local, 0.0))]
-        k = np.r_[0, np.cumsum(low)]
-        n = k[offsets[1:]] - k[offsets[:-1]]
-        return (c[offsets[1:]] - c[offsets[:-1]]) / np.maximum(n, 1), n
+        n = _segment_sums(low.astype(np.int64), offsets)
+        return _segment_sums(np.where(low, local, 0.0), offsets) / np.maximum(n, 1), n
 
     @classmethod
     def fit(cls, local: np.ndarray, offsets: np.ndarray, normal: np.ndarray, *, cut: float) -> ResidualCheck:

@@ -22,7 +22,8 @@ import torch
 
 from .detectors import DETECTORS, EventDetector, ResidualCheck, UserDetectors
 from .events import EventLog, from_frame, read_events
-from .features import EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, event_features, user_features
+from .features import (EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, _prev_occurrences, event_features,
+                       user_features)
 from .model import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
 from .repair import RepairPolicy
 from .tokens import N_SPECIAL, Vocab, gap_buckets, owner_positions, windows
@@ -462,8 +463,8 @@ def _on_targets(uix: np.ndarray, item: np.ndarray, hot: np.ndarray) -> np.ndarra
 
 def _distinct_items(uix: np.ndarray, item: np.ndarray, mask: np.ndarray, n_users: int) -> np.ndarray:
     """(U,) distinct items among each user's ``mask``ed events."""
-    key = uix[mask].astype(np.int64) * (int(item.max(initial=0)) + 1) + item[mask]
-    return np.bincount(np.unique(key) // (int(item.max(initial=0)) + 1), minlength=n_users)
+    first = _prev_occurrences(uix[mask], item[mask]) == 0
+    return np.bincount(uix[mask], weights=first, minlength=n_users).astype(np.int64)
 
 
 def users_frame(log_: EventLog, s: Scored) -> pd.DataFrame:
