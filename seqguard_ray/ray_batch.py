@@ -342,6 +342,9 @@ def _restore_input_rows(lg) -> None:
     lg.frame = lg.frame.drop(columns=[c for c in (*HELPER_COLS, "_encode_node") if c in lg.frame.columns])
 
 
+_NO_SUMMARY = pa.table({"summary": pa.array([], pa.string())})   # what an empty block returns
+
+
 class DetectStage:
     """Actor: an encoded block -> detectors -> repair -> this block's Parquet parts; returns a summary row."""
 
@@ -352,7 +355,7 @@ class DetectStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
-            return pa.table({"summary": pa.array([], pa.string())})
+            return _NO_SUMMARY
         enc_nodes = sorted(set(table.column("_encode_node").to_pylist()))
         lg, enc = encoded_from_table(self.sg, table)
         return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=enc_nodes, detect_node=self.node_id)
@@ -369,7 +372,7 @@ class ScoreStage(EncodeStage):
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
-            return pa.table({"summary": pa.array([], pa.string())})
+            return _NO_SUMMARY
         lg, enc = encode_bucket(self.sg, table)
         _restore_input_rows(lg)
         return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=[self.node_id], detect_node=self.node_id)
