@@ -164,7 +164,7 @@ def downstream(labeled: LabeledEvents, kept: np.ndarray) -> dict:
     return out
 
 
-def evaluate(data: str, *, users: int, seed: int, holdout: bool) -> dict:
+def evaluate(data: str, *, users: int, seed: int, holdout: bool, trim_share: float = TrainConfig.trim_share) -> dict:
     """All metrics for one dataset: SeqGuard, baselines, repair and downstream."""
     labeled = load(data, users=users, seed=seed, holdout=holdout)
     ev, ut = labeled.events, labeled.user_type
@@ -172,7 +172,7 @@ def evaluate(data: str, *, users: int, seed: int, holdout: bool) -> dict:
     attacked = ev["user_id"].map(ut != NORMAL).to_numpy()
 
     t0 = time.perf_counter()
-    sg = SeqGuard(TrainConfig(seed=seed)).fit(ev)
+    sg = SeqGuard(TrainConfig(seed=seed, trim_share=trim_share)).fit(ev)
     t1 = time.perf_counter()
     r = sg.score(ev)
     t2 = time.perf_counter()
@@ -232,12 +232,14 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000, help="users of the generated log")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", action="store_true", help="add held-out attack types to the mix")
+    ap.add_argument("--trim-share", type=float, default=TrainConfig.trim_share,
+                    help="share of training users presumed anomalous (TrainConfig.trim_share)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
     datasets = ("gen", "movielens") if args.data == "both" else (args.data,)
     results = []
     for data in datasets:
-        res = evaluate(data, users=args.users, seed=args.seed, holdout=args.holdout)
+        res = evaluate(data, users=args.users, seed=args.seed, holdout=args.holdout, trim_share=args.trim_share)
         print(format_report(res), "\n", flush=True)
         results.append(res)
     if args.json:

@@ -26,6 +26,13 @@ def _fpr(s: str) -> float:
     return v
 
 
+def _share(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {s}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ray_cli import add_ray_args
     p = argparse.ArgumentParser(prog="seqguard", description="Catch and repair anomalous user behaviour sequences in recommender logs.")
@@ -39,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--target-fpr", type=_fpr, default=0.01, help="share of normal users flagged (default 0.01)")
+    t.add_argument("--trim-share", type=_share, default=0.05,
+                   help="share of training users presumed anomalous and left out of the normal references "
+                        "(default 0.05; 0 for a log known to be clean, about the attacker share for a poisoned "
+                        "one; see docs/metrics.md)")
     t.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
                    help="stop on unusable rows (default) or skip and report them")
     add_ray_args(t, command="train")
@@ -95,7 +106,7 @@ def cmd_train(args) -> int:
     if choose_engine(args) == "ray":
         return cmd_train_ray(args)
     from .engine import SeqGuard, TrainConfig
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr, trim_share=args.trim_share)
     t0 = time.perf_counter()
     sg = SeqGuard(cfg).fit(args.events, on_bad_rows=args.on_bad_rows)
     sg.save(args.model)

@@ -47,6 +47,7 @@ class TrainConfig:
     num_heads: int = 2          # attention heads
     min_item_count: int = 2     # items seen fewer times share the unknown bucket
     target_fpr: float = 0.01    # share of normal users flagged at the threshold (clean logs: more, docs/metrics.md)
+    trim_share: float = 0.05    # share of training users presumed anomalous, left out of the normal references
     score_batch_size: int = 128  # windows per scoring batch
 
     def __post_init__(self) -> None:
@@ -58,6 +59,7 @@ class TrainConfig:
             "num_layers": self.num_layers >= 1,
             "num_heads": self.num_heads >= 1 and self.hidden_size % self.num_heads == 0,
             "min_item_count": self.min_item_count >= 1, "target_fpr": 0 < self.target_fpr < 0.5,
+            "trim_share": 0 <= self.trim_share < 0.5,
             "score_batch_size": self.score_batch_size >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -392,7 +394,8 @@ class SeqGuard:
         local = self.event_detector.score(ef)
         uf, _ = user_features(seqs, self.stats, ef, local)
         enc_cols = tuple(USER_FEATURES.index(f) for f in ("mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal"))
-        self.user_detectors = UserDetectors(target_fpr=c.target_fpr, seed=c.seed, encoder_columns=enc_cols).fit(uf)
+        self.user_detectors = UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed,
+                                            encoder_columns=enc_cols).fit(uf)
         # refit the event reference on events of users the ensemble keeps as normal
         score, _ = self.user_detectors.score(uf)
         normal_users = score < self.user_detectors.threshold_

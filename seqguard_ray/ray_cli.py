@@ -87,7 +87,7 @@ def cmd_train_ray(args) -> int:
     from .engine import TrainConfig
     from .ray_train import RayTrainOptions, fit
 
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr, trim_share=args.trim_share)
     t0 = time.perf_counter()
     started = _ray_session(args)
     try:

@@ -370,6 +370,7 @@ def test_cli_bad_paths(name, tmp_path, tiny_bundle, capsys, monkeypatch):
 BAD_OPTIONS = [
     ("cli-bad-on-bad-rows", ["score", "--events", "x.csv", "--model", "m", "--out", "o", "--on-bad-rows", "ignore"]),
     ("cli-bad-target-fpr", ["train", "--events", "x.csv", "--model", "m", "--target-fpr", "0.9"]),
+    ("cli-bad-trim-share", ["train", "--events", "x.csv", "--model", "m", "--trim-share", "0.6"]),
     ("cli-bad-epochs", ["train", "--events", "x.csv", "--model", "m", "--epochs", "-1"]),
 ]
 

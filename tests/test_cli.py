@@ -27,8 +27,10 @@ def test_train_then_score_writes_the_contract(tmp_path, tiny_events, tiny_bundle
 def test_train_cli(tmp_path, tiny_events):
     ev = tmp_path / "events.parquet"
     tiny_events.to_parquet(ev)
-    assert main(["-q", "train", "--events", str(ev), "--model", str(tmp_path / "m"), "--epochs", "1"]) == 0
-    assert (tmp_path / "m" / "manifest.json").is_file()
+    assert main(["-q", "train", "--events", str(ev), "--model", str(tmp_path / "m"), "--epochs", "1",
+                 "--trim-share", "0"]) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["train_config"]["trim_share"] == 0.0
 
 
 def test_cli_errors_are_clear(tmp_path, tiny_bundle, capsys):

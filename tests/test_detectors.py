@@ -40,6 +40,19 @@ def test_user_detectors_find_planted_outliers_and_respect_fpr():
     assert roc_auc_score(y, np.r_[s_norm, s_out]) > 0.99
 
 
+def test_trim_share_is_the_clean_log_knob():
+    # on a clean population the default trim costs about trim_share extra false positives;
+    # trim_share=0 (a log known to be clean) brings the flagged share back near target_fpr
+    rng = np.random.default_rng(1)
+    X, test = rng.normal(size=(3000, 6)), rng.normal(size=(3000, 6))
+    flagged = {}
+    for trim in (0.0, 0.05):
+        det = UserDetectors(target_fpr=0.01, trim_share=trim, seed=0).fit(X)
+        flagged[trim] = (det.score(test)[0] >= det.threshold_).mean()
+    assert flagged[0.0] <= 0.025
+    assert flagged[0.05] > flagged[0.0] + 0.01
+
+
 def test_user_detectors_reject_bad_args():
     with pytest.raises(ValueError, match="target_fpr"):
         UserDetectors(target_fpr=0.7).fit(np.zeros((10, 2)))
