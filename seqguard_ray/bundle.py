@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "4"  # 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "5"  # 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -65,7 +65,7 @@ def save_bundle(sg, path: str | Path) -> Path:
         "stats.log_count": st.log_count, "stats.value_mean": st.value_mean, "stats.taste": st.taste,
         "stats.value_std": np.array(st.value_std), "stats.main_action": np.array(st.main_action),
         "stats.value_range": np.array([st.value_lo, st.value_hi]),
-        "user.center": ud.center_, "user.scale": ud.scale_, "user.ecod_ref": ud.ecod_ref_,
+        "user.center": ud.center_, "user.scale": ud.scale_, "user.tail_ref": ud.tail_ref_, "user.knn_ref": ud.knn_ref_,
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
         "event.residual_check": sg.residual_check.coef,
         "vocab.item_counts": sg.vocab.item_counts, **ud.iforest_.to_arrays("user.iforest."),
@@ -168,7 +168,11 @@ def load_bundle(path: str | Path):
                                   f"computes ({len(d.get(f'{kind}_features') or [])} vs {len(names)}): retrain with this version")
         ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
                            encoder_columns=tuple(d["encoder_columns"]))
-        ud.center_, ud.scale_, ud.ecod_ref_ = a["user.center"], a["user.scale"], a["user.ecod_ref"]
+        ud.center_, ud.scale_, ud.tail_ref_ = a["user.center"], a["user.scale"], a["user.tail_ref"]
+        ud.knn_ref_ = a["user.knn_ref"]
+        if ud.knn_ref_.ndim != 2 or ud.knn_ref_.shape[1] != len(USER_FEATURES) or len(ud.knn_ref_) < 2:
+            raise BundleError(f"model bundle {p}: its kNN reference has shape {ud.knn_ref_.shape}, "
+                              f"not (users >= 2, {len(USER_FEATURES)})")
         ud.calibrators_ = {k.split(".", 2)[2]: Calibrator(a[k]) for k in a.files if k.startswith("user.cal.")}
         ud.combined_ = Calibrator(a["user.combined"])
         ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])

@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--target-fpr", type=_fpr, default=0.01, help="share of normal users flagged (default 0.01)")
-    t.add_argument("--trim-share", type=_share, default=0.05,
+    t.add_argument("--trim-share", type=_share, default=None,
                    help="share of training users presumed anomalous and left out of the normal references "
-                        "(default 0.05; 0 for a log known to be clean, about the attacker share for a poisoned "
+                        "(default 0.075; 0 for a log known to be clean, about the attacker share for a poisoned "
                         "one; see docs/metrics.md)")
     t.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
                    help="stop on unusable rows (default) or skip and report them")
@@ -100,13 +100,20 @@ def _check_out_dir(path: str | Path, flag: str) -> None:
         raise ValueError(f"{flag} {p} exists and is not a directory")
 
 
+def train_config(args):
+    """The TrainConfig of `seqguard train`'s options (both engines); unset options keep its defaults."""
+    from .engine import TrainConfig
+    given = {"epochs": args.epochs, "seed": args.seed, "target_fpr": args.target_fpr, "trim_share": args.trim_share}
+    return TrainConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 def cmd_train(args) -> int:
     from .ray_cli import choose_engine, cmd_train_ray
     _check_out_dir(args.model, "--model")
     if choose_engine(args) == "ray":
         return cmd_train_ray(args)
-    from .engine import SeqGuard, TrainConfig
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr, trim_share=args.trim_share)
+    from .engine import SeqGuard
+    cfg = train_config(args)
     t0 = time.perf_counter()
     sg = SeqGuard(cfg).fit(args.events, on_bad_rows=args.on_bad_rows)
     sg.save(args.model)

@@ -47,7 +47,7 @@ class TrainConfig:
     num_heads: int = 2          # attention heads
     min_item_count: int = 2     # items seen fewer times share the unknown bucket
     target_fpr: float = 0.01    # share of normal users flagged at the threshold (clean logs: more, docs/metrics.md)
-    trim_share: float = 0.05    # share of training users presumed anomalous, left out of the normal references
+    trim_share: float = 0.075   # share of training users presumed anomalous, left out of the normal references
     score_batch_size: int = 128  # windows per scoring batch
 
     def __post_init__(self) -> None:

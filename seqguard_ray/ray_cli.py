@@ -84,10 +84,10 @@ def _ray_session(args):
 def cmd_train_ray(args) -> int:
     import ray
 
-    from .engine import TrainConfig
+    from .cli import train_config
     from .ray_train import RayTrainOptions, fit
 
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr, trim_share=args.trim_share)
+    cfg = train_config(args)
     t0 = time.perf_counter()
     started = _ray_session(args)
     try:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from seqguard_ray.detectors import DETECTORS, Calibrator, EventDetector, ResidualCheck, UserDetectors, combine
+from seqguard_ray.detectors import (DETECTORS, Calibrator, EventDetector, ResidualCheck, UserDetectors, combine,
+                                   knn_distance)
 
 
 def test_calibrator_is_monotone_and_inside_unit_interval():
@@ -133,3 +134,15 @@ def test_residual_check_is_off_without_enough_normal_users_and_refuses_bad_state
     for bad in ([0.1, 0.2, 0.0, 0.9], [0.1, 0.2, 0.1], [np.nan, 0.2, 0.1, 0.9]):
         with pytest.raises(ValueError, match="residual check"):
             ResidualCheck(np.array(bad))
+
+
+def test_knn_distance_is_brute_force_with_the_point_itself_skipped():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(300, 5))
+    x = np.vstack([ref[:4], rng.normal(size=(3, 5)) * 3])
+    got = knn_distance(ref, x, 7, chunk=2)
+    d = np.sqrt(((x[:, None, :] - ref[None]) ** 2).sum(-1))
+    d[np.arange(4), np.arange(4)] = np.inf  # a reference row is not its own neighbour
+    want = np.sort(d, axis=1)[:, :7].mean(1)
+    assert np.allclose(got, want)
+    assert knn_distance(ref[:3], x, 50).shape == (7,)  # k larger than the reference: all the others
