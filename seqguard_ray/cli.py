@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, help="output model bundle directory")
     t.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--target-fpr", type=_fpr, default=0.01, help="share of normal users flagged (default 0.01)")
+    t.add_argument("--target-fpr", type=_fpr, default=None, help="share of normal users flagged (default 0.01)")
     t.add_argument("--trim-share", type=_share, default=None,
                    help="share of training users presumed anomalous and left out of the normal references "
                         "(default 0.075; 0 for a log known to be clean, about the attacker share for a poisoned "

@@ -46,8 +46,10 @@ class TrainConfig:
     num_layers: int = 2         # encoder layers
     num_heads: int = 2          # attention heads
     min_item_count: int = 2     # items seen fewer times share the unknown bucket
-    target_fpr: float = 0.01    # share of normal users flagged at the threshold (clean logs: more, docs/metrics.md)
-    trim_share: float = 0.075   # share of training users presumed anomalous, left out of the normal references
+    # share of normal users flagged at the threshold (0.01; clean logs: more, docs/metrics.md)
+    target_fpr: float = UserDetectors.target_fpr
+    # share of training users presumed anomalous, left out of the normal references (0.075)
+    trim_share: float = UserDetectors.trim_share
     score_batch_size: int = 128  # windows per scoring batch
 
     def __post_init__(self) -> None:
