@@ -490,6 +490,10 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
 
     opts = options or BatchOptions()
     out = str(out)
+    # Ray logs "constructor arguments in the object store and max_restarts > 0" for the actor
+    # pools (ray-project/ray#53727: a creation argument that is evicted cannot be rebuilt). This
+    # one is ray.put by the driver, pinned on the driver's node while payload_ref lives (the whole
+    # job), so a restarted actor can still read it.
     payload_ref = ray.put(bundle_payload(model_dir))
     ds, units, n_buckets, n_rows = read_validated(events, on_bad_rows=on_bad_rows,
                                                   events_per_bucket=opts.events_per_bucket)
