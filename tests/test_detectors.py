@@ -42,7 +42,7 @@ def test_user_detectors_find_planted_outliers_and_respect_fpr():
 
 
 def test_trim_share_is_the_clean_log_knob():
-    # on a clean population the default trim costs about trim_share extra false positives;
+    # on a clean population a trim costs about trim_share extra false positives;
     # trim_share=0 (a log known to be clean) brings the flagged share back near target_fpr
     rng = np.random.default_rng(1)
     X, test = rng.normal(size=(3000, 6)), rng.normal(size=(3000, 6))
