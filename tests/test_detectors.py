@@ -146,3 +146,16 @@ def test_knn_distance_is_brute_force_with_the_point_itself_skipped():
     want = np.sort(d, axis=1)[:, :7].mean(1)
     assert np.allclose(got, want)
     assert knn_distance(ref[:3], x, 50).shape == (7,)  # k larger than the reference: all the others
+
+
+def test_knn_reference_is_a_sample_beyond_its_cap(monkeypatch):
+    import seqguard_ray.detectors as D
+
+    monkeypatch.setattr(D, "MAX_KNN_REFERENCE", 500)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1500, 4))
+    det = UserDetectors(seed=0).fit(X)
+    assert det.knn_ref_.shape == (500, 4) and det.knn_k == 25
+    s_norm, _ = det.score(rng.normal(size=(500, 4)))
+    s_out, _ = det.score(rng.normal(size=(20, 4)) + 6)
+    assert (s_out >= det.threshold_).all() and (s_norm >= det.threshold_).mean() < 0.15
