@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .features import _segment_sums
+
 MAX_REFERENCE = 20_000   # reference values kept per calibrator / feature-tail column
 
 
@@ -51,10 +53,8 @@ def tail_logp(ref_sorted: np.ndarray, x: np.ndarray, *, two_sided: bool) -> np.n
     Two-sided: the smaller of both tails, doubled (capped at probability 1).
     """
     right = _side_logp(ref_sorted, x)
-    return _two_sided(right, ref_sorted, x) if two_sided else right
-
-
-def _two_sided(right: np.ndarray, ref_sorted: np.ndarray, x: np.ndarray) -> np.ndarray:
+    if not two_sided:
+        return right
     left = _side_logp(-ref_sorted[::-1], -x)
     return np.maximum(0.0, np.maximum(right, left) - np.log(2.0))
 
@@ -301,7 +301,7 @@ class UserDetectors:
         iforest = self.iforest_(z)
         knn = knn_distance(self.knn_ref_, z, self.knn_k)
         cols = list(self.encoder_columns)  # the encoder's surprisal columns, high side
-        enc = _side_logp(self.tail_ref_[:, cols], z[:, cols]).sum(1) if cols else np.zeros(len(z))
+        enc = tail_logp(self.tail_ref_[:, cols], z[:, cols], two_sided=False).sum(1) if cols else np.zeros(len(z))
         return np.stack([iforest, knn, enc], axis=1)
 
     @property
@@ -375,8 +375,6 @@ class ResidualCheck:
     @staticmethod
     def _stat(local: np.ndarray, offsets: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
         """(U,) mean local score of each history's events below ``cut`` and (U,) their count."""
-        from .features import _segment_sums
-
         low = local < cut
         n = _segment_sums(low.astype(np.int64), offsets)
         return _segment_sums(np.where(low, local, 0.0), offsets) / np.maximum(n, 1), n
