@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "5"  # 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "6"  # 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_similarity" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -65,7 +65,9 @@ def save_bundle(sg, path: str | Path) -> Path:
         "stats.log_count": st.log_count, "stats.value_mean": st.value_mean, "stats.taste": st.taste,
         "stats.value_std": np.array(st.value_std), "stats.main_action": np.array(st.main_action),
         "stats.value_range": np.array([st.value_lo, st.value_hi]),
+        "stats.neighbours.indptr": st.neighbours.indptr.astype(np.int64), "stats.neighbours.indices": st.neighbours.indices.astype(np.int64),
         "user.center": ud.center_, "user.scale": ud.scale_, "user.tail_ref": ud.tail_ref_, "user.knn_ref": ud.knn_ref_,
+        **({} if ud.knn_centroids_ is None else {"user.knn_centroids": ud.knn_centroids_, "user.knn_groups": ud.knn_groups_}),
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
         "event.residual_check": sg.residual_check.coef,
         "vocab.item_counts": sg.vocab.item_counts, **ud.iforest_.to_arrays("user.iforest."),
@@ -129,6 +131,16 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def _neighbours(p: Path, indptr: np.ndarray, indices: np.ndarray, n_items: int):
+    """The neighbour reference (binary item sets) from its CSR arrays, checked."""
+    import scipy.sparse as sp
+
+    if (indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices)
+            or (np.diff(indptr) < 0).any() or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))):
+        raise BundleError(f"model bundle {p}: its neighbour reference does not fit its vocabulary of {n_items} ids")
+    return sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n_items))
+
+
 def load_bundle(path: str | Path):
     """Read a bundle written by :func:`save_bundle` into a ready SeqGuard."""
     from safetensors.torch import load_file
@@ -154,7 +166,8 @@ def load_bundle(path: str | Path):
                               f"{len(sg.vocab.actions)} actions) does not fit the encoder and state.npz (edited manifest?)")
         sg.stats = ItemStats(a["stats.log_count"], a["stats.value_mean"], float(a["stats.value_std"]),
                              a["stats.taste"], int(a["stats.main_action"]), *map(float, a["stats.value_range"]),
-                             catalogue_rank(sg.vocab.items, sg.vocab.n_items))
+                             catalogue_rank(sg.vocab.items, sg.vocab.n_items),
+                             _neighbours(p, a["stats.neighbours.indptr"], a["stats.neighbours.indices"], sg.vocab.n_items))
         cfg = {k: v for k, v in m["encoder_config"].items()}
         sg.model = SeqGuardEncoder(SeqGuardConfig(**cfg))
         missing, unexpected = sg.model.load_state_dict(load_file(str(p / "encoder.safetensors")), strict=False)
@@ -173,6 +186,13 @@ def load_bundle(path: str | Path):
         if ud.knn_ref_.ndim != 2 or ud.knn_ref_.shape[1] != len(USER_FEATURES) or len(ud.knn_ref_) < 2:
             raise BundleError(f"model bundle {p}: its kNN reference has shape {ud.knn_ref_.shape}, "
                               f"not (users >= 2, {len(USER_FEATURES)})")
+        if "user.knn_centroids" in a.files:
+            ud.knn_centroids_, ud.knn_groups_ = a["user.knn_centroids"], a["user.knn_groups"]
+            K = len(ud.knn_centroids_)
+            if (ud.knn_centroids_.shape != (K, len(USER_FEATURES)) or ud.knn_groups_.shape != (len(ud.knn_ref_),)
+                    or K < 2 or ud.knn_groups_.min() < 0 or ud.knn_groups_.max() >= K):
+                raise BundleError(f"model bundle {p}: its kNN groups do not fit its kNN reference "
+                                  f"({ud.knn_centroids_.shape} centroids, {ud.knn_groups_.shape} labels)")
         ud.calibrators_ = {k.split(".", 2)[2]: Calibrator(a[k]) for k in a.files if k.startswith("user.cal.")}
         ud.combined_ = Calibrator(a["user.combined"])
         ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])

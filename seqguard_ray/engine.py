@@ -303,7 +303,7 @@ class SeqGuard:
                      "unseen_action_share", "mean_timing_surprisal")
     _SHILL_FEATURES = ("mean_log_count", "std_log_count", "unknown_item_share", "distinct_item_share",
                        "top_item_share", "value_mean", "value_std", "value_extreme_share", "value_deviation",
-                       "value_item_corr", "mean_item_surprisal", "taste_coherence")
+                       "value_item_corr", "mean_item_surprisal", "taste_coherence", "neighbour_similarity")
 
     def _whole_type(self, tails_row: np.ndarray) -> str:
         """bot or shilling by which feature group is most extreme; other when neither is."""

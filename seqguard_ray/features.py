@@ -15,6 +15,8 @@ import scipy.sparse as sp
 from .tokens import N_SPECIAL, UNK
 
 TASTE_DIM = 32
+MAX_NEIGHBOUR_REFERENCE = 5_000  # training users whose item sets the neighbour similarity compares with
+NEIGHBOURS = 10       # most similar reference users averaged by the neighbour similarity
 REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay
 BURST_WINDOW_S = 60.0  # events within this many seconds count toward local density
 
@@ -56,6 +58,7 @@ class ItemStats:
     value_lo: float = 0.0   # smallest training value (0 when no values)
     value_hi: float = 0.0   # largest training value
     id_rank: np.ndarray | None = None  # (V,) each item's rank in catalogue (item id) order; see catalogue_rank
+    neighbours: sp.csr_matrix | None = None  # (m, V) binary item sets of a seeded sample of training users
 
     @classmethod
     def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0, items: list[str] | None = None) -> ItemStats:
@@ -71,8 +74,13 @@ class ItemStats:
         value_std = float(v[has_v].std()) if has_v.sum() > 1 else 1.0
         main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
         lo, hi = (float(v[has_v].min()), float(v[has_v].max())) if has_v.any() else (0.0, 0.0)
+        sets = item_sets(seqs, n_items)
+        sets = sets[np.diff(sets.indptr) > 0]
+        if sets.shape[0] > MAX_NEIGHBOUR_REFERENCE:
+            pick = np.random.default_rng(seed).choice(sets.shape[0], MAX_NEIGHBOUR_REFERENCE, replace=False)
+            sets = sets[np.sort(pick)]
         return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi,
-                   catalogue_rank(items, n_items))
+                   catalogue_rank(items, n_items), sets)
 
 
 def catalogue_rank(items: list[str] | None, n_items: int) -> np.ndarray:
@@ -109,6 +117,46 @@ def _taste_vectors(seqs: Seqs, n_items: int, seed: int) -> np.ndarray:
     out[:N_SPECIAL] = 0.0
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.where(norms > 0, out / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+
+
+def item_sets(seqs: Seqs, n_items: int) -> sp.csr_matrix:
+    """(U, V) binary matrix: the known items of each user."""
+    uix = seqs.user_index()
+    known = seqs.item >= N_SPECIAL
+    m = sp.csr_matrix((np.ones(int(known.sum())), (uix[known], seqs.item[known])), shape=(seqs.n_users, n_items))
+    m.data[:] = 1.0
+    return m
+
+
+def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int = NEIGHBOURS, *,
+                         chunk: int = 512) -> np.ndarray:
+    """(n,) mean Jaccard similarity of each item set to its k most similar reference sets.
+
+    People share tastes with other people; fake profiles built from random or average filler
+    items resemble nobody, not even each other, so a crowd of them cannot make this look normal.
+    The most similar reference set that contains the whole query is skipped: the user itself
+    when it is in the reference, or its whole history when a part of it is scored. Empty sets
+    (no known item) get 0.
+    """
+    n = sets.shape[0]
+    out = np.zeros(n)
+    if ref is None or ref.shape[0] < 2 or n == 0:
+        return out
+    k = min(k, ref.shape[0] - 1)
+    qn = np.diff(sets.indptr).astype(np.float64)
+    rn = np.diff(ref.indptr).astype(np.float64)
+    ref_t = ref.T.tocsc()
+    for a in range(0, n, chunk):
+        q = qn[a:a + chunk]
+        inter = (sets[a:a + chunk] @ ref_t).toarray()  # (c, m) shared items
+        jac = inter / np.maximum(q[:, None] + rn[None, :] - inter, 1.0)
+        contains = np.where(inter >= q[:, None], jac, -1.0)
+        own = contains.argmax(1)
+        rows = np.flatnonzero(contains[np.arange(len(q)), own] >= 0)
+        jac[rows, own[rows]] = -1.0
+        top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
+        out[a:a + chunk] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +251,7 @@ USER_FEATURES = (
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
-    "taste_coherence", "taste_shift", "segment_novelty", "catalogue_order",
+    "taste_coherence", "neighbour_similarity", "taste_shift", "segment_novelty", "catalogue_order",
 )
 
 
@@ -401,6 +449,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
-        coherence, shift, novelty, _catalogue_order(seqs, stats, uix),
+        coherence, neighbour_similarity(item_sets(seqs, len(stats.log_count)), stats.neighbours),
+        shift, novelty, _catalogue_order(seqs, stats, uix),
     ], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments

@@ -159,3 +159,59 @@ def test_knn_reference_is_a_sample_beyond_its_cap(monkeypatch):
     s_norm, _ = det.score(rng.normal(size=(500, 4)))
     s_out, _ = det.score(rng.normal(size=(20, 4)) + 6)
     assert (s_out >= det.threshold_).all() and (s_norm >= det.threshold_).mean() < 0.15
+
+
+def test_knn_distance_leaves_the_own_group_out():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(200, 3))
+    ref_groups = rng.integers(0, 5, 200)
+    x = np.vstack([ref[:3], rng.normal(size=(4, 3))])
+    groups = np.r_[ref_groups[:3], [0, 1, 2, 4]]
+    got = knn_distance(ref, x, 9, ref_groups=ref_groups, groups=groups, chunk=3)
+    d = np.sqrt(((x[:, None, :] - ref[None]) ** 2).sum(-1))
+    d[groups[:, None] == ref_groups[None, :]] = np.inf  # the own group, the row itself included
+    assert np.allclose(got, np.sort(d, axis=1)[:, :9].mean(1))
+    # a group that leaves fewer than k others: the mean over those there are
+    few = knn_distance(ref[:4], ref[:1], 3, ref_groups=np.array([0, 0, 0, 1]), groups=np.array([0]))
+    assert np.allclose(few, np.linalg.norm(ref[0] - ref[3]))
+
+
+def test_leave_cluster_out_unmasks_a_crowd_of_alike_users():
+    """40 near-identical users far from everyone else are each other's nearest neighbours: kNN with
+    only the point itself skipped calls them ordinary, leaving their own cluster out does not."""
+    rng = np.random.default_rng(5)
+    normal = rng.normal(size=(760, 4))
+    crowd = 4.0 + 0.05 * rng.normal(size=(40, 4))
+    X = np.vstack([normal, crowd])
+    det = UserDetectors(trim_share=0.0, seed=0).fit(X)
+    assert det.knn_centroids_ is not None and len(det.knn_centroids_) == 800 // 50
+    z = det._z(X)
+    plain = knn_distance(det.knn_ref_, z, det.knn_k)
+    grouped = det._raw(X)[:, DETECTORS.index("knn")]
+    assert np.median(plain[760:]) < np.median(plain[:760])  # masked: the crowd looks denser than normal
+    assert grouped[760:].min() > np.quantile(grouped[:760], 0.99)
+    det = UserDetectors(seed=0).fit(X)  # the default trim share (0.075) exceeds the crowd's 5%
+    score, _ = det.score(X)
+    assert (score[760:] >= det.threshold_).all() and (score[:760] >= det.threshold_).mean() < 0.05
+
+
+def test_neighbour_similarity_is_brute_force_jaccard_with_the_containing_set_skipped():
+    import scipy.sparse as sp
+
+    from seqguard_ray.features import neighbour_similarity
+
+    rng = np.random.default_rng(6)
+    ref = (rng.random((30, 40)) < 0.2).astype(float)
+    q = np.vstack([ref[:2], ref[2] * (rng.random(40) < 0.5), rng.random(40) < 0.2, np.zeros(40)])
+    got = neighbour_similarity(sp.csr_matrix(q), sp.csr_matrix(ref), k=4, chunk=2)
+    inter = q @ ref.T
+    jac = inter / np.maximum(q.sum(1)[:, None] + ref.sum(1)[None, :] - inter, 1)
+    for i in range(len(q)):
+        j = jac[i].copy()
+        contains = np.flatnonzero(inter[i] >= q[i].sum())
+        if len(contains):  # itself (rows 0, 1) or the whole history it is a part of (row 2)
+            j[contains[np.argmax(j[contains])]] = -1
+        want = np.sort(j)[-4:].mean() if q[i].sum() else 0.0
+        assert np.isclose(got[i], want), i
+    assert got[4] == 0.0
+    assert (neighbour_similarity(sp.csr_matrix(q), None) == 0).all()

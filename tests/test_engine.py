@@ -68,6 +68,20 @@ def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
     np.testing.assert_array_equal(loaded.residual_check.coef, tiny_model.residual_check.coef)
 
 
+def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events, tmp_path, monkeypatch):
+    import seqguard_ray.detectors as D
+
+    monkeypatch.setattr(D, "KNN_GROUP_SIZE", 10)  # 60 users: a handful of leave-cluster-out groups
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(tiny_events)
+    assert sg.user_detectors.knn_centroids_ is not None and sg.stats.neighbours.shape[0] == 60
+    loaded = SeqGuard.load(sg.save(tmp_path / "model"))
+    ud, lu = sg.user_detectors, loaded.user_detectors
+    np.testing.assert_array_equal(lu.knn_groups_, ud.knn_groups_)
+    np.testing.assert_array_equal(lu.knn_centroids_, ud.knn_centroids_)
+    assert (loaded.stats.neighbours != sg.stats.neighbours).nnz == 0
+    np.testing.assert_allclose(loaded.score(tiny_events).users.score, sg.score(tiny_events).users.score, atol=1e-6)
+
+
 def test_corrupt_bundles(tiny_bundle, tmp_path):
     import json
     import shutil
@@ -142,7 +156,8 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
     from seqguard_ray.demo import AttackMix, generate
     from seqguard_ray.detectors import ResidualCheck
 
-    events = generate(n_users=100, mix=AttackMix.only("click_farm", 0.1), seed=0).events
+    mix = AttackMix(**{**vars(AttackMix.none()), "click_farm": 0.1, "takeover": 0.1})
+    events = generate(n_users=100, mix=mix, seed=0).events
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4, target_fpr=0.05)).fit(events)
     assert np.isfinite(sg.residual_check.coef).all()
     before = sg.score(events).users
