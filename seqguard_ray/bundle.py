@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "6"  # 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_similarity" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "6"  # 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -65,7 +65,10 @@ def save_bundle(sg, path: str | Path) -> Path:
         "stats.log_count": st.log_count, "stats.value_mean": st.value_mean, "stats.taste": st.taste,
         "stats.value_std": np.array(st.value_std), "stats.main_action": np.array(st.main_action),
         "stats.value_range": np.array([st.value_lo, st.value_hi]),
-        "stats.neighbours.indptr": st.neighbours.indptr.astype(np.int64), "stats.neighbours.indices": st.neighbours.indices.astype(np.int64),
+        **({} if st.neighbours is None else {
+            "stats.neighbours.indptr": st.neighbours.ref.indptr.astype(np.int64),
+            "stats.neighbours.indices": st.neighbours.ref.indices.astype(np.int64),
+            "stats.neighbours.null": np.stack([st.neighbours.sizes, st.neighbours.null])}),
         "user.center": ud.center_, "user.scale": ud.scale_, "user.tail_ref": ud.tail_ref_, "user.knn_ref": ud.knn_ref_,
         **({} if ud.knn_centroids_ is None else {"user.knn_centroids": ud.knn_centroids_, "user.knn_groups": ud.knn_groups_}),
         "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
@@ -131,14 +134,21 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def _neighbours(p: Path, indptr: np.ndarray, indices: np.ndarray, n_items: int):
-    """The neighbour reference (binary item sets) from its CSR arrays, checked."""
+def _neighbours(p: Path, a, n_items: int):
+    """The neighbour reference (binary item sets, null curve) from state.npz, checked; None if absent."""
     import scipy.sparse as sp
 
-    if (indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices)
-            or (np.diff(indptr) < 0).any() or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))):
+    from .features import Neighbours
+
+    if "stats.neighbours.indptr" not in a.files:
+        return None
+    indptr, indices, null = a["stats.neighbours.indptr"], a["stats.neighbours.indices"], a["stats.neighbours.null"]
+    if (indptr.ndim != 1 or len(indptr) < 2 or indptr[0] != 0 or indptr[-1] != len(indices)
+            or (np.diff(indptr) < 0).any() or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))
+            or null.ndim != 2 or len(null) != 2):
         raise BundleError(f"model bundle {p}: its neighbour reference does not fit its vocabulary of {n_items} ids")
-    return sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n_items))
+    ref = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n_items))
+    return Neighbours(ref, null[0], null[1])
 
 
 def load_bundle(path: str | Path):
@@ -167,7 +177,7 @@ def load_bundle(path: str | Path):
         sg.stats = ItemStats(a["stats.log_count"], a["stats.value_mean"], float(a["stats.value_std"]),
                              a["stats.taste"], int(a["stats.main_action"]), *map(float, a["stats.value_range"]),
                              catalogue_rank(sg.vocab.items, sg.vocab.n_items),
-                             _neighbours(p, a["stats.neighbours.indptr"], a["stats.neighbours.indices"], sg.vocab.n_items))
+                             _neighbours(p, a, sg.vocab.n_items))
         cfg = {k: v for k, v in m["encoder_config"].items()}
         sg.model = SeqGuardEncoder(SeqGuardConfig(**cfg))
         missing, unexpected = sg.model.load_state_dict(load_file(str(p / "encoder.safetensors")), strict=False)

@@ -256,7 +256,7 @@ class UserDetectors:
     """
 
     target_fpr: float = 0.01
-    trim_share: float = 0.075  # most anomalous share of training users left out of the references
+    trim_share: float = 0.05  # most anomalous share of the other training users left out of the references
     seed: int = 0
     encoder_columns: tuple[int, ...] = ()   # feature columns that carry the encoder's surprisal
     # learned state
@@ -272,22 +272,28 @@ class UserDetectors:
     threshold_: float = 0.0
     n_trimmed_: int = 0
 
-    def fit(self, feats: np.ndarray) -> UserDetectors:
-        """feats: (U, F) user features of the training users (possibly poisoned)."""
+    def fit(self, feats: np.ndarray, presumed: np.ndarray | None = None) -> UserDetectors:
+        """feats: (U, F) user features of the training users (possibly poisoned); presumed: (U,)
+        bool, users presumed anomalous on other evidence, left out of every reference and of the
+        calibration (they are scored like everyone else)."""
         if not 0 < self.target_fpr < 0.5:
             raise ValueError(f"target_fpr must be in (0, 0.5), got {self.target_fpr}")
         if not 0 <= self.trim_share < 0.5:
             raise ValueError(f"trim_share must be in [0, 0.5), got {self.trim_share}")
-        if len(feats) < 5:
-            raise ValueError(f"need at least 5 users to fit the detectors, got {len(feats)}")
-        # 1. references: leave out the most anomalous trim_share of users, iteratively, so that
-        #    attackers in the training log do not make later attackers look ordinary
-        keep = np.ones(len(feats), bool)
+        presumed = np.zeros(len(feats), bool) if presumed is None else np.asarray(presumed, bool)
+        if presumed.shape != (len(feats),):
+            raise ValueError(f"presumed must be a bool per user ({len(feats)}), got shape {presumed.shape}")
+        if len(feats) - presumed.sum() < 5:
+            raise ValueError(f"need at least 5 users not presumed anomalous to fit the detectors, got "
+                             f"{len(feats) - presumed.sum()} of {len(feats)}")
+        # 1. references: leave out the presumed and the most anomalous trim_share of the others,
+        #    iteratively, so that attackers in the training log do not make later attackers look ordinary
+        keep = ~presumed
         for _ in range(3):
             self._fit_reference(feats[keep])
             self._fit_calibration(feats[keep])
             raw = combine(self._calibrated(feats))
-            new_keep = raw <= np.quantile(raw, 1.0 - self.trim_share)
+            new_keep = ~presumed & (raw <= np.quantile(raw[~presumed], 1.0 - self.trim_share))
             if new_keep.sum() < 5 or (new_keep == keep).all():
                 break
             keep = new_keep
@@ -297,7 +303,7 @@ class UserDetectors:
         self._fit_calibration(feats[keep])
         raw = combine(self._calibrated(feats))
         q1, q3 = np.quantile(raw[keep], [0.25, 0.75])
-        normal = raw <= q3 + 3.0 * (q3 - q1)
+        normal = (raw <= q3 + 3.0 * (q3 - q1)) & ~presumed
         if normal.sum() < 5:
             normal = keep
         self.n_trimmed_ = int((~normal).sum())

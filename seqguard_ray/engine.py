@@ -23,7 +23,7 @@ import torch
 from .detectors import DETECTORS, EventDetector, ResidualCheck, UserDetectors
 from .events import EventLog, from_frame, read_events
 from .features import (EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, _prev_occurrences, event_features,
-                       user_features)
+                       item_sets, user_features)
 from .model import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
 from .repair import RepairPolicy
 from .tokens import N_SPECIAL, Vocab, gap_buckets, owner_positions, windows
@@ -48,7 +48,8 @@ class TrainConfig:
     min_item_count: int = 2     # items seen fewer times share the unknown bucket
     # share of normal users flagged at the threshold (0.01; clean logs: more, docs/metrics.md)
     target_fpr: float = UserDetectors.target_fpr
-    # share of training users presumed anomalous, left out of the normal references (0.075)
+    # share of training users presumed anomalous, left out of the normal references (0.05),
+    # besides those whose items resemble nobody (SeqGuard._resembles_nobody)
     trim_share: float = UserDetectors.trim_share
     score_batch_size: int = 128  # windows per scoring batch
 
@@ -303,7 +304,7 @@ class SeqGuard:
                      "unseen_action_share", "mean_timing_surprisal")
     _SHILL_FEATURES = ("mean_log_count", "std_log_count", "unknown_item_share", "distinct_item_share",
                        "top_item_share", "value_mean", "value_std", "value_extreme_share", "value_deviation",
-                       "value_item_corr", "mean_item_surprisal", "taste_coherence", "neighbour_similarity")
+                       "value_item_corr", "mean_item_surprisal", "taste_coherence", "neighbour_lift")
 
     def _whole_type(self, tails_row: np.ndarray) -> str:
         """bot or shilling by which feature group is most extreme; other when neither is."""
@@ -396,8 +397,9 @@ class SeqGuard:
         local = self.event_detector.score(ef)
         uf, _ = user_features(seqs, self.stats, ef, local)
         enc_cols = tuple(USER_FEATURES.index(f) for f in ("mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal"))
+        presumed = self._resembles_nobody(seqs, uf)
         self.user_detectors = UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed,
-                                            encoder_columns=enc_cols).fit(uf)
+                                            encoder_columns=enc_cols).fit(uf, presumed=presumed)
         # refit the event reference on events of users the ensemble keeps as normal
         score, _ = self.user_detectors.score(uf)
         normal_users = score < self.user_detectors.threshold_
@@ -409,6 +411,26 @@ class SeqGuard:
         self.metrics["feature_quantiles"] = np.quantile(uf[normal_users] if normal_users.sum() >= 5 else uf, [0.05, 0.95], axis=0).tolist()
         self.metrics["train_flagged_share"] = float(1 - normal_users.mean())
         self.metrics["trimmed_users"] = self.user_detectors.n_trimmed_
+        self.metrics["presumed_users"] = int(presumed.sum())
+
+    # Training users presumed anomalous before any detector is fitted: histories of at least
+    # _PRESUME_MIN_ITEMS items that resemble other people's less than random item sets drawn by
+    # popularity do (neighbour_lift < 0). Such fake profiles resemble nobody, not even each other,
+    # so the test holds however many of them there are; leaving them out of the references keeps
+    # them from masking each other, where the trim share alone would have to guess their number
+    # (bench/quality.py: docs/metrics.md). A log where more than _MAX_PRESUMED_SHARE of the users
+    # fail the test has too little shared taste for it to mean anything, and nobody is presumed.
+    _PRESUME_MIN_ITEMS = 10
+    _MAX_PRESUMED_SHARE = 0.3
+
+    def _resembles_nobody(self, seqs: Seqs, uf: np.ndarray) -> np.ndarray:
+        n_items = np.diff(item_sets(seqs, self.vocab.n_items).indptr)
+        presumed = (uf[:, USER_FEATURES.index("neighbour_lift")] < 0) & (n_items >= self._PRESUME_MIN_ITEMS)
+        if presumed.mean() > self._MAX_PRESUMED_SHARE:
+            log.warning("%.0f%% of the training users resemble other users no more than random item sets do: "
+                        "too little shared taste to presume any of them anomalous", 100 * presumed.mean())
+            return np.zeros(len(uf), bool)
+        return presumed
 
     def _check_fitted(self, need_model: bool = True) -> None:
         if self.vocab is None or (need_model and (self.model is None or self.user_detectors is None)):

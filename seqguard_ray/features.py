@@ -17,6 +17,8 @@ from .tokens import N_SPECIAL, UNK
 TASTE_DIM = 32
 MAX_NEIGHBOUR_REFERENCE = 5_000  # training users whose item sets the neighbour similarity compares with
 NEIGHBOURS = 10       # most similar reference users averaged by the neighbour similarity
+NULL_DRAWS = 20       # random item sets per size for the neighbour similarity's null curve
+NULL_SIZES = 25       # sizes (log-spaced) the null curve is tabulated at
 REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay
 BURST_WINDOW_S = 60.0  # events within this many seconds count toward local density
 
@@ -58,7 +60,7 @@ class ItemStats:
     value_lo: float = 0.0   # smallest training value (0 when no values)
     value_hi: float = 0.0   # largest training value
     id_rank: np.ndarray | None = None  # (V,) each item's rank in catalogue (item id) order; see catalogue_rank
-    neighbours: sp.csr_matrix | None = None  # (m, V) binary item sets of a seeded sample of training users
+    neighbours: Neighbours | None = None  # item sets of a sample of training users; see Neighbours
 
     @classmethod
     def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0, items: list[str] | None = None) -> ItemStats:
@@ -74,13 +76,8 @@ class ItemStats:
         value_std = float(v[has_v].std()) if has_v.sum() > 1 else 1.0
         main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
         lo, hi = (float(v[has_v].min()), float(v[has_v].max())) if has_v.any() else (0.0, 0.0)
-        sets = item_sets(seqs, n_items)
-        sets = sets[np.diff(sets.indptr) > 0]
-        if sets.shape[0] > MAX_NEIGHBOUR_REFERENCE:
-            pick = np.random.default_rng(seed).choice(sets.shape[0], MAX_NEIGHBOUR_REFERENCE, replace=False)
-            sets = sets[np.sort(pick)]
         return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi,
-                   catalogue_rank(items, n_items), sets)
+                   catalogue_rank(items, n_items), Neighbours.fit(item_sets(seqs, n_items), seed=seed))
 
 
 def catalogue_rank(items: list[str] | None, n_items: int) -> np.ndarray:
@@ -157,6 +154,57 @@ def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int 
         top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
         out[a:a + chunk] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
     return out
+
+
+@dataclass
+class Neighbours:
+    """Do a user's items resemble other people's more than chance would have them?
+
+    People share tastes with other people; fake profiles built from random or average filler
+    items resemble nobody, not even each other, so a crowd of them cannot make themselves look
+    normal, and the test needs no guess of how many there are. ``lift`` compares a user's
+    :func:`neighbour_similarity` with the median similarity of random item sets of the same size
+    drawn by the reference's item popularity (the null curve).
+    """
+
+    ref: sp.csr_matrix     # (m, V) binary item sets of a seeded sample of training users
+    sizes: np.ndarray      # (S,) set sizes the null curve is tabulated at, increasing
+    null: np.ndarray       # (S,) median neighbour similarity of random sets of each size
+
+    def __post_init__(self) -> None:
+        if (self.sizes.ndim != 1 or self.sizes.shape != self.null.shape or len(self.sizes) < 1
+                or (np.diff(self.sizes) <= 0).any() or self.sizes[0] < 1 or not np.isfinite(self.null).all()):
+            raise ValueError(f"neighbour null curve needs increasing sizes >= 1 and finite values of the same "
+                             f"length, got {self.sizes.shape} sizes and {self.null.shape} values")
+
+    @classmethod
+    def fit(cls, sets: sp.csr_matrix, *, seed: int = 0) -> Neighbours | None:
+        """From the training users' item sets (U, V); None when fewer than 3 users have items."""
+        sets = sets[np.diff(sets.indptr) > 0]
+        if sets.shape[0] < 3:
+            return None
+        rng = np.random.default_rng([seed, 0x4E1])
+        if sets.shape[0] > MAX_NEIGHBOUR_REFERENCE:
+            sets = sets[np.sort(rng.choice(sets.shape[0], MAX_NEIGHBOUR_REFERENCE, replace=False))]
+        pop = np.asarray(sets.sum(0)).ravel()
+        items = np.flatnonzero(pop > 0)
+        top = int(min(np.diff(sets.indptr).max(), len(items)))
+        sizes = np.unique(np.round(np.geomspace(1, max(top, 1), NULL_SIZES)).astype(np.int64))
+        p = pop[items] / pop[items].sum()
+        rows = [np.sort(rng.choice(items, size, replace=False, p=p)) for size in sizes for _ in range(NULL_DRAWS)]
+        lens = np.array([len(r) for r in rows])
+        draws = sp.csr_matrix((np.ones(lens.sum()), np.concatenate(rows), np.r_[0, np.cumsum(lens)]), shape=(len(rows), sets.shape[1]))
+        sim = neighbour_similarity(draws, sets).reshape(len(sizes), NULL_DRAWS)
+        return cls(sets.tocsr(), sizes.astype(np.float64), np.median(sim, axis=1))
+
+    def lift(self, sets: sp.csr_matrix) -> np.ndarray:
+        """(n,) log of the similarity over the null at the set's size (0 for empty sets): below 0,
+        the user resembles other people less than random item sets do."""
+        n = np.diff(sets.indptr).astype(np.float64)
+        ls = np.log(self.sizes)
+        null = np.interp(np.log(np.maximum(n, 1.0)), ls, self.null) if len(ls) > 1 else np.full(len(n), self.null[0])
+        sim = neighbour_similarity(sets, self.ref)
+        return np.where(n > 0, np.log((sim + 1e-3) / (null + 1e-3)), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +299,7 @@ USER_FEATURES = (
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
-    "taste_coherence", "neighbour_similarity", "taste_shift", "segment_novelty", "catalogue_order",
+    "taste_coherence", "neighbour_lift", "taste_shift", "segment_novelty", "catalogue_order",
 )
 
 
@@ -355,6 +403,12 @@ def segment_novelty(taste: np.ndarray, a: int, b: int, *, cap: int = 256) -> flo
     return float(1.0 - (inside @ outside.T).max(axis=1).mean())
 
 
+def _neighbour_lift(seqs: Seqs, stats: ItemStats) -> np.ndarray:
+    if stats.neighbours is None:
+        return np.zeros(seqs.n_users)
+    return stats.neighbours.lift(item_sets(seqs, len(stats.log_count)))
+
+
 def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(U, len(USER_FEATURES)) per-user features and (U, 2) best taste segment [a, b) per user.
 
@@ -449,7 +503,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
-        coherence, neighbour_similarity(item_sets(seqs, len(stats.log_count)), stats.neighbours),
+        coherence, _neighbour_lift(seqs, stats),
         shift, novelty, _catalogue_order(seqs, stats, uix),
     ], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments

@@ -190,7 +190,7 @@ def test_leave_cluster_out_unmasks_a_crowd_of_alike_users():
     grouped = det._raw(X)[:, DETECTORS.index("knn")]
     assert np.median(plain[760:]) < np.median(plain[:760])  # masked: the crowd looks denser than normal
     assert grouped[760:].min() > np.quantile(grouped[:760], 0.99)
-    det = UserDetectors(seed=0).fit(X)  # the default trim share (0.075) exceeds the crowd's 5%
+    det = UserDetectors(trim_share=0.075, seed=0).fit(X)  # a trim share above the crowd's 5%
     score, _ = det.score(X)
     assert (score[760:] >= det.threshold_).all() and (score[:760] >= det.threshold_).mean() < 0.05
 
@@ -215,3 +215,21 @@ def test_neighbour_similarity_is_brute_force_jaccard_with_the_containing_set_ski
         assert np.isclose(got[i], want), i
     assert got[4] == 0.0
     assert (neighbour_similarity(sp.csr_matrix(q), None) == 0).all()
+
+
+def test_presumed_users_are_left_out_of_references_and_calibration():
+    """A crowd of 15% alike outliers outnumbers a 5% trim and masks itself; presumed anomalous on
+    other evidence, it is judged against the others and flagged."""
+    rng = np.random.default_rng(7)
+    X = np.vstack([rng.normal(size=(850, 4)), 3.0 + 0.3 * rng.normal(size=(150, 4))])
+    crowd = np.r_[np.zeros(850, bool), np.ones(150, bool)]
+    plain = UserDetectors(trim_share=0.05, seed=0).fit(X)
+    s_plain, _ = plain.score(X)
+    told = UserDetectors(trim_share=0.05, seed=0).fit(X, presumed=crowd)
+    s_told, _ = told.score(X)
+    assert (s_plain[crowd] >= plain.threshold_).mean() < 0.5
+    assert (s_told[crowd] >= told.threshold_).all() and (s_told[~crowd] >= told.threshold_).mean() < 0.08
+    with pytest.raises(ValueError, match="presumed must be a bool per user"):
+        UserDetectors().fit(X, presumed=crowd[:10])
+    with pytest.raises(ValueError, match="not presumed anomalous"):
+        UserDetectors().fit(X[:8], presumed=np.r_[np.ones(4, bool), np.zeros(4, bool)])

@@ -73,12 +73,13 @@ def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events,
 
     monkeypatch.setattr(D, "KNN_GROUP_SIZE", 10)  # 60 users: a handful of leave-cluster-out groups
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(tiny_events)
-    assert sg.user_detectors.knn_centroids_ is not None and sg.stats.neighbours.shape[0] == 60
+    assert sg.user_detectors.knn_centroids_ is not None and sg.stats.neighbours.ref.shape[0] == 60
     loaded = SeqGuard.load(sg.save(tmp_path / "model"))
     ud, lu = sg.user_detectors, loaded.user_detectors
     np.testing.assert_array_equal(lu.knn_groups_, ud.knn_groups_)
     np.testing.assert_array_equal(lu.knn_centroids_, ud.knn_centroids_)
-    assert (loaded.stats.neighbours != sg.stats.neighbours).nnz == 0
+    assert (loaded.stats.neighbours.ref != sg.stats.neighbours.ref).nnz == 0
+    np.testing.assert_array_equal(loaded.stats.neighbours.null, sg.stats.neighbours.null)
     np.testing.assert_allclose(loaded.score(tiny_events).users.score, sg.score(tiny_events).users.score, atol=1e-6)
 
 
@@ -192,3 +193,28 @@ def test_target_items_gather_every_event_on_an_item_pushed_repeatedly():
     # the unknown-item bucket is not an item and gathers nothing
     assert got.tolist() == [True, True, True, False, False, False, False, False, False, False]
     assert _distinct_items(uix, item, got | hot, 4).tolist() == [2, 1, 1, 0]
+
+
+def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
+    """Random-filler fake profiles resemble other users less than random item sets drawn by
+    popularity do; real users resemble each other more. A log where most users fail the test has
+    too little shared taste for it, and nobody is presumed."""
+    from seqguard_ray.demo import AttackMix, generate
+    from seqguard_ray.features import USER_FEATURES, event_features, user_features
+
+    data = generate(n_users=200, mix=AttackMix.only("shilling_random", 0.15), seed=1)
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(data.events)
+    log_ = sg.score(data.events).log
+    seqs = sg.encode(sg.tokenize(log_)).seqs
+    ef = event_features(seqs, sg.stats)
+    uf, _ = user_features(seqs, sg.stats, ef, sg.event_detector.score(ef))
+    presumed = sg._resembles_nobody(seqs, uf)
+    fake = data.user_type.reindex(log_.frame.user_id.to_numpy()[log_.offsets[:-1]]).to_numpy() == "shilling_random"
+    assert fake.sum() == 30 and presumed[fake].mean() >= 0.9 and presumed[~fake].mean() <= 0.02
+    assert sg.metrics["presumed_users"] == presumed.sum()
+    lift = USER_FEATURES.index("neighbour_lift")
+    assert (uf[fake, lift] < 0).all() and np.median(uf[~fake, lift]) > 0.5
+    uf[:, lift] = -1.0
+    with caplog.at_level("WARNING"):
+        assert not sg._resembles_nobody(seqs, uf).any()
+    assert "too little shared taste" in caplog.text

@@ -22,7 +22,7 @@ def test_user_level_auc_floor(scored):
     assert roc_auc_score(y, s) >= 0.85
     assert roc_auc_score(lab[(lab == "bot") | ~y] == "bot", s[(lab == "bot") | ~y]) >= 0.95
     # false positives stay under the target rate plus the share the robust fit presumes anomalous
-    # (docs/metrics.md): 5.1% of this small log's 235 normal users (0.3-1.7% on the bench logs)
+    # (docs/metrics.md): 4.7% of this small log's 235 normal users (0.9-1.9% on the bench logs)
     assert r.users.anomalous[~y].mean() <= sg.config.target_fpr + sg.config.trim_share
 
 
@@ -35,8 +35,8 @@ def test_event_level_and_repair_floor(scored):
     assert rep.summary["events_dropped"] > 0
     keep, _, _, _ = sg.policy.apply(r.log.offsets, r.scored.anomaly_type, r.scored.event_score, r.scored.event_anomalous)
     inj_sorted = data.event_injected[r.log.frame["_row"].to_numpy()]
-    # repair must not harm clean events: 3.1% of this small log's are removed (12 of its 235 normal
-    # users flagged; the bench logs remove 1.4-2.4%, README), it was under 2% before the robust fit
-    # presumed 7.5% instead of 5% of training users anomalous
-    assert (~keep & ~inj_sorted).sum() / (~inj_sorted).sum() <= 0.035
-    assert (~keep & inj_sorted).sum() / inj_sorted.sum() >= 0.3
+    # repair must not harm clean events: 3.5% of this small log's are removed (11 of its 235 normal
+    # users flagged), 1.9% before fake profiles that resemble nobody were left out of the references
+    # on top of the trim share, which raised the injected events removed from 0.64 to 0.78
+    assert (~keep & ~inj_sorted).sum() / (~inj_sorted).sum() <= 0.04
+    assert (~keep & inj_sorted).sum() / inj_sorted.sum() >= 0.7
