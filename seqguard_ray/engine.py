@@ -274,7 +274,8 @@ class SeqGuard:
                 reasons[u].append(f"{size} of {b - a} events explain it: without them the history scores {r:.3f} (normal)")
             else:
                 atype[u] = self._whole_type(tails[u])
-                ev_score[a:b] = np.maximum(local[a:b], score[u])
+                # every event is anomalous; within the history the locally odder ones rank higher
+                ev_score[a:b] = np.maximum(local[a:b], score[u] * (1.0 - self._WHOLE_SPREAD * (1.0 - local[a:b])))
                 ev_anom[a:b] = True
                 reasons[u].append("the whole history is anomalous: no part of it explains the score")
                 if u in still_odd:
@@ -298,6 +299,14 @@ class SeqGuard:
     # Local event score of "doubtful" events: the wider injection candidate, for bursts whose
     # events are not all beyond the threshold.
     _DOUBTFUL_EVENT = 0.9
+    # The event scores of a whole-history anomaly are the user's score, less up to this much for
+    # its locally most ordinary events: ties broken by local oddness, so that a real history typed
+    # whole (a click-farm victim taken for a fake profile) still ranks its injected events first.
+    # bench logs, event PR-AUC inside attacked users: MovieLens 0.923 -> 0.957, held-out types
+    # 0.923 -> 0.961, generator 0.976 -> 0.972, held-out 0.973 -> 0.976; a spread of 0.02-0.08
+    # gained the same on MovieLens but lost 0.03 on the generator, whose bots' ordinary-looking
+    # events then fell below other users' events.
+    _WHOLE_SPREAD = 1e-4
 
     _BOT_FEATURES = ("log_rate_per_active_hour", "median_log_gap", "gap_spread", "catalogue_order",
                      "fast_gap_share", "gap_regularity", "hour_entropy", "main_action_share", "action_entropy",

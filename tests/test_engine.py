@@ -218,3 +218,24 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
     with caplog.at_level("WARNING"):
         assert not sg._resembles_nobody(seqs, uf).any()
     assert "too little shared taste" in caplog.text
+
+
+def test_whole_history_event_scores_keep_the_local_order():
+    """Every event of a quarantined history scores about the user's score, and the locally odder
+    ones rank higher (a tie would hide where in the history the anomaly is strongest)."""
+    from seqguard_ray.demo import AttackMix, generate
+    from seqguard_ray.features import event_features
+
+    events = generate(n_users=100, mix=AttackMix.only("bot", 0.05), seed=2).events
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(events)
+    r = sg.score(events)
+    enc = sg.encode(sg.tokenize(r.log))
+    local = sg.event_detector.score(event_features(enc.seqs, sg.stats))
+    whole = np.flatnonzero(np.isin(r.scored.anomaly_type, ["bot", "shilling", "other"]))
+    assert len(whole) >= 3
+    off = r.log.offsets
+    for u in whole:
+        ev, loc, s = r.scored.event_score[off[u]:off[u + 1]], local[off[u]:off[u + 1]], r.scored.score[u]
+        assert (ev >= s - 1e-4).all() and (ev <= 1).all() and len(np.unique(ev)) > 1
+        order = np.argsort(loc, kind="stable")
+        assert (np.diff(ev[order]) >= -1e-12).all()
