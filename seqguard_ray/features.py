@@ -362,7 +362,8 @@ def best_segment(vecs: np.ndarray, *, grid: int = 24, min_frac: float = 0.1, max
     """The contiguous segment [a, b) whose mean differs most from the rest.
 
     vecs: (n, d). Returns (R^2, a, b): the share of the sequence's variance explained by splitting
-    it into the segment and the rest (0 when the history is too short to tell).
+    it into the segment and the rest (0 when the history is too short to tell). Where a prefix is
+    best, its suffix is returned when that is a segment's length too.
     """
     n = len(vecs)
     if n < 8:
@@ -385,7 +386,12 @@ def best_segment(vecs: np.ndarray, *, grid: int = 24, min_frac: float = 0.1, max
     j = int(between.argmax())                            # the first best pair, as a scan would find
     if not between[j] / total > 0.0:
         return 0.0, 0, 0
-    return float(between[j] / total), int(a[j]), int(b[j])
+    a, b = int(a[j]), int(b[j])
+    # a prefix and the suffix after it split the history alike; the later part is the one that
+    # changed (an account is taken over after its owner used it)
+    if a == 0 and lo <= n - b <= hi:
+        a, b = b, n
+    return float(between[j] / total), a, b
 
 
 def segment_novelty(taste: np.ndarray, a: int, b: int, *, cap: int = 256) -> float:

@@ -239,3 +239,20 @@ def test_whole_history_event_scores_keep_the_local_order():
         assert (ev >= s - 1e-4).all() and (ev <= 1).all() and len(np.unique(ev)) > 1
         order = np.argsort(loc, kind="stable")
         assert (np.diff(ev[order]) >= -1e-12).all()
+
+
+def test_best_segment_of_a_changed_tail_is_the_tail():
+    """A history whose last 30% is in another taste splits alike as prefix | rest and as rest |
+    suffix; the segment returned is the later part (the takeover), not the owner's."""
+    from seqguard_ray.features import best_segment
+
+    rng = np.random.default_rng(8)
+    owner = np.tile([1.0, 0.0, 0.0], (70, 1)) + 0.05 * rng.normal(size=(70, 3))
+    intruder = np.tile([0.0, 1.0, 0.0], (30, 1)) + 0.05 * rng.normal(size=(30, 3))
+    r2, a, b = best_segment(np.vstack([owner, intruder]))
+    assert r2 > 0.9 and abs(a - 70) <= 5 and b == 100
+    # a changed stretch in the middle is still the middle, and a changed start is still the start
+    _, a, b = best_segment(np.vstack([owner[:40], intruder, owner[40:]]))
+    assert abs(a - 40) <= 5 and abs(b - 70) <= 5
+    _, a, b = best_segment(np.vstack([intruder[:15], owner, owner[:15]]))
+    assert a == 0 and abs(b - 15) <= 5
