@@ -19,7 +19,9 @@ MAX_NEIGHBOUR_REFERENCE = 5_000  # training users whose item sets the neighbour 
 NEIGHBOURS = 10       # most similar reference users averaged by the neighbour similarity
 NULL_DRAWS = 20       # random item sets per size for the neighbour similarity's null curve
 NULL_SIZES = 25       # sizes (log-spaced) the null curve is tabulated at
-REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay
+REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay ...
+REPLAY_GAP_S = 5.0    # ... when its gaps match the earlier ones within this many seconds
+REPLAY_GAP_SHARE = 0.25  # ... or within this share of the gap (replayed traffic keeps its timing)
 BURST_WINDOW_S = 60.0  # events within this many seconds count toward local density
 
 
@@ -217,7 +219,7 @@ EVENT_FEATURES = (
     "rarity",              # -log training count of the item
     "taste_distance",      # 1 - cos(item, user's profile)
     "repeat",              # log1p(earlier occurrences of the item in this history)
-    "replay",              # the event belongs to an item n-gram seen earlier in this history
+    "replay",              # the event belongs to an item n-gram seen earlier in this history, with its timing
     "value_deviation",     # |value - item's mean value| / global std
 )
 
@@ -236,6 +238,16 @@ def _prev_occurrences(uix: np.ndarray, key: np.ndarray) -> np.ndarray:
     grp_start = np.maximum.accumulate(np.where(new, np.arange(len(k)), 0))
     out = np.empty(len(key), np.int64)
     out[order] = np.arange(len(k)) - grp_start
+    return out
+
+
+def _prev_index(uix: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """(N,) row of the latest earlier event of the same user with the same key, -1 if none."""
+    order = np.lexsort((np.arange(len(key)), key, uix))
+    k, u = key[order], uix[order]
+    new = np.r_[True, (k[1:] != k[:-1]) | (u[1:] != u[:-1])]
+    out = np.empty(len(key), np.int64)
+    out[order] = np.where(new, -1, np.r_[-1, order[:-1]])
     return out
 
 
@@ -262,7 +274,8 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
     known = seqs.item >= N_SPECIAL
     taste = np.where(known, 1.0 - np.einsum("nd,nd->n", stats.taste[seqs.item], prof), 0.0)
     repeat = np.log1p(_prev_occurrences(uix, seqs.item))
-    # replay: the n-gram ending here occurred earlier in the same history; mark its events
+    # replay: the n-gram ending here occurred earlier in the same history with the same gaps (people
+    # come back to items, copies also keep the timing); mark its events
     gram = seqs.item.copy()
     for j in range(1, REPLAY_N):
         prev = np.r_[np.full(j, -1), seqs.item[:-j]][:n]  # [:n]: logs shorter than j
@@ -273,7 +286,13 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
     varied = np.ones(n, bool)
     if n >= REPLAY_N:
         varied[REPLAY_N - 1:] = seqs.item[REPLAY_N - 1:] != seqs.item[:1 - REPLAY_N]
-    hit = full & varied & (_prev_occurrences(uix, gram) > 0)
+    earlier = _prev_index(uix, gram)
+    hit = full & varied & (earlier >= 0)
+    gaps = np.diff(seqs.ts, prepend=seqs.ts[:1]) if n else seqs.ts
+    for j in range(REPLAY_N - 1):  # the gaps inside the n-gram, now and then
+        now = np.r_[np.zeros(j), gaps[:n - j]][:n]
+        then = np.where(earlier >= j, gaps[np.maximum(earlier - j, 0)], np.inf)
+        hit &= np.abs(now - then) <= np.maximum(REPLAY_GAP_S, REPLAY_GAP_SHARE * np.maximum(now, then))
     replay = hit.astype(np.float64)
     for j in range(1, REPLAY_N):
         replay[:-j] = np.maximum(replay[:-j], hit[j:] & (uix[:-j] == uix[j:]))

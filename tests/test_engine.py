@@ -256,3 +256,25 @@ def test_best_segment_of_a_changed_tail_is_the_tail():
     assert abs(a - 40) <= 5 and abs(b - 70) <= 5
     _, a, b = best_segment(np.vstack([intruder[:15], owner, owner[:15]]))
     assert a == 0 and abs(b - 15) <= 5
+
+
+def test_replay_needs_the_timing_of_the_copied_stretch():
+    """Items seen again in the same order are a replay only when their gaps match the earlier
+    ones too: people come back to items, copied traffic also keeps its timing."""
+    from seqguard_ray.features import EVENT_FEATURES, ItemStats, Seqs, event_features
+    from seqguard_ray.tokens import N_SPECIAL
+
+    items = N_SPECIAL + np.array([1, 2, 3, 4, 5, 6])
+    gaps = np.array([0, 30, 45, 20, 60, 15], float)
+    copy_ts = np.cumsum(gaps)
+    later = copy_ts[-1] + 86400 + np.cumsum(gaps + np.array([0, 2, -2, 1, 3, -1]))  # a copy, +-3 s
+    again = copy_ts[-1] + 86400 + np.cumsum(np.array([0, 300, 5, 900, 40, 200], float))  # revisited
+    item = np.r_[items, items, items, items]
+    ts = np.r_[copy_ts, later, copy_ts, again]
+    n = len(item)
+    seqs = Seqs(np.array([0, 12, 24]), ts, item, np.full(n, N_SPECIAL), np.full(n, np.nan), np.zeros((n, 3), np.float32))
+    V = int(item.max()) + 1
+    stats = ItemStats(np.zeros(V), np.zeros(V), 1.0, np.zeros((V, 2), np.float32), N_SPECIAL)
+    replay = event_features(seqs, stats)[:, EVENT_FEATURES.index("replay")]
+    assert replay[:6].sum() == 0 and replay[6:12].all()   # the copy, every event of it
+    assert replay[12:].sum() == 0                          # the same items, other gaps
