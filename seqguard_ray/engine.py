@@ -210,8 +210,9 @@ class SeqGuard:
         tails = dict(zip(flagged, self.user_detectors.feature_tails(uf[flagged]))) if len(flagged) else {}
         if len(flagged):
             self._localize(enc, ef, local, tails, segments, score, flagged, atype, ev_score, ev_anom, reasons)
+        nobody = self._resembles_nobody(seqs, uf, training=False) if len(flagged) else np.zeros(U, bool)
         for u in flagged:
-            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u]) + reasons[u]
+            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u]) + reasons[u]
         return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det)
 
     # where a flagged user's anomaly lies: a part of the history, or all of it
@@ -325,7 +326,7 @@ class SeqGuard:
             return "other"
         return "bot" if bot >= shill else "shilling"
 
-    def _reasons(self, u, score, per_det, uf_row, tails_row) -> list[str]:
+    def _reasons(self, u, score, per_det, uf_row, tails_row, nobody: bool) -> list[str]:
         det = ", ".join(f"{d} {p:.3f}" for d, p in zip(DETECTORS, per_det) if p >= 0.95)
         out = [f"score {score:.3f} >= threshold {self.user_detectors.threshold_:.3f}" + (f" (detectors: {det})" if det else "")]
         q = self.metrics.get("feature_quantiles")
@@ -334,6 +335,9 @@ class SeqGuard:
                 break
             typical = f" (typical {q[0][j]:.3g}..{q[1][j]:.3g})" if q else ""
             out.append(f"{USER_FEATURES[j]} = {uf_row[j]:.3g}{typical}")
+        if nobody:
+            lift = uf_row[USER_FEATURES.index("neighbour_lift")]
+            out.append(f"its items resemble other users' less than random item sets do (neighbour_lift {lift:.2f} < 0)")
         return out
 
     # ------------------------------------------------------------------ API
@@ -432,10 +436,12 @@ class SeqGuard:
     _PRESUME_MIN_ITEMS = 10
     _MAX_PRESUMED_SHARE = 0.3
 
-    def _resembles_nobody(self, seqs: Seqs, uf: np.ndarray) -> np.ndarray:
+    def _resembles_nobody(self, seqs: Seqs, uf: np.ndarray, *, training: bool = True) -> np.ndarray:
+        """(U,) histories whose items resemble other people's less than random item sets do; in
+        training, nobody when too many of the users are such (see above)."""
         n_items = np.diff(item_sets(seqs, self.vocab.n_items).indptr)
         presumed = (uf[:, USER_FEATURES.index("neighbour_lift")] < 0) & (n_items >= self._PRESUME_MIN_ITEMS)
-        if presumed.mean() > self._MAX_PRESUMED_SHARE:
+        if training and presumed.mean() > self._MAX_PRESUMED_SHARE:
             log.warning("%.0f%% of the training users resemble other users no more than random item sets do: "
                         "too little shared taste to presume any of them anomalous", 100 * presumed.mean())
             return np.zeros(len(uf), bool)

@@ -204,7 +204,8 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
 
     data = generate(n_users=200, mix=AttackMix.only("shilling_random", 0.15), seed=1)
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(data.events)
-    log_ = sg.score(data.events).log
+    res = sg.score(data.events)
+    log_ = res.log
     seqs = sg.encode(sg.tokenize(log_)).seqs
     ef = event_features(seqs, sg.stats)
     uf, _ = user_features(seqs, sg.stats, ef, sg.event_detector.score(ef))
@@ -212,6 +213,8 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
     fake = data.user_type.reindex(log_.frame.user_id.to_numpy()[log_.offsets[:-1]]).to_numpy() == "shilling_random"
     assert fake.sum() == 30 and presumed[fake].mean() >= 0.9 and presumed[~fake].mean() <= 0.02
     assert sg.metrics["presumed_users"] == presumed.sum()
+    said = res.users.reasons.str.contains("resemble other users' less than random item sets").to_numpy()
+    assert said[fake & res.users.anomalous.to_numpy()].all() and not said[~presumed].any()
     lift = USER_FEATURES.index("neighbour_lift")
     assert (uf[fake, lift] < 0).all() and np.median(uf[~fake, lift]) > 0.5
     uf[:, lift] = -1.0
