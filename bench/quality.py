@@ -12,6 +12,7 @@ log without attackers sees (the calibration check).
     python bench/quality.py --data gen --users 500
     python bench/quality.py --data movielens --holdout --json quality.json
     python bench/quality.py --data both --train clean
+    python bench/quality.py --data both --all-types
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ TOP_K = 10
 MIN_EVAL_EVENTS = 5
 
 
-def load(data: str, *, users: int, seed: int, holdout: bool, clean: bool = False) -> LabeledEvents:
-    """The labelled log of one dataset ("gen" or "movielens"), with held-out attacks if asked; with
-    ``clean``, the same log before any attack is injected."""
-    mix = AttackMix.none() if clean else AttackMix(**HOLDOUT_MIX) if holdout else AttackMix()
+def load(data: str, *, users: int, seed: int, holdout: bool, clean: bool = False, all_types: bool = False) -> LabeledEvents:
+    """The labelled log of one dataset ("gen" or "movielens"), with held-out attacks if asked (or
+    every attack type at 2% of the users); with ``clean``, the same log before any attack."""
+    mix = (AttackMix.none() if clean else AttackMix.all(0.02) if all_types
+           else AttackMix(**HOLDOUT_MIX) if holdout else AttackMix())
     if data == "gen":
         return generate(n_users=users, mix=mix, seed=seed)
     from movielens import movielens_with_attacks
@@ -180,9 +182,9 @@ def calibration(sg: SeqGuard, clean: pd.DataFrame) -> dict:
 
 
 def evaluate(data: str, *, users: int, seed: int, holdout: bool, trim_share: float = TrainConfig.trim_share,
-             train: str = "poisoned") -> dict:
+             train: str = "poisoned", all_types: bool = False) -> dict:
     """All metrics for one dataset: SeqGuard, baselines, repair, downstream and the clean-log check."""
-    labeled = load(data, users=users, seed=seed, holdout=holdout)
+    labeled = load(data, users=users, seed=seed, holdout=holdout, all_types=all_types)
     ev, ut = labeled.events, labeled.user_type
     ut.index = ut.index.astype(str)
     attacked = ev["user_id"].map(ut != NORMAL).to_numpy()
@@ -262,6 +264,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000, help="users of the generated log")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", action="store_true", help="add held-out attack types to the mix")
+    ap.add_argument("--all-types", action="store_true",
+                    help="every attack type, held-out ones included, at 2%% of the users each (about 19%% attackers)")
     ap.add_argument("--trim-share", type=float, default=TrainConfig.trim_share,
                     help="share of training users presumed anomalous (TrainConfig.trim_share)")
     ap.add_argument("--train", choices=("poisoned", "clean"), default="poisoned",
@@ -272,7 +276,7 @@ def main() -> None:
     results = []
     for data in datasets:
         res = evaluate(data, users=args.users, seed=args.seed, holdout=args.holdout, trim_share=args.trim_share,
-                       train=args.train)
+                       train=args.train, all_types=args.all_types)
         print(format_report(res), "\n", flush=True)
         results.append(res)
     if args.json:
