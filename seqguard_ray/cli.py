@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--target-fpr", type=_fpr, default=None, help="share of normal users flagged (default 0.01)")
     t.add_argument("--trim-share", type=_share, default=None,
-                   help="share of training users presumed anomalous and left out of the normal references "
-                        "(default 0.05, besides users whose items resemble nobody; 0 for a log known to be clean, about the attacker share for a poisoned "
-                        "one; see docs/metrics.md)")
+                   help="share of training users presumed anomalous and left out of the normal references, "
+                        "besides those whose items resemble nobody (default 0.05; 0 for a log known to be clean, "
+                        "about the attacker share for a poisoned one; see docs/metrics.md)")
     t.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
                    help="stop on unusable rows (default) or skip and report them")
     add_ray_args(t, command="train")

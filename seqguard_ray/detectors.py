@@ -205,7 +205,8 @@ def knn_distance(ref: np.ndarray, x: np.ndarray, k: int, *, ref_groups: np.ndarr
             d2[groups[a:a + chunk, None] == ref_groups[None, :]] = np.inf
             near = np.partition(d2, k - 1, axis=1)[:, :k]
             finite = np.isfinite(near)  # a group may leave fewer than k others
-            out[a:a + chunk] = np.where(finite, np.sqrt(np.where(finite, near, 0.0)), 0.0).sum(1) / np.maximum(finite.sum(1), 1)
+            near = np.sqrt(np.where(finite, near, 0.0))
+            out[a:a + chunk] = near.sum(1) / np.maximum(finite.sum(1), 1)
             continue
         near = np.sort(np.partition(d2, k, axis=1)[:, :k + 1], axis=1)
         self_match = near[:, 0] <= 1e-9 * (1.0 + xx)
@@ -221,16 +222,16 @@ def nearest_centroid(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 # The ensemble: Isolation Forest, kNN distance (mean distance to the nearest 5% of the reference
-# users, at most 50, from the other k-means clusters of ~50 reference users: leave-cluster-out) and
-# the encoder's surprisal. Leave-cluster-out, 2026-12-01: alike attackers left in a poisoned
-# reference (campaigns of fake profiles, bot farms) were each other's near neighbours. With
-# neighbour_similarity added the same day, user ROC/PR and injected / clean events removed on
-# bench/quality.py's logs: MovieLens 0.996/0.969, 0.929/0.026 -> 0.996/0.970, 0.930/0.029; held-out
-# types 0.992/0.956, 0.684/0.015 -> 0.993/0.967, 0.859/0.013; generator 0.962/0.803, 0.793/0.018
-# -> 0.966/0.838, 0.805/0.016; generator held-out 0.916/0.711, 0.491/0.017 -> 0.930/0.759,
-# 0.523/0.013; every attack type at 2% (19% attackers) MovieLens 0.987/0.939, 0.530/0.014 ->
-# 0.989/0.954, 0.615/0.014, generator 0.897/0.641, 0.383/0.029 -> 0.909/0.680, 0.382/0.022. An ECOD-style detector (the sum of every
-# feature's two-sided tail) held kNN's place until 2026-11-30: summing 28 tails lets heavy but
+# users, at most 50, taken from the other k-means clusters of ~50 reference users:
+# leave-cluster-out) and the encoder's surprisal. Leave-cluster-out, 2026-12-01: alike attackers
+# left in a poisoned reference (campaigns of fake profiles, bot farms) were each other's near
+# neighbours. Measured with a neighbour-similarity feature added the same day (since replaced by
+# neighbour_lift), detectors refitted on bench/quality.py's logs, user ROC/PR and injected / clean
+# events removed: MovieLens 0.996/0.969, 0.929/0.026 -> 0.996/0.970, 0.930/0.029; held-out types
+# 0.992/0.956, 0.684/0.015 -> 0.993/0.967, 0.859/0.013; generator 0.962/0.803, 0.793/0.018 ->
+# 0.966/0.838, 0.805/0.016; generator held-out 0.916/0.711, 0.491/0.017 -> 0.930/0.759,
+# 0.523/0.013. An ECOD-style detector (the sum of every feature's two-sided tail) held kNN's
+# place until 2026-11-30: summing 28 tails lets heavy but
 # ordinary users, odd in many small ways, outrank attackers odd in a few. Its per-feature tails
 # still explain each verdict (feature_tails). bench/quality.py, ECOD at trim 0.05 -> kNN at trim
 # 0.075, user ROC/PR, injected / clean events removed: MovieLens 0.987/0.902, 0.878/0.025 ->
