@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "item_id", "ts")
+RESERVED = ("_row", "weight")  # columns seqguard adds: rejected in the input rather than overwritten
 DEFAULT_ACTION = "click"
 # Largest accepted timestamp after unit detection: 2100-01-01 in seconds.
 MAX_TS_SECONDS = 4_102_444_800
@@ -139,6 +140,10 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
         raise EventsError(
             f"{source}: missing required column(s) {missing}; found columns {list(df.columns)}"
         )
+    clash = [c for c in RESERVED if c in df.columns]
+    if clash:
+        raise EventsError(f"{source}: column name(s) {clash} are reserved ('weight' is the repair weight seqguard "
+                          f"adds to repaired.parquet, '_row' its row number): rename them, e.g. to 'input_weight'")
     dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
     if dup:
         raise EventsError(f"{source}: duplicate column name(s) {dup}; each column must appear once")

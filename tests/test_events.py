@@ -30,6 +30,12 @@ def test_missing_column_is_named():
         from_frame(pd.DataFrame({"user_id": [1], "item_id": [2]}))
 
 
+@pytest.mark.parametrize("name", ["weight", "_row"])
+def test_reserved_column_names_are_refused_not_overwritten(name):
+    with pytest.raises(EventsError, match=rf"\['{name}'\] are reserved .*rename"):
+        from_frame(frame(**{name: [1.0, 2.0, 3.0]}))
+
+
 def test_empty_log():
     with pytest.raises(EventsError, match="no events"):
         from_frame(frame().iloc[:0])
