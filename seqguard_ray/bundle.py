@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "6"  # 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "7"  # 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -52,6 +52,52 @@ def _versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
+def _detector_arrays(ud, prefix: str) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}center": ud.center_, f"{prefix}scale": ud.scale_, f"{prefix}tail_ref": ud.tail_ref_,
+        f"{prefix}knn_ref": ud.knn_ref_,
+        **({} if ud.knn_centroids_ is None else {f"{prefix}knn_centroids": ud.knn_centroids_, f"{prefix}knn_groups": ud.knn_groups_}),
+        f"{prefix}combined": ud.combined_.reference, **ud.iforest_.to_arrays(f"{prefix}iforest."),
+        **{f"{prefix}cal.{name}": cal.reference for name, cal in ud.calibrators_.items()},
+    }
+
+
+def _detector_meta(ud) -> dict:
+    return {"target_fpr": ud.target_fpr, "threshold": ud.threshold_, "seed": ud.seed,
+            "encoder_columns": list(ud.encoder_columns), "copy_column": ud.copy_column, "n_trimmed": ud.n_trimmed_}
+
+
+def _load_detectors(p: Path, a, d: dict, prefix: str):
+    """A UserDetectors from state.npz arrays under ``prefix`` and its manifest entry ``d``, checked."""
+    from .detectors import DETECTORS, Calibrator, FlatForest, UserDetectors
+
+    ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
+                       encoder_columns=tuple(d["encoder_columns"]), copy_column=d["copy_column"])
+    ud.center_, ud.scale_, ud.tail_ref_ = a[f"{prefix}center"], a[f"{prefix}scale"], a[f"{prefix}tail_ref"]
+    if ud.center_.shape != (len(USER_FEATURES),):
+        raise BundleError(f"model bundle {p}: its {prefix[:-1]} detectors use {ud.center_.shape} user features, "
+                          f"this seqguard computes {len(USER_FEATURES)}: retrain with this version")
+    ud.knn_ref_ = a[f"{prefix}knn_ref"]
+    n_ens = len(ud.ensemble_columns)
+    if ud.knn_ref_.ndim != 2 or ud.knn_ref_.shape[1] != n_ens or len(ud.knn_ref_) < 2:
+        raise BundleError(f"model bundle {p}: its kNN reference has shape {ud.knn_ref_.shape}, "
+                          f"not (users >= 2, {n_ens})")
+    if f"{prefix}knn_centroids" in a.files:
+        ud.knn_centroids_, ud.knn_groups_ = a[f"{prefix}knn_centroids"], a[f"{prefix}knn_groups"]
+        K = len(ud.knn_centroids_)
+        if (ud.knn_centroids_.shape != (K, n_ens) or ud.knn_groups_.shape != (len(ud.knn_ref_),)
+                or K < 2 or ud.knn_groups_.min() < 0 or ud.knn_groups_.max() >= K):
+            raise BundleError(f"model bundle {p}: its kNN groups do not fit its kNN reference "
+                              f"({ud.knn_centroids_.shape} centroids, {ud.knn_groups_.shape} labels)")
+    ud.calibrators_ = {k[len(prefix) + 4:]: Calibrator(a[k]) for k in a.files if k.startswith(f"{prefix}cal.")}
+    if set(ud.calibrators_) != set(DETECTORS):
+        raise BundleError(f"model bundle {p}: its detectors are {sorted(ud.calibrators_)}, this seqguard runs {sorted(DETECTORS)}")
+    ud.combined_ = Calibrator(a[f"{prefix}combined"])
+    ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])
+    ud.iforest_ = FlatForest.from_arrays(a, f"{prefix}iforest.")
+    return ud
+
+
 def save_bundle(sg, path: str | Path) -> Path:
     """Write a fitted SeqGuard to directory ``path`` (created; existing bundle files replaced)."""
     from safetensors.torch import save_file
@@ -68,15 +114,14 @@ def save_bundle(sg, path: str | Path) -> Path:
         **({} if st.neighbours is None else {
             "stats.neighbours.indptr": st.neighbours.ref.indptr.astype(np.int64),
             "stats.neighbours.indices": st.neighbours.ref.indices.astype(np.int64),
-            "stats.neighbours.null": np.stack([st.neighbours.sizes, st.neighbours.null])}),
-        "user.center": ud.center_, "user.scale": ud.scale_, "user.tail_ref": ud.tail_ref_, "user.knn_ref": ud.knn_ref_,
-        **({} if ud.knn_centroids_ is None else {"user.knn_centroids": ud.knn_centroids_, "user.knn_groups": ud.knn_groups_}),
-        "user.combined": ud.combined_.reference, "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
+            "stats.neighbours.null": np.stack([st.neighbours.sizes, st.neighbours.null]),
+            "stats.neighbours.span": st.neighbours.span}),
+        **_detector_arrays(ud, "user."),
+        **{k: v for i, (_, sd) in enumerate(sg.short_detectors) for k, v in _detector_arrays(sd, f"short{i}.").items()},
+        "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
         "event.residual_check": sg.residual_check.coef,
-        "vocab.item_counts": sg.vocab.item_counts, **ud.iforest_.to_arrays("user.iforest."),
+        "vocab.item_counts": sg.vocab.item_counts,
     }
-    for name, cal in ud.calibrators_.items():
-        arrays[f"user.cal.{name}"] = cal.reference
     np.savez(out / "state.npz", **arrays)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -84,9 +129,9 @@ def save_bundle(sg, path: str | Path) -> Path:
         "train_config": asdict(sg.config),
         "encoder_config": sg.model.config.to_dict(),
         "repair_policy": asdict(sg.policy),
-        "detectors": {"target_fpr": ud.target_fpr, "threshold": ud.threshold_,
-                      "seed": ud.seed, "encoder_columns": list(ud.encoder_columns), "n_trimmed": ud.n_trimmed_,
-                      "user_features": list(USER_FEATURES), "event_features": list(EVENT_FEATURES)},
+        "detectors": {**_detector_meta(ud), "user_features": list(USER_FEATURES), "event_features": list(EVENT_FEATURES),
+                      "main_stratum": sg.main_stratum,
+                      "short": [{**_detector_meta(sd), "min_events": lo} for lo, sd in sg.short_detectors]},
         "vocab": {"items": sg.vocab.items, "actions": sg.vocab.actions},
         "metrics": sg.metrics,
         "files": {f: _sha256(out / f) for f in FILES},
@@ -143,19 +188,20 @@ def _neighbours(p: Path, a, n_items: int):
     if "stats.neighbours.indptr" not in a.files:
         return None
     indptr, indices, null = a["stats.neighbours.indptr"], a["stats.neighbours.indices"], a["stats.neighbours.null"]
+    span = a["stats.neighbours.span"]
     if (indptr.ndim != 1 or len(indptr) < 2 or indptr[0] != 0 or indptr[-1] != len(indices)
             or (np.diff(indptr) < 0).any() or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))
-            or null.ndim != 2 or len(null) != 2):
+            or null.ndim != 2 or len(null) != 2 or span.shape != (len(indptr) - 1, 2)):
         raise BundleError(f"model bundle {p}: its neighbour reference does not fit its vocabulary of {n_items} ids")
     ref = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n_items))
-    return Neighbours(ref, null[0], null[1])
+    return Neighbours(ref, null[0], null[1], span)
 
 
 def load_bundle(path: str | Path):
     """Read a bundle written by :func:`save_bundle` into a ready SeqGuard."""
     from safetensors.torch import load_file
 
-    from .detectors import Calibrator, EventDetector, FlatForest, ResidualCheck, UserDetectors
+    from .detectors import Calibrator, EventDetector, ResidualCheck
     from .engine import SeqGuard, TrainConfig
     from .features import ItemStats, catalogue_rank
     from .model import SeqGuardConfig, SeqGuardEncoder
@@ -189,25 +235,12 @@ def load_bundle(path: str | Path):
             if d.get(f"{kind}_features") != list(names) or a["user.center" if kind == "user" else "event.ref"].shape[-1] != len(names):
                 raise BundleError(f"model bundle {p}: its detectors use other {kind} features than this seqguard "
                                   f"computes ({len(d.get(f'{kind}_features') or [])} vs {len(names)}): retrain with this version")
-        ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
-                           encoder_columns=tuple(d["encoder_columns"]))
-        ud.center_, ud.scale_, ud.tail_ref_ = a["user.center"], a["user.scale"], a["user.tail_ref"]
-        ud.knn_ref_ = a["user.knn_ref"]
-        if ud.knn_ref_.ndim != 2 or ud.knn_ref_.shape[1] != len(USER_FEATURES) or len(ud.knn_ref_) < 2:
-            raise BundleError(f"model bundle {p}: its kNN reference has shape {ud.knn_ref_.shape}, "
-                              f"not (users >= 2, {len(USER_FEATURES)})")
-        if "user.knn_centroids" in a.files:
-            ud.knn_centroids_, ud.knn_groups_ = a["user.knn_centroids"], a["user.knn_groups"]
-            K = len(ud.knn_centroids_)
-            if (ud.knn_centroids_.shape != (K, len(USER_FEATURES)) or ud.knn_groups_.shape != (len(ud.knn_ref_),)
-                    or K < 2 or ud.knn_groups_.min() < 0 or ud.knn_groups_.max() >= K):
-                raise BundleError(f"model bundle {p}: its kNN groups do not fit its kNN reference "
-                                  f"({ud.knn_centroids_.shape} centroids, {ud.knn_groups_.shape} labels)")
-        ud.calibrators_ = {k.split(".", 2)[2]: Calibrator(a[k]) for k in a.files if k.startswith("user.cal.")}
-        ud.combined_ = Calibrator(a["user.combined"])
-        ud.threshold_, ud.n_trimmed_ = float(d["threshold"]), int(d["n_trimmed"])
-        ud.iforest_ = FlatForest.from_arrays(a, "user.iforest.")
-        sg.user_detectors = ud
+        sg.user_detectors = _load_detectors(p, a, d, "user.")
+        sg.short_detectors = [(int(sd["min_events"]), _load_detectors(p, a, sd, f"short{i}.")) for i, sd in enumerate(d["short"])]
+        sg.main_stratum = int(d["main_stratum"])
+        los = [lo for lo, _ in sg.short_detectors] + [sg.main_stratum]
+        if any(b <= a for a, b in zip(los, los[1:])) or los[0] < 1:
+            raise BundleError(f"model bundle {p}: its history-length strata {los} are not increasing from 1")
         ed = EventDetector()
         ed.ref_, ed.calibrator_ = a["event.ref"], Calibrator(a["event.calibrator"])
         sg.event_detector = ed

@@ -27,11 +27,12 @@ NORMAL = "normal"
 # attack types that add new (fake) users: all their events are injected
 FAKE_USER_TYPES = (
     "bot", "shilling_random", "shilling_average", "shilling_bandwagon", "segment", "love_hate", "slow_bot",
+    "account_copy",
 )
 # attack types that alter real users' histories: some, not all, of their events are injected
 PARTIAL_TYPES = ("click_farm", "takeover", "replay", "mid_takeover")
 # attack types left out of the default mix, to test that detectors generalise
-HELD_OUT_TYPES = ("segment", "love_hate", "slow_bot", "mid_takeover")
+HELD_OUT_TYPES = ("segment", "love_hate", "slow_bot", "mid_takeover", "account_copy")
 
 CORE_COLUMNS = ("user_id", "item_id", "ts", "action", "value")
 
@@ -95,6 +96,7 @@ class AttackMix:
     love_hate: float = 0.0  # nuke: targets at min value, fillers at max value
     slow_bot: float = 0.0  # bot with human-looking lognormal gaps but uniform random items over the catalogue
     mid_takeover: float = 0.0  # an intruder uses the account in a long gap mid-history, then the owner returns
+    account_copy: float = 0.0  # replayed traffic: a new account replays 60-100% of a real user's history, later
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -128,7 +130,7 @@ ATTACK_FAMILY = {
     NORMAL: "normal", "bot": "bot", "slow_bot": "bot", "click_farm": "injection",
     "shilling_random": "shilling", "shilling_average": "shilling", "shilling_bandwagon": "shilling",
     "segment": "shilling", "love_hate": "shilling", "takeover": "takeover", "mid_takeover": "takeover",
-    "replay": "replay",
+    "replay": "replay", "account_copy": "replay",
 }
 
 
@@ -802,9 +804,17 @@ class _Injector:
                 log.warning("%s: only %d of %d users could be attacked (too few eligible users)", name, done, want)
 
         for name in ("bot", "slow_bot", "shilling_random", "shilling_average", "shilling_bandwagon",
-                     "segment", "love_hate"):
+                     "segment", "love_hate", "account_copy"):
             want = self._count(getattr(mix, name))
             if want == 0:
+                continue
+            if name == "account_copy":
+                made = sum(self._account_copy(len(st.users) + self.n_fake + j) for j in range(want))
+                for j in range(made):
+                    self.types[len(st.users) + self.n_fake + j] = name
+                self.n_fake += made
+                if made < want:
+                    log.warning("%s: only %d of %d copies fit in the log's time range", name, made, want)
                 continue
             pool = self.nuke_pool if name == "love_hate" else self.push_pool
             bot = name in ("bot", "slow_bot")
@@ -1022,6 +1032,23 @@ class _Injector:
         start = st.t_min + int(rng.uniform(0, max(0, st.t_max - st.t_min - rel[-1])))
         act = np.zeros(n, dtype=np.int64)
         self._add(u, items, act, _squeeze(start + rel, st.t_min, st.t_max), st.values(rng, "random", items, act))
+
+    def _account_copy(self, u: int) -> bool:
+        """New account u replays a contiguous 60-100% of a real user's history (at least 10 events)
+        with its timing, starting a day to two months later; False when no history fits."""
+        st, rng = self.st, self.rng
+        lengths = np.diff(st.offsets)
+        for src in rng.permutation(np.flatnonzero(lengths >= 10))[:50]:
+            rows = self._rows(int(src))
+            k = max(10, int(round(len(rows) * rng.uniform(0.6, 1.0))))
+            seg = rows[int(rng.integers(0, len(rows) - k + 1)):][:k]
+            t0, span = int(st.ts[seg[0]]), int(st.ts[seg[-1]] - st.ts[seg[0]])
+            lo, hi = t0 + 86_400, min(t0 + 60 * 86_400, st.t_max - span)
+            if lo <= hi:
+                self._add(u, st.item_idx[seg], st.row_act[seg], st.ts[seg] - t0 + int(rng.integers(lo, hi + 1)),
+                          st.value[seg])
+                return True
+        return False
 
     def _shill(self, u: int, targets: np.ndarray, *, kind: str) -> None:
         """A fake profile: filler items plus target items, values by attack kind."""

@@ -145,6 +145,10 @@ class SeqGuard:
         self.model: SeqGuardEncoder | None = None
         self.event_detector: EventDetector | None = None
         self.user_detectors: UserDetectors | None = None
+        # detectors for short histories: (fewest events, UserDetectors) by increasing length, each for
+        # histories up to the next one's fewest events; longer ones go to user_detectors. See fit_detectors.
+        self.short_detectors: list[tuple[int, UserDetectors]] = []
+        self.main_stratum = 1  # fewest events of the histories user_detectors judges
         self.residual_check = ResidualCheck()
         self.metrics: dict = {}
 
@@ -197,7 +201,8 @@ class SeqGuard:
         ef = event_features(seqs, self.stats)
         local = self.event_detector.score(ef)
         uf, segments = user_features(seqs, self.stats, ef, local)
-        score, per_det = self.user_detectors.score(uf)
+        n_ev = np.diff(seqs.offsets)
+        score, per_det = self._user_scores(uf, n_ev)
         thr = self.user_detectors.threshold_
         anomalous = score >= thr
         U = seqs.n_users
@@ -207,16 +212,59 @@ class SeqGuard:
         reasons: list[list[str]] = [[] for _ in range(U)]
         flagged = np.flatnonzero(anomalous)
         # what makes each flagged user unusual, feature by feature (-log tail probabilities)
-        tails = dict(zip(flagged, self.user_detectors.feature_tails(uf[flagged]))) if len(flagged) else {}
+        tails = dict(zip(flagged, self._judge(n_ev[flagged], uf[flagged], "feature_tails"))) if len(flagged) else {}
+        copied = self.user_detectors.decisive(per_det) >= thr
         if len(flagged):
-            self._localize(enc, ef, local, tails, segments, score, flagged, atype, ev_score, ev_anom, reasons)
+            self._localize(enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons)
         nobody = self._resembles_nobody(seqs, uf, training=False) if len(flagged) else np.zeros(U, bool)
         for u in flagged:
-            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u]) + reasons[u]
+            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u], copied[u]) + reasons[u]
         return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det)
 
+    # Short histories carry too little behaviour to be judged against longer ones (rates, gap spreads,
+    # entropies and shares are degenerate at a few events, and differ from one length to the next):
+    # histories under STRATA[-1] events are judged against training users of about their own length,
+    # STRATA giving the strata's fewest events, where each has MIN_STRATUM training users (smaller
+    # strata join the next longer one). A log with Zipf history lengths (half the users with one
+    # event) otherwise flagged every history over 100 events and 56% of those with 21-100.
+    STRATA = (1, 2, 3, 5, 10)
+    MIN_STRATUM = 100
+
+    def _strata(self, n_ev: np.ndarray) -> list[int]:
+        """The fewest events of each length stratum, increasing (see STRATA); the last stratum holds
+        every longer history too, and its detectors are user_detectors."""
+        def count(lo, hi):
+            return int(((n_ev >= lo) & (n_ev < hi)).sum())
+
+        groups = [[self.STRATA[-1], np.inf]]
+        for lo in reversed(self.STRATA[:-1]):
+            if count(*groups[0]) < self.MIN_STRATUM:
+                groups[0][0] = lo                       # too few users yet: reach down to shorter histories
+            else:
+                groups.insert(0, [lo, groups[0][0]])
+        if len(groups) > 1 and count(*groups[0]) < self.MIN_STRATUM:
+            lo = groups.pop(0)[0]
+            groups[0][0] = lo                           # the shortest too small: it joins the next one
+        return [int(g[0]) for g in groups]
+
+    def _judge(self, n_ev: np.ndarray, uf: np.ndarray, method: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """UserDetectors.<method>(uf), each history by the detectors of its length's stratum."""
+        out = getattr(self.user_detectors, method)(uf)
+        bounds = [lo for lo, _ in self.short_detectors] + [self.main_stratum]
+        for (lo, det), hi in zip(self.short_detectors, bounds[1:]):
+            m = (n_ev >= lo) & (n_ev < hi)
+            if m.any():
+                part = getattr(det, method)(uf[m])
+                for a, b in zip(out if isinstance(out, tuple) else (out,), part if isinstance(part, tuple) else (part,)):
+                    a[m] = b
+        return out
+
+    def _user_scores(self, uf: np.ndarray, n_ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(U,) ensemble scores and (U, D) per-detector scores, each history by its length's detectors."""
+        return self._judge(n_ev, uf, "score")
+
     # where a flagged user's anomaly lies: a part of the history, or all of it
-    def _localize(self, enc, ef, local, tails, segments, score, flagged, atype, ev_score, ev_anom, reasons):
+    def _localize(self, enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons):
         seqs, off, thr = enc.seqs, enc.seqs.offsets, self.user_detectors.threshold_
         n_ev = np.diff(off)
         uix = seqs.user_index()
@@ -240,8 +288,10 @@ class SeqGuard:
         per_item_push = 2 * max(1, len(self.vocab.actions))
         best_set = {}
         still_odd = {}  # user -> (size, residual score, z) of the smallest set refused by the residual check
+        # a copied account is a copy as a whole: no part of it is the explanation
+        explainable = in_flagged & ~copied[uix]
         for k, (name, cand) in enumerate(candidates):
-            cand = cand & in_flagged
+            cand = cand & explainable
             size = np.bincount(uix[cand], minlength=seqs.n_users)
             ok = (size > 0) & (size <= self._MAX_EXPLAINED * n_ev) & (n_ev - size >= 5)
             users = np.flatnonzero(ok & np.isin(np.arange(seqs.n_users), flagged))
@@ -252,7 +302,7 @@ class SeqGuard:
             sub = seqs.subset(keep)
             sub_ef = event_features(sub, self.stats)
             sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
-            res_score, _ = self.user_detectors.score(sub_uf[users])
+            res_score, _ = self._user_scores(sub_uf[users], n_ev[users] - size[users])
             res_z = self.residual_check.z(local[keep], sub.offsets)[users]
             pushed = size >= per_item_push * _distinct_items(uix, seqs.item, cand, seqs.n_users)
             for u, r, z in zip(users, res_score, res_z):
@@ -274,7 +324,7 @@ class SeqGuard:
                 ev_anom[a:b] = cand
                 reasons[u].append(f"{size} of {b - a} events explain it: without them the history scores {r:.3f} (normal)")
             else:
-                atype[u] = self._whole_type(tails[u])
+                atype[u] = "replay" if copied[u] else self._whole_type(tails[u])
                 # every event is anomalous; within the history the locally odder ones rank higher
                 ev_score[a:b] = np.maximum(local[a:b], score[u] * (1.0 - self._WHOLE_SPREAD * (1.0 - local[a:b])))
                 ev_anom[a:b] = True
@@ -326,7 +376,7 @@ class SeqGuard:
             return "other"
         return "bot" if bot >= shill else "shilling"
 
-    def _reasons(self, u, score, per_det, uf_row, tails_row, nobody: bool) -> list[str]:
+    def _reasons(self, u, score, per_det, uf_row, tails_row, nobody: bool, copied: bool) -> list[str]:
         det = ", ".join(f"{d} {p:.3f}" for d, p in zip(DETECTORS, per_det) if p >= 0.95)
         out = [f"score {score:.3f} >= threshold {self.user_detectors.threshold_:.3f}" + (f" (detectors: {det})" if det else "")]
         q = self.metrics.get("feature_quantiles")
@@ -338,6 +388,10 @@ class SeqGuard:
         if nobody:
             lift = uf_row[USER_FEATURES.index("neighbour_lift")]
             out.append(f"its items resemble other users' less than random item sets do (neighbour_lift {lift:.2f} < 0)")
+        if copied:
+            jac = uf_row[USER_FEATURES.index("copy_overlap")]
+            out.append(f"its items are a copy of an account that started earlier (Jaccard similarity {jac:.2f}): "
+                       f"replayed traffic or a cloned account")
         return out
 
     # ------------------------------------------------------------------ API
@@ -411,10 +465,18 @@ class SeqGuard:
         uf, _ = user_features(seqs, self.stats, ef, local)
         enc_cols = tuple(USER_FEATURES.index(f) for f in ("mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal"))
         presumed = self._resembles_nobody(seqs, uf)
-        self.user_detectors = UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed,
-                                            encoder_columns=enc_cols).fit(uf, presumed=presumed)
+        n_ev = np.diff(seqs.offsets)
+
+        def detectors(users: np.ndarray) -> UserDetectors:
+            return UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed, encoder_columns=enc_cols,
+                                 copy_column=USER_FEATURES.index("copy_overlap")).fit(uf[users], presumed=presumed[users])
+
+        los = self._strata(n_ev)
+        self.short_detectors = [(lo, detectors((n_ev >= lo) & (n_ev < hi))) for lo, hi in zip(los, los[1:])]
+        self.main_stratum = los[-1]
+        self.user_detectors = detectors(n_ev >= los[-1] if len(los) > 1 else np.ones(len(uf), bool))
         # refit the event reference on events of users the ensemble keeps as normal
-        score, _ = self.user_detectors.score(uf)
+        score, _ = self._user_scores(uf, n_ev)
         normal_users = score < self.user_detectors.threshold_
         keep_ev = np.repeat(normal_users, np.diff(seqs.offsets))
         if keep_ev.sum() >= 100:
@@ -423,7 +485,8 @@ class SeqGuard:
                                                 cut=self._DOUBTFUL_EVENT)
         self.metrics["feature_quantiles"] = np.quantile(uf[normal_users] if normal_users.sum() >= 5 else uf, [0.05, 0.95], axis=0).tolist()
         self.metrics["train_flagged_share"] = float(1 - normal_users.mean())
-        self.metrics["trimmed_users"] = self.user_detectors.n_trimmed_
+        self.metrics["trimmed_users"] = self.user_detectors.n_trimmed_ + sum(d.n_trimmed_ for _, d in self.short_detectors)
+        self.metrics["length_strata"] = los
         self.metrics["presumed_users"] = int(presumed.sum())
 
     # Training users presumed anomalous before any detector is fitted: histories of at least
@@ -511,8 +574,9 @@ def _distinct_items(uix: np.ndarray, item: np.ndarray, mask: np.ndarray, n_users
 
 def users_frame(log_: EventLog, s: Scored) -> pd.DataFrame:
     """users.parquet: user_id (input value and type), score, anomalous, anomaly_type, reasons."""
+    users = log_.frame["user_id"]
     return pd.DataFrame({
-        "user_id": log_.frame["user_id"].to_numpy()[log_.offsets[:-1]],
+        "user_id": users.iloc[log_.offsets[:-1]].astype(users.dtype).reset_index(drop=True),
         "score": s.score.astype(np.float64),
         "anomalous": s.anomalous.astype(bool),
         "anomaly_type": s.anomaly_type.astype(str),

@@ -19,6 +19,7 @@ MAX_NEIGHBOUR_REFERENCE = 5_000  # training users whose item sets the neighbour 
 NEIGHBOURS = 10       # most similar reference users averaged by the neighbour similarity
 NULL_DRAWS = 20       # random item sets per size for the neighbour similarity's null curve
 NULL_SIZES = 25       # sizes (log-spaced) the null curve is tabulated at
+COPY_MIN_ITEMS = 10   # item sets smaller than this are too common to call copies
 REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay ...
 REPLAY_GAP_S = 5.0    # ... when its gaps match the earlier ones within this many seconds
 REPLAY_GAP_SHARE = 0.25  # ... or within this share of the gap (replayed traffic keeps its timing)
@@ -79,7 +80,7 @@ class ItemStats:
         main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
         lo, hi = (float(v[has_v].min()), float(v[has_v].max())) if has_v.any() else (0.0, 0.0)
         return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi,
-                   catalogue_rank(items, n_items), Neighbours.fit(item_sets(seqs, n_items), seed=seed))
+                   catalogue_rank(items, n_items), Neighbours.fit(item_sets(seqs, n_items), _user_spans(seqs), seed=seed))
 
 
 def catalogue_rank(items: list[str] | None, n_items: int) -> np.ndarray:
@@ -127,6 +128,27 @@ def item_sets(seqs: Seqs, n_items: int) -> sp.csr_matrix:
     return m
 
 
+def _user_spans(seqs: Seqs) -> np.ndarray:
+    """(U, 2) first and last event time of each user (0, 0 for empty users)."""
+    off, n = seqs.offsets, np.diff(seqs.offsets)
+    span = np.zeros((seqs.n_users, 2))
+    has = n > 0
+    span[has, 0] = seqs.ts[off[:-1][has]]
+    span[has, 1] = seqs.ts[off[1:][has] - 1]
+    return span
+
+
+def _overlaps(sets: sp.csr_matrix, ref: sp.csr_matrix, chunk: int):
+    """Chunks (slice, shared items (c, m), query sizes (c,), Jaccard (c, m)) of queries x reference."""
+    qn = np.diff(sets.indptr).astype(np.float64)
+    rn = np.diff(ref.indptr).astype(np.float64)
+    ref_t = ref.T.tocsc()
+    for a in range(0, sets.shape[0], chunk):
+        q = qn[a:a + chunk]
+        inter = (sets[a:a + chunk] @ ref_t).toarray()
+        yield slice(a, a + len(q)), inter, q, inter / np.maximum(q[:, None] + rn[None, :] - inter, 1.0)
+
+
 def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int = NEIGHBOURS, *,
                          chunk: int = 512) -> np.ndarray:
     """(n,) mean Jaccard similarity of each item set to its k most similar reference sets.
@@ -137,24 +159,40 @@ def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int 
     when it is in the reference, or its whole history when a part of it is scored. Empty sets
     (no known item) get 0.
     """
-    n = sets.shape[0]
-    out = np.zeros(n)
-    if ref is None or ref.shape[0] < 2 or n == 0:
+    out = np.zeros(sets.shape[0])
+    if ref is None or ref.shape[0] < 2 or sets.shape[0] == 0:
         return out
     k = min(k, ref.shape[0] - 1)
-    qn = np.diff(sets.indptr).astype(np.float64)
-    rn = np.diff(ref.indptr).astype(np.float64)
-    ref_t = ref.T.tocsc()
-    for a in range(0, n, chunk):
-        q = qn[a:a + chunk]
-        inter = (sets[a:a + chunk] @ ref_t).toarray()  # (c, m) shared items
-        jac = inter / np.maximum(q[:, None] + rn[None, :] - inter, 1.0)
+    for rows_, inter, q, jac in _overlaps(sets, ref, chunk):
         contains = np.where(inter >= q[:, None], jac, -1.0)
         own = contains.argmax(1)
         rows = np.flatnonzero(contains[np.arange(len(q)), own] >= 0)
         jac[rows, own[rows]] = -1.0
         top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
-        out[a:a + chunk] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
+        out[rows_] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
+    return out
+
+
+def copy_overlap(sets: sp.csr_matrix, span: np.ndarray, ref: sp.csr_matrix | None, ref_span: np.ndarray | None, *,
+                 chunk: int = 512) -> np.ndarray:
+    """(n,) the largest Jaccard similarity of each item set to a reference user who started earlier.
+
+    Replayed traffic and cloned accounts copy an earlier account's history, shifted in time;
+    two people rarely share most of their items. ``span`` / ``ref_span``: (n, 2) / (m, 2) first
+    and last event time. A reference user starting at the same time or later is not a source
+    (the user itself in the reference, or its copy), nor is one holding all of the query's items
+    over a time span covering the query's (its own history, when a part of it or a later slice is
+    scored). Sets with fewer than COPY_MIN_ITEMS items get 0.
+    """
+    out = np.zeros(sets.shape[0])
+    if ref is None or ref_span is None or ref.shape[0] == 0 or sets.shape[0] == 0:
+        return out
+    for rows_, inter, q, jac in _overlaps(sets, ref, chunk):
+        s = span[rows_]
+        own = (inter >= q[:, None]) & (ref_span[None, :, 0] <= s[:, None, 0]) & (ref_span[None, :, 1] >= s[:, None, 1])
+        source = (ref_span[None, :, 0] < s[:, None, 0]) & ~own
+        best = np.where(source, jac, 0.0).max(1)
+        out[rows_] = np.where(q >= COPY_MIN_ITEMS, best, 0.0)
     return out
 
 
@@ -172,22 +210,28 @@ class Neighbours:
     ref: sp.csr_matrix     # (m, V) binary item sets of a seeded sample of training users
     sizes: np.ndarray      # (S,) set sizes the null curve is tabulated at, increasing
     null: np.ndarray       # (S,) median neighbour similarity of random sets of each size
+    span: np.ndarray | None = None  # (m, 2) first and last event time of each reference user; see copy_overlap
 
     def __post_init__(self) -> None:
         if (self.sizes.ndim != 1 or self.sizes.shape != self.null.shape or len(self.sizes) < 1
                 or (np.diff(self.sizes) <= 0).any() or self.sizes[0] < 1 or not np.isfinite(self.null).all()):
             raise ValueError(f"neighbour null curve needs increasing sizes >= 1 and finite values of the same "
                              f"length, got {self.sizes.shape} sizes and {self.null.shape} values")
+        if self.span is not None and self.span.shape != (self.ref.shape[0], 2):
+            raise ValueError(f"neighbour reference spans must be ({self.ref.shape[0]}, 2), got {self.span.shape}")
 
     @classmethod
-    def fit(cls, sets: sp.csr_matrix, *, seed: int = 0) -> Neighbours | None:
-        """From the training users' item sets (U, V); None when fewer than 3 users have items."""
-        sets = sets[np.diff(sets.indptr) > 0]
+    def fit(cls, sets: sp.csr_matrix, span: np.ndarray, *, seed: int = 0) -> Neighbours | None:
+        """From the training users' item sets (U, V) and time spans (U, 2); None when fewer than 3
+        users have items."""
+        has = np.diff(sets.indptr) > 0
+        sets, span = sets[has], span[has]
         if sets.shape[0] < 3:
             return None
         rng = np.random.default_rng([seed, 0x4E1])
         if sets.shape[0] > MAX_NEIGHBOUR_REFERENCE:
-            sets = sets[np.sort(rng.choice(sets.shape[0], MAX_NEIGHBOUR_REFERENCE, replace=False))]
+            pick = np.sort(rng.choice(sets.shape[0], MAX_NEIGHBOUR_REFERENCE, replace=False))
+            sets, span = sets[pick], span[pick]
         pop = np.asarray(sets.sum(0)).ravel()
         items = np.flatnonzero(pop > 0)
         top = int(min(np.diff(sets.indptr).max(), len(items)))
@@ -197,7 +241,7 @@ class Neighbours:
         lens = np.array([len(r) for r in rows])
         draws = sp.csr_matrix((np.ones(lens.sum()), np.concatenate(rows), np.r_[0, np.cumsum(lens)]), shape=(len(rows), sets.shape[1]))
         sim = neighbour_similarity(draws, sets).reshape(len(sizes), NULL_DRAWS)
-        return cls(sets.tocsr(), sizes.astype(np.float64), np.median(sim, axis=1))
+        return cls(sets.tocsr(), sizes.astype(np.float64), np.median(sim, axis=1), np.asarray(span, np.float64))
 
     def lift(self, sets: sp.csr_matrix) -> np.ndarray:
         """(n,) log of the similarity over the null at the set's size (0 for empty sets): below 0,
@@ -207,6 +251,10 @@ class Neighbours:
         null = np.interp(np.log(np.maximum(n, 1.0)), ls, self.null) if len(ls) > 1 else np.full(len(n), self.null[0])
         sim = neighbour_similarity(sets, self.ref)
         return np.where(n > 0, np.log((sim + 1e-3) / (null + 1e-3)), 0.0)
+
+    def copies(self, sets: sp.csr_matrix, span: np.ndarray) -> np.ndarray:
+        """(n,) :func:`copy_overlap` against the reference."""
+        return copy_overlap(sets, span, self.ref, self.span)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +366,7 @@ USER_FEATURES = (
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
-    "taste_coherence", "neighbour_lift", "taste_shift", "segment_novelty", "catalogue_order",
+    "taste_coherence", "neighbour_lift", "copy_overlap", "taste_shift", "segment_novelty", "catalogue_order",
 )
 
 
@@ -428,10 +476,12 @@ def segment_novelty(taste: np.ndarray, a: int, b: int, *, cap: int = 256) -> flo
     return float(1.0 - (inside @ outside.T).max(axis=1).mean())
 
 
-def _neighbour_lift(seqs: Seqs, stats: ItemStats) -> np.ndarray:
+def _neighbour_features(seqs: Seqs, stats: ItemStats) -> tuple[np.ndarray, np.ndarray]:
+    """(U,) neighbour_lift and (U,) copy_overlap against the training reference."""
     if stats.neighbours is None:
-        return np.zeros(seqs.n_users)
-    return stats.neighbours.lift(item_sets(seqs, len(stats.log_count)))
+        return np.zeros(seqs.n_users), np.zeros(seqs.n_users)
+    sets = item_sets(seqs, len(stats.log_count))
+    return stats.neighbours.lift(sets), stats.neighbours.copies(sets, _user_spans(seqs))
 
 
 def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -528,7 +578,7 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
-        coherence, _neighbour_lift(seqs, stats),
+        coherence, *_neighbour_features(seqs, stats),
         shift, novelty, _catalogue_order(seqs, stats, uix),
     ], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments

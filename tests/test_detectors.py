@@ -217,6 +217,57 @@ def test_neighbour_similarity_is_brute_force_jaccard_with_the_containing_set_ski
     assert (neighbour_similarity(sp.csr_matrix(q), None) == 0).all()
 
 
+def test_copy_overlap_is_brute_force_jaccard_with_earlier_starting_sources():
+    import scipy.sparse as sp
+
+    from seqguard_ray.features import COPY_MIN_ITEMS, copy_overlap
+
+    rng = np.random.default_rng(8)
+    ref = (rng.random((20, 60)) < 0.45).astype(float)
+    ref_span = np.stack([np.arange(20) * 100.0, np.arange(20) * 100.0 + 50], axis=1)
+    part = ref[3] * (rng.random(60) < 0.6)
+    q = np.vstack([
+        ref[5],         # itself: same start -> no source; everything else is less alike
+        ref[5],         # a copy of user 5 a day later
+        part,           # a part of user 3 inside its own time span: its own history
+        part,           # the same items later than user 3 ended: a copy of a part
+        ref[0],         # a copy of the earliest user, earlier than it: nobody started before
+        ref[7] * (np.arange(60) < 12),  # too few items to call a copy
+    ])
+    span = np.array([ref_span[5], ref_span[5] + 86_400, [310, 340], [400, 420], [-5, 10], [900, 990]], float)
+    got = copy_overlap(sp.csr_matrix(q), span, sp.csr_matrix(ref), ref_span, chunk=4)
+    inter = q @ ref.T
+    jac = inter / np.maximum(q.sum(1)[:, None] + ref.sum(1)[None, :] - inter, 1)
+    for i in range(len(q)):
+        own = (inter[i] >= q[i].sum()) & (ref_span[:, 0] <= span[i, 0]) & (ref_span[:, 1] >= span[i, 1])
+        source = (ref_span[:, 0] < span[i, 0]) & ~own
+        want = jac[i][source].max(initial=0.0) if q[i].sum() >= COPY_MIN_ITEMS else 0.0
+        assert np.isclose(got[i], want), i
+    assert got[1] == 1.0 and got[0] < 0.6 and got[4] == 0.0 and got[5] == 0.0
+    assert got[3] == jac[3, 3] and got[2] < got[3]  # the part is a copy only once its owner is gone
+    assert (copy_overlap(sp.csr_matrix(q), span, None, None) == 0).all()
+
+
+def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
+    """A copied account looks ordinary to the combined detectors; the copy detector flags it on its
+    own share of the false-positive budget, and copies in the training log do not calibrate it."""
+    from seqguard_ray.detectors import COPY_CERTAIN, DECISIVE_SHARE, DETECTORS
+
+    rng = np.random.default_rng(9)
+    feats = rng.standard_normal((1000, 6))
+    feats[:, 5] = np.clip(rng.normal(0.3, 0.08, 1000), 0, 0.8)   # people's overlaps
+    feats[:30, 5] = 1.0                                          # 3% copies in the training log
+    det = UserDetectors(seed=0, copy_column=5).fit(feats)
+    score, p = det.score(feats)
+    assert (score[:30] >= det.threshold_).all()
+    assert (p[:30, DETECTORS.index("copy")] > 1 - 1e-4).all()
+    copy_only = (det.decisive(p) >= det.threshold_)[30:]
+    assert copy_only.mean() <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert det.calibrators_["copy"].reference.max() < -np.log1p(-COPY_CERTAIN)
+    # the copy column is the copy detector's alone: the kNN reference and the forest never see it
+    assert det.knn_ref_.shape[1] == 5 and det.ensemble_columns == [0, 1, 2, 3, 4]
+
+
 def test_presumed_users_are_left_out_of_references_and_calibration():
     """A crowd of 15% alike outliers outnumbers a 5% trim and masks itself; presumed anomalous on
     other evidence, it is judged against the others and flagged."""

@@ -80,6 +80,8 @@ def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events,
     np.testing.assert_array_equal(lu.knn_centroids_, ud.knn_centroids_)
     assert (loaded.stats.neighbours.ref != sg.stats.neighbours.ref).nnz == 0
     np.testing.assert_array_equal(loaded.stats.neighbours.null, sg.stats.neighbours.null)
+    np.testing.assert_array_equal(loaded.stats.neighbours.span, sg.stats.neighbours.span)
+    assert lu.copy_column == ud.copy_column is not None and set(lu.calibrators_) == set(ud.calibrators_)
     np.testing.assert_allclose(loaded.score(tiny_events).users.score, sg.score(tiny_events).users.score, atol=1e-6)
 
 
@@ -281,3 +283,58 @@ def test_replay_needs_the_timing_of_the_copied_stretch():
     replay = event_features(seqs, stats)[:, EVENT_FEATURES.index("replay")]
     assert replay[:6].sum() == 0 and replay[6:12].all()   # the copy, every event of it
     assert replay[12:].sum() == 0                          # the same items, other gaps
+
+
+def test_copied_accounts_are_flagged_as_replay_and_quarantined():
+    """A new account replaying a real user's history later looks like a person to every other
+    detector; the copy detector flags it, types it replay, says which evidence, and repair drops it."""
+    from seqguard_ray.demo import AttackMix, generate
+    from seqguard_ray.detectors import COPY_CERTAIN
+    from seqguard_ray.features import USER_FEATURES, event_features, user_features
+
+    data = generate(n_users=150, mix=AttackMix.only("account_copy", 0.04), seed=3)
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(data.events)
+    r = sg.score(data.events)
+    seqs = sg.encode(sg.tokenize(r.log)).seqs
+    ef = event_features(seqs, sg.stats)
+    uf, _ = user_features(seqs, sg.stats, ef, sg.event_detector.score(ef))
+    overlap = pd.Series(uf[:, USER_FEATURES.index("copy_overlap")], index=r.users.user_id.to_numpy())
+    copies = data.user_type.index[data.user_type == "account_copy"]
+    sure = overlap[copies].index[overlap[copies] >= COPY_CERTAIN]
+    assert len(copies) == 6 and len(sure) >= 3 and (overlap.drop(copies) < 0.6).all()
+    users = r.users.set_index("user_id")
+    assert users.loc[sure, "anomalous"].all() and (users.loc[sure, "anomaly_type"] == "replay").all()
+    said = users.reasons.str.contains("a copy of an account that started earlier")
+    assert said[sure].all() and not said.drop(copies).any()  # the originals are not copies of their copies
+    assert not sg.repair(r).repaired.user_id.isin(sure).any()
+
+
+def test_short_histories_are_judged_against_histories_of_their_own_length(tmp_path):
+    """Half the users with one event (Zipf lengths): judged against one detector, every long history
+    looked extreme; judged by length stratum, long histories keep their events."""
+    rng = np.random.default_rng(4)
+    n_users, n_items = 2500, 3000
+    lens = np.minimum(rng.zipf(1.9, n_users), 400)
+    p = 1 / np.arange(1, n_items + 1) ** 0.9
+    p /= p.sum()
+    rows = []
+    for u, n in enumerate(lens):
+        ts = 1_700_000_000 + rng.integers(0, 86_400 * 60) + np.cumsum(rng.lognormal(4, 2, n).astype(np.int64))
+        centre = rng.integers(0, n_items)
+        items = np.where(rng.random(n) < 0.5, (centre + rng.integers(-40, 40, n)) % n_items, rng.choice(n_items, n, p=p))
+        rows.append(pd.DataFrame({"user_id": u, "item_id": items, "ts": ts,
+                                  "action": rng.choice(["view", "cart"], n, p=[0.95, 0.05])}))
+    events = pd.concat(rows, ignore_index=True)
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(events)
+    assert sg.metrics["length_strata"][0] == 1 and sg.main_stratum == sg.metrics["length_strata"][-1] > 1
+    r = sg.score(events)
+    n = np.diff(r.log.offsets)
+    flagged = r.users.anomalous.to_numpy()
+    assert flagged[n > 20].mean() < 0.2 and flagged[n == 1].mean() < 0.2
+    assert len(sg.repair(r).repaired) > 0.9 * len(events)
+    loaded = SeqGuard.load(sg.save(tmp_path / "model"))
+    assert [lo for lo, _ in loaded.short_detectors] == [lo for lo, _ in sg.short_detectors]
+    np.testing.assert_allclose(loaded.score(events).users.score, r.users.score, atol=1e-6)
+    # one stratum when short histories are too few to judge on their own
+    assert SeqGuard._strata(sg, np.full(500, 40)) == [1]
+    assert SeqGuard._strata(sg, np.r_[np.full(150, 1), np.full(50, 3), np.full(500, 40)]) == [1, 10]
