@@ -402,12 +402,14 @@ class UserDetectors:
             p[feats[:, self.copy_column] < COPY_LEAST, DETECTORS.index("copy")] = 0.0
         return p
 
-    def score(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated ensemble score (n,) in [0, 1] (higher = more anomalous) and per-detector (n, D)."""
+    def score(self, feats: np.ndarray, *, decisive: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated ensemble score (n,) in [0, 1] (higher = more anomalous) and per-detector (n, D);
+        without ``decisive``, the combination's alone (for parts of histories, which are no accounts)."""
         if self.combined_ is None:
             raise RuntimeError("UserDetectors is not fitted")
         p = self._calibrated(feats)
-        return np.maximum(self.combined_(combine(p[:, _COMBINED])), self.decisive(p)), p
+        combined = self.combined_(combine(p[:, _COMBINED]))
+        return (np.maximum(combined, self.decisive(p)) if decisive else combined), p
 
     @staticmethod
     def decisive(p: np.ndarray) -> np.ndarray:

@@ -247,21 +247,21 @@ class SeqGuard:
             groups[0][0] = lo                           # the shortest too small: it joins the next one
         return [int(g[0]) for g in groups]
 
-    def _judge(self, n_ev: np.ndarray, uf: np.ndarray, method: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """UserDetectors.<method>(uf), each history by the detectors of its length's stratum."""
-        out = getattr(self.user_detectors, method)(uf)
+    def _judge(self, n_ev: np.ndarray, uf: np.ndarray, method: str, **kw) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """UserDetectors.<method>(uf, **kw), each history by the detectors of its length's stratum."""
+        out = getattr(self.user_detectors, method)(uf, **kw)
         bounds = [lo for lo, _ in self.short_detectors] + [self.main_stratum]
         for (lo, det), hi in zip(self.short_detectors, bounds[1:]):
             m = (n_ev >= lo) & (n_ev < hi)
             if m.any():
-                part = getattr(det, method)(uf[m])
+                part = getattr(det, method)(uf[m], **kw)
                 for a, b in zip(out if isinstance(out, tuple) else (out,), part if isinstance(part, tuple) else (part,)):
                     a[m] = b
         return out
 
-    def _user_scores(self, uf: np.ndarray, n_ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _user_scores(self, uf: np.ndarray, n_ev: np.ndarray, *, decisive: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(U,) ensemble scores and (U, D) per-detector scores, each history by its length's detectors."""
-        return self._judge(n_ev, uf, "score")
+        return self._judge(n_ev, uf, "score", decisive=decisive)
 
     # where a flagged user's anomaly lies: a part of the history, or all of it
     def _localize(self, enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons):
@@ -302,7 +302,9 @@ class SeqGuard:
             sub = seqs.subset(keep)
             sub_ef = event_features(sub, self.stats)
             sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
-            res_score, _ = self._user_scores(sub_uf[users], n_ev[users] - size[users])
+            # what is left of a history is no account: the copy detector does not judge it (the most
+            # ordinary part of a history overlaps others' more than the whole does)
+            res_score, _ = self._user_scores(sub_uf[users], n_ev[users] - size[users], decisive=False)
             res_z = self.residual_check.z(local[keep], sub.offsets)[users]
             pushed = size >= per_item_push * _distinct_items(uix, seqs.item, cand, seqs.n_users)
             for u, r, z in zip(users, res_score, res_z):
