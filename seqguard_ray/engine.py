@@ -326,7 +326,9 @@ class SeqGuard:
                 ev_anom[a:b] = cand
                 reasons[u].append(f"{size} of {b - a} events explain it: without them the history scores {r:.3f} (normal)")
             else:
-                atype[u] = "replay" if copied[u] else self._whole_type(tails[u])
+                # a copied account is a replay, unless it is a bot's sweep that another bot made too
+                whole = self._whole_type(tails[u])
+                atype[u] = "replay" if copied[u] and whole != "bot" else whole
                 # every event is anomalous; within the history the locally odder ones rank higher
                 ev_score[a:b] = np.maximum(local[a:b], score[u] * (1.0 - self._WHOLE_SPREAD * (1.0 - local[a:b])))
                 ev_anom[a:b] = True
