@@ -138,15 +138,36 @@ def _user_spans(seqs: Seqs) -> np.ndarray:
     return span
 
 
-def _overlaps(sets: sp.csr_matrix, ref: sp.csr_matrix, chunk: int):
-    """Chunks (slice, shared items (c, m), query sizes (c,), Jaccard (c, m)) of queries x reference."""
+def _compare(sets: sp.csr_matrix, ref: sp.csr_matrix | None, *, k: int = NEIGHBOURS, span: np.ndarray | None = None,
+             ref_span: np.ndarray | None = None, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`neighbour_similarity` and :func:`copy_overlap` (0 without spans) of each item set, from
+    one pass of the query x reference products."""
+    n = sets.shape[0]
+    sim, copy = np.zeros(n), np.zeros(n)
+    if ref is None or ref.shape[0] == 0 or n == 0:
+        return sim, copy
+    k = min(k, ref.shape[0] - 1)
     qn = np.diff(sets.indptr).astype(np.float64)
     rn = np.diff(ref.indptr).astype(np.float64)
     ref_t = ref.T.tocsc()
-    for a in range(0, sets.shape[0], chunk):
+    for a in range(0, n, chunk):
         q = qn[a:a + chunk]
-        inter = (sets[a:a + chunk] @ ref_t).toarray()
-        yield slice(a, a + len(q)), inter, q, inter / np.maximum(q[:, None] + rn[None, :] - inter, 1.0)
+        inter = (sets[a:a + chunk] @ ref_t).toarray()  # (c, m) shared items
+        jac = inter / np.maximum(q[:, None] + rn[None, :] - inter, 1.0)
+        contains = inter >= q[:, None]
+        if span is not None and ref_span is not None:
+            s = span[a:a + chunk]
+            own = contains & (ref_span[None, :, 0] <= s[:, None, 0]) & (ref_span[None, :, 1] >= s[:, None, 1])
+            source = (ref_span[None, :, 0] < s[:, None, 0]) & ~own
+            copy[a:a + chunk] = np.where(q >= COPY_MIN_ITEMS, np.where(source, jac, 0.0).max(1), 0.0)
+        if k >= 1:
+            held = np.where(contains, jac, -1.0)
+            own = held.argmax(1)
+            rows = np.flatnonzero(held[np.arange(len(q)), own] >= 0)
+            jac[rows, own[rows]] = -1.0
+            top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
+            sim[a:a + chunk] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
+    return sim, copy
 
 
 def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int = NEIGHBOURS, *,
@@ -159,18 +180,7 @@ def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int 
     when it is in the reference, or its whole history when a part of it is scored. Empty sets
     (no known item) get 0.
     """
-    out = np.zeros(sets.shape[0])
-    if ref is None or ref.shape[0] < 2 or sets.shape[0] == 0:
-        return out
-    k = min(k, ref.shape[0] - 1)
-    for rows_, inter, q, jac in _overlaps(sets, ref, chunk):
-        contains = np.where(inter >= q[:, None], jac, -1.0)
-        own = contains.argmax(1)
-        rows = np.flatnonzero(contains[np.arange(len(q)), own] >= 0)
-        jac[rows, own[rows]] = -1.0
-        top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
-        out[rows_] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
-    return out
+    return _compare(sets, ref, k=k, chunk=chunk)[0]
 
 
 def copy_overlap(sets: sp.csr_matrix, span: np.ndarray, ref: sp.csr_matrix | None, ref_span: np.ndarray | None, *,
@@ -184,16 +194,7 @@ def copy_overlap(sets: sp.csr_matrix, span: np.ndarray, ref: sp.csr_matrix | Non
     over a time span covering the query's (its own history, when a part of it or a later slice is
     scored). Sets with fewer than COPY_MIN_ITEMS items get 0.
     """
-    out = np.zeros(sets.shape[0])
-    if ref is None or ref_span is None or ref.shape[0] == 0 or sets.shape[0] == 0:
-        return out
-    for rows_, inter, q, jac in _overlaps(sets, ref, chunk):
-        s = span[rows_]
-        own = (inter >= q[:, None]) & (ref_span[None, :, 0] <= s[:, None, 0]) & (ref_span[None, :, 1] >= s[:, None, 1])
-        source = (ref_span[None, :, 0] < s[:, None, 0]) & ~own
-        best = np.where(source, jac, 0.0).max(1)
-        out[rows_] = np.where(q >= COPY_MIN_ITEMS, best, 0.0)
-    return out
+    return _compare(sets, ref, span=span, ref_span=ref_span, chunk=chunk)[1]
 
 
 @dataclass
@@ -243,18 +244,15 @@ class Neighbours:
         sim = neighbour_similarity(draws, sets).reshape(len(sizes), NULL_DRAWS)
         return cls(sets.tocsr(), sizes.astype(np.float64), np.median(sim, axis=1), np.asarray(span, np.float64))
 
-    def lift(self, sets: sp.csr_matrix) -> np.ndarray:
-        """(n,) log of the similarity over the null at the set's size (0 for empty sets): below 0,
-        the user resembles other people less than random item sets do."""
+    def compare(self, sets: sp.csr_matrix, span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) lift and (n,) :func:`copy_overlap` against the reference, from one pass. The lift is
+        the log of the similarity over the null at the set's size (0 for empty sets): below 0, the
+        user resembles other people less than random item sets do."""
         n = np.diff(sets.indptr).astype(np.float64)
         ls = np.log(self.sizes)
         null = np.interp(np.log(np.maximum(n, 1.0)), ls, self.null) if len(ls) > 1 else np.full(len(n), self.null[0])
-        sim = neighbour_similarity(sets, self.ref)
-        return np.where(n > 0, np.log((sim + 1e-3) / (null + 1e-3)), 0.0)
-
-    def copies(self, sets: sp.csr_matrix, span: np.ndarray) -> np.ndarray:
-        """(n,) :func:`copy_overlap` against the reference."""
-        return copy_overlap(sets, span, self.ref, self.span)
+        sim, copy = _compare(sets, self.ref, span=span, ref_span=self.span)
+        return np.where(n > 0, np.log((sim + 1e-3) / (null + 1e-3)), 0.0), copy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +479,7 @@ def _neighbour_features(seqs: Seqs, stats: ItemStats) -> tuple[np.ndarray, np.nd
     if stats.neighbours is None:
         return np.zeros(seqs.n_users), np.zeros(seqs.n_users)
     sets = item_sets(seqs, len(stats.log_count))
-    return stats.neighbours.lift(sets), stats.neighbours.copies(sets, _user_spans(seqs))
+    return stats.neighbours.compare(sets, _user_spans(seqs))
 
 
 def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
