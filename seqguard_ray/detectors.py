@@ -317,7 +317,7 @@ class UserDetectors:
         for _ in range(3):
             self._fit_reference(feats[keep])
             self._fit_calibration(feats[keep])
-            raw = combine(self._calibrated(feats)[:, _COMBINED])
+            raw = self._combined_raw(feats)
             new_keep = ~presumed & (raw <= np.quantile(raw[~presumed], 1.0 - self.trim_share))
             if new_keep.sum() < 5 or (new_keep == keep).all():
                 break
@@ -326,14 +326,14 @@ class UserDetectors:
         # 2. calibration: every training user except far-out outliers (Tukey's fence), so the
         #    threshold's false-positive rate is measured on the whole normal population
         self._fit_calibration(feats[keep])
-        raw = combine(self._calibrated(feats)[:, _COMBINED])
+        raw = self._combined_raw(feats)
         q1, q3 = np.quantile(raw[keep], [0.25, 0.75])
         normal = (raw <= q3 + 3.0 * (q3 - q1)) & ~presumed
         if normal.sum() < 5:
             normal = keep
         self.n_trimmed_ = int((~normal).sum())
         self._fit_calibration(feats[normal])
-        self.combined_ = Calibrator.fit(combine(self._calibrated(feats[normal])[:, _COMBINED]))
+        self.combined_ = Calibrator.fit(self._combined_raw(feats[normal]))
         self.threshold_ = 1.0 - self.target_fpr
         return self
 
@@ -394,6 +394,10 @@ class UserDetectors:
     def knn_k(self) -> int:
         """Neighbours for the kNN distance: 5% of the reference users, 1 to 50."""
         return int(np.clip(len(self.knn_ref_) // 20, 1, 50))
+
+    def _combined_raw(self, feats: np.ndarray) -> np.ndarray:
+        """(n,) the combination of the calibrated detectors other than the decisive ones."""
+        return combine(self._calibrated(feats)[:, _COMBINED])
 
     def _calibrated(self, feats: np.ndarray) -> np.ndarray:
         raw = self._raw(feats)
