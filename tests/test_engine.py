@@ -180,6 +180,17 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
         assert len(items) >= 2 * events.action.nunique() * items.nunique()
     refused = after[partial.to_numpy() & ~after.user_id.isin(still.user_id).to_numpy()]
     assert len(refused) > 0 and refused.reasons.str.contains("the events left are still unusual").all()
+    # what is left must resemble other people too, a push or not: remainders that resemble nobody
+    # (filler of a fake profile) make every partial explanation whole-history, saying why
+    monkeypatch.setattr(ResidualCheck, "MIN_EVENTS", 10**9)  # the residual check off: nothing else refuses
+    assert sg.score(events).users.anomaly_type.isin(["injection", "replay", "takeover"]).any()
+    real = SeqGuard._resembles_nobody
+    monkeypatch.setattr(SeqGuard, "_resembles_nobody", lambda self, seqs, uf, training=True:
+                        real(self, seqs, uf, training=training) | (not training))
+    after = sg.score(events).users
+    assert (after.anomalous == before.anomalous).all()
+    assert not after.anomaly_type.isin(["injection", "replay", "takeover"]).any()
+    assert after[partial.to_numpy()].reasons.str.contains("the events left still resemble other users' less than random").all()
 
 
 def test_target_items_gather_every_event_on_an_item_pushed_repeatedly():
