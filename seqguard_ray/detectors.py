@@ -279,6 +279,11 @@ class UserDetectors:
     far-out fence on the combined score) are left out and everything is refitted, twice.
     """
 
+    # Tukey's fence (in interquartile ranges above the third quartile) that keeps far-out outliers
+    # out of the calibration. Wider lets a poisoned log's attackers set the threshold: 6 halved the
+    # users flagged on clean logs (MovieLens 6.3% -> 2.9%, generator 5.3% -> 2.8%) but injected events
+    # removed fell 0.941 -> 0.666 on MovieLens and 0.797 -> 0.376 on the every-type generator.
+    FENCE = 3.0
     target_fpr: float = 0.01
     trim_share: float = 0.05  # most anomalous share of the other training users left out of the references
     seed: int = 0
@@ -328,7 +333,7 @@ class UserDetectors:
         self._fit_calibration(feats[keep])
         raw = self._combined_raw(feats)
         q1, q3 = np.quantile(raw[keep], [0.25, 0.75])
-        normal = (raw <= q3 + 3.0 * (q3 - q1)) & ~presumed
+        normal = (raw <= q3 + self.FENCE * (q3 - q1)) & ~presumed
         if normal.sum() < 5:
             normal = keep
         self.n_trimmed_ = int((~normal).sum())
