@@ -2,7 +2,8 @@
 
 Required columns: ``user_id``, ``item_id``, ``ts`` (int seconds or milliseconds, or a timestamp
 type). Optional: ``action`` (string, default ``"click"``) and ``value`` (float). Any other column
-is carried through unchanged to the repaired output. Rows that cannot be used are counted and
+is carried through unchanged to the repaired output, and so is a Parquet directory's Hive
+partition key (``dt=2026-12-01/part-0.parquet``: a string column ``dt``). Rows that cannot be used are counted and
 shown; with ``on_bad_rows="error"`` (the default) they stop the run, with ``"skip"`` they are
 left out and reported. Nothing is dropped silently.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -33,6 +35,7 @@ MAX_ID_LENGTH = 256
 # Largest accepted |value|: squares and sums over millions of such values stay finite in float64.
 MAX_ABS_VALUE = 1e15
 BAD_ROW_EXAMPLES = 5
+PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
 class EventsError(ValueError):
@@ -92,6 +95,31 @@ class EventLog:
         return np.repeat(np.arange(self.n_users), np.diff(self.offsets))
 
 
+def parquet_files(root: Path) -> list[Path]:
+    """The Parquet files under a directory, in the (sorted) order that numbers the input rows."""
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in PARQUET_SUFFIXES)
+    if not files:
+        raise EventsError(f"events directory {root} holds no .parquet files")
+    return files
+
+
+def read_parquet(path: str | Path, root: str | Path | None = None, row_group: int | None = None) -> pa.Table:
+    """One Parquet file (or one of its row groups), with the Hive partition keys of its directories
+    below ``root`` (``key=value`` path parts, URI-decoded) as string columns."""
+    f = Path(path)
+    table = pq.ParquetFile(f).read_row_group(row_group) if row_group is not None else pq.read_table(f)
+    if root is None:
+        return table
+    for part in f.parent.relative_to(root).parts:
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            continue
+        if key in table.column_names:
+            raise EventsError(f"{f}: column {key!r} is both in the file and a partition key of its directory {part!r}")
+        table = table.append_column(key, pa.array([unquote(value)] * table.num_rows, pa.string()))
+    return table
+
+
 def read_table(path: str | Path) -> pa.Table:
     """Read a Parquet file or directory, a CSV or a JSONL file into an Arrow table."""
     p = Path(path)
@@ -99,14 +127,12 @@ def read_table(path: str | Path) -> pa.Table:
         raise EventsError(f"events path does not exist: {p}")
     try:
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in {".parquet", ".pq"})
-            if not files:
-                raise EventsError(f"events directory {p} holds no .parquet files")
-            return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+            tables = [read_parquet(f, p) for f in parquet_files(p)]
+            return pa.concat_tables(tables, promote_options="permissive")
         suffix = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
         if p.stat().st_size == 0:
             raise EventsError(f"events file is empty: {p}")
-        if suffix in {".parquet", ".pq"}:
+        if suffix in PARQUET_SUFFIXES:
             return pq.read_table(p)
         if suffix in {".csv", ".csv.gz", ".tsv"}:
             opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")

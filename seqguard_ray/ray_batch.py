@@ -46,11 +46,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .events import EventsError, from_frame
+from .events import PARQUET_SUFFIXES, EventsError, from_frame, parquet_files, read_parquet
 
 log = logging.getLogger(__name__)
 
-PARQUET_SUFFIXES = {".parquet", ".pq"}
 SUR_COLS = ("_sur_item", "_sur_action", "_sur_gap")
 # helper columns that travel between stages and never reach an output
 HELPER_COLS = ("_in_row", "_bucket", "_n", "_emb", *SUR_COLS)
@@ -142,6 +141,7 @@ class ReadUnit:
     row_group: int  # -1 = the whole file
     row0: int       # input row number of its first row (files in sorted order, as events.read_table)
     n_rows: int
+    root: str = ""  # the events directory, whose Hive partition keys the file's rows carry; "" for a file
 
 
 def plan_reads(path: str | Path) -> list[ReadUnit]:
@@ -150,11 +150,9 @@ def plan_reads(path: str | Path) -> list[ReadUnit]:
     if not p.exists():
         raise EventsError(f"events path does not exist: {p}")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in PARQUET_SUFFIXES)
-        if not files:
-            raise EventsError(f"events directory {p} holds no .parquet files")
+        files, root = parquet_files(p), str(p.resolve())
     else:
-        files = [p]
+        files, root = [p], ""
     units, row0 = [], 0
     for f in files:
         if f.suffix in PARQUET_SUFFIXES:
@@ -164,7 +162,7 @@ def plan_reads(path: str | Path) -> list[ReadUnit]:
                 raise EventsError(f"cannot read events file {f}: {exc}") from exc
             for g in range(md.num_row_groups):
                 n = md.row_group(g).num_rows
-                units.append(ReadUnit(str(f.resolve()), g, row0, n))
+                units.append(ReadUnit(str(f.resolve()), g, row0, n, root))
                 row0 += n
         else:
             # CSV / JSONL: one task reads the file; its row count is only known after reading, so
@@ -192,7 +190,8 @@ def read_unit(unit: dict, *, n_buckets: int, on_bad_rows: str) -> pa.Table:
     from .events import read_table
 
     path, g, row0 = unit["path"], int(unit["row_group"]), int(unit["row0"])
-    table = pq.ParquetFile(path).read_row_group(g) if g >= 0 else read_table(path)
+    root = unit.get("root") or None
+    table = read_parquet(path, root, g) if g >= 0 else read_table(path)
     src = path if g < 0 else f"{path} (row group {g}; row numbers below count from input row {row0})"
     lg = from_frame(table.to_pandas(), on_bad_rows=on_bad_rows, source=src)
     frame = lg.frame

@@ -114,6 +114,24 @@ def test_read_formats_keep_extra_columns(tmp_path, fmt):
     assert log.n_events == 3 and "extra" in log.frame.columns
 
 
+def test_hive_partition_keys_become_columns(tmp_path):
+    df = frame(extra=["x", "y", "z"])
+    for i, (dt, rows) in enumerate([("2026-12-01", df.iloc[:2]), ("2026-12-02", df.iloc[2:])]):
+        d = tmp_path / f"dt={dt}" / f"src=web%20app{i}"
+        d.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), d / "part-0.parquet")
+    log = read_events(tmp_path)
+    f = log.frame.sort_values("_row")
+    assert f["dt"].tolist() == ["2026-12-01", "2026-12-01", "2026-12-02"]
+    assert f["src"].tolist() == ["web app0", "web app0", "web app1"]
+    # a key that is also a column of the file is refused, not overwritten
+    clash = tmp_path / "clash" / "extra=q"
+    clash.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), clash / "p.parquet")
+    with pytest.raises(EventsError, match="'extra' is both in the file and a partition key"):
+        read_events(tmp_path / "clash")
+
+
 def test_read_errors(tmp_path):
     with pytest.raises(EventsError, match="does not exist"):
         read_events(tmp_path / "nope.parquet")

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from seqguard_ray.engine import SeqGuard, TrainConfig
 from seqguard_ray.events import EventsError, read_events
-from seqguard_ray.ray_batch import merge_summaries, plan_reads, read_output, user_bucket
+from seqguard_ray.ray_batch import merge_summaries, plan_reads, read_output, read_unit, user_bucket
 from seqguard_ray.tokens import Vocab
 
 TINY = TrainConfig(epochs=1, hidden_size=32)
@@ -47,6 +49,19 @@ def test_plan_reads_numbers_rows_across_files_and_row_groups(data):
     for a, b in zip(units, units[1:]):
         assert b.row0 == a.row0 + a.n_rows
     assert sum(u.n_rows for u in units) == len(read_events(data / "test").frame)
+
+
+def test_read_units_carry_hive_partition_keys_like_the_local_reader(tmp_path):
+    from dataclasses import asdict
+
+    df = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": [1, 2, 3], "ts": [30, 10, 20]})
+    for dt, rows in [("1", df.iloc[:2]), ("2", df.iloc[2:])]:
+        (tmp_path / f"dt={dt}").mkdir()
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / f"dt={dt}" / "p.parquet")
+    parts = [read_unit(asdict(u), n_buckets=4, on_bad_rows="error").to_pandas() for u in plan_reads(tmp_path)]
+    on_ray = pd.concat(parts).sort_values("_in_row")
+    local = read_events(tmp_path).frame.sort_values("_row")
+    assert on_ray["dt"].tolist() == local["dt"].tolist() == ["1", "1", "2"]
 
 
 def test_plan_reads_errors_name_the_path(tmp_path):
