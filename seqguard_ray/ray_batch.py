@@ -311,6 +311,7 @@ def encode_bucket(sg, table: pa.Table):
     ``_in_row`` and ``_row`` (the row in this bucket)."""
     df = table.to_pandas().drop(columns="_bucket").sort_values("_in_row", kind="stable")
     lg = from_frame(df, on_bad_rows="error", source="bucket")
+    sg.check_log(lg)
     return lg, sg.encode(sg.tokenize(lg))
 
 

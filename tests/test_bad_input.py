@@ -237,6 +237,21 @@ def test_api_scores_unusual_but_valid_input(case, tiny_model):
     assert np.isfinite(r.users["score"]).all() and r.users["score"].between(0, 1).all()
 
 
+def test_api_warns_when_the_log_lacks_what_the_model_learned(tiny_model, caplog):
+    assert tiny_model.metrics["value_share"] == 1.0  # the demo log has a value on every event
+    df = _good_frame(3, 6).drop(columns="value", errors="ignore").assign(action="rate")
+    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+        r = tiny_model.score(df)
+    assert len(r.events) == len(df)  # still scored
+    text = caplog.text
+    assert "learned from a 'value' column (set on 100% of its training events)" in text
+    assert f"none of this log's actions (rate) is one the model learned ({', '.join(sorted(tiny_model.vocab.actions))})" in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+        tiny_model.score(_good_frame(3, 6).assign(value=1.0, action="click"))
+    assert "learned" not in caplog.text
+
+
 def test_api_single_event_log(tiny_model):
     r = tiny_model.score(pd.DataFrame({"user_id": ["u"], "item_id": ["i1"], "ts": [T0]}))
     assert len(r.events) == 1 and 0 <= r.users["score"].iloc[0] <= 1
