@@ -231,8 +231,9 @@ def load_bundle(path: str | Path):
             raise BundleError(f"model bundle {p}: encoder weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
         sg.model.eval()
         d = m["detectors"]
+        # feature lists by name; each user detector's arrays are checked against them as it loads
         for kind, names in (("user", USER_FEATURES), ("event", EVENT_FEATURES)):
-            if d.get(f"{kind}_features") != list(names) or a["user.center" if kind == "user" else "event.ref"].shape[-1] != len(names):
+            if d.get(f"{kind}_features") != list(names) or (kind == "event" and a["event.ref"].shape[-1] != len(names)):
                 raise BundleError(f"model bundle {p}: its detectors use other {kind} features than this seqguard "
                                   f"computes ({len(d.get(f'{kind}_features') or [])} vs {len(names)}): retrain with this version")
         sg.user_detectors = _load_detectors(p, a, d, "user.")
