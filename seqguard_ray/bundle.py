@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "7"  # 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "8"  # 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -64,7 +64,8 @@ def _detector_arrays(ud, prefix: str) -> dict[str, np.ndarray]:
 
 def _detector_meta(ud) -> dict:
     return {"target_fpr": ud.target_fpr, "threshold": ud.threshold_, "seed": ud.seed,
-            "encoder_columns": list(ud.encoder_columns), "copy_column": ud.copy_column, "n_trimmed": ud.n_trimmed_}
+            "encoder_columns": list(ud.encoder_columns), "copy_column": ud.copy_column,
+            "replay_column": ud.replay_column, "n_trimmed": ud.n_trimmed_}
 
 
 def _load_detectors(p: Path, a, d: dict, prefix: str):
@@ -72,7 +73,8 @@ def _load_detectors(p: Path, a, d: dict, prefix: str):
     from .detectors import DETECTORS, Calibrator, FlatForest, UserDetectors
 
     ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
-                       encoder_columns=tuple(d["encoder_columns"]), copy_column=d["copy_column"])
+                       encoder_columns=tuple(d["encoder_columns"]), copy_column=d["copy_column"],
+                       replay_column=d["replay_column"])
     ud.center_, ud.scale_, ud.tail_ref_ = a[f"{prefix}center"], a[f"{prefix}scale"], a[f"{prefix}tail_ref"]
     if ud.center_.shape != (len(USER_FEATURES),):
         raise BundleError(f"model bundle {p}: its {prefix[:-1]} detectors use {ud.center_.shape} user features, "

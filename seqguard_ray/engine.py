@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .detectors import DETECTORS, EventDetector, ResidualCheck, UserDetectors
+from .detectors import ACCOUNT, DETECTORS, EventDetector, ResidualCheck, UserDetectors
 from .events import EventLog, from_frame, read_events
 from .features import (EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, _prev_occurrences, event_features,
                        item_sets, user_features)
@@ -213,12 +213,13 @@ class SeqGuard:
         flagged = np.flatnonzero(anomalous)
         # what makes each flagged user unusual, feature by feature (-log tail probabilities)
         tails = dict(zip(flagged, self._judge(n_ev[flagged], uf[flagged], "feature_tails"))) if len(flagged) else {}
-        copied = self.user_detectors.decisive(per_det) >= thr
+        copied = self.user_detectors.decisive(per_det, ACCOUNT) >= thr
+        replayed = self.user_detectors.decisive(per_det, ("replay",)) >= thr
         if len(flagged):
             self._localize(enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons)
         nobody = self._resembles_nobody(seqs, uf, training=False) if len(flagged) else np.zeros(U, bool)
         for u in flagged:
-            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u], copied[u]) + reasons[u]
+            reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u], copied[u], replayed[u]) + reasons[u]
         return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det)
 
     # Short histories carry too little behaviour to be judged against longer ones (rates, gap spreads,
@@ -259,9 +260,10 @@ class SeqGuard:
                     a[m] = b
         return out
 
-    def _user_scores(self, uf: np.ndarray, n_ev: np.ndarray, *, decisive: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(U,) ensemble scores and (U, D) per-detector scores, each history by its length's detectors."""
-        return self._judge(n_ev, uf, "score", decisive=decisive)
+    def _user_scores(self, uf: np.ndarray, n_ev: np.ndarray, *, whole: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(U,) ensemble scores and (U, D) per-detector scores, each history by its length's detectors
+        (``whole``: the histories are accounts, not what is left of one)."""
+        return self._judge(n_ev, uf, "score", whole=whole)
 
     # where a flagged user's anomaly lies: a part of the history, or all of it
     def _localize(self, enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons):
@@ -303,8 +305,8 @@ class SeqGuard:
             sub_ef = event_features(sub, self.stats)
             sub_uf, _ = user_features(sub, self.stats, sub_ef, local[keep])
             # what is left of a history is no account: the copy detector does not judge it (the most
-            # ordinary part of a history overlaps others' more than the whole does)
-            res_score, _ = self._user_scores(sub_uf[users], n_ev[users] - size[users], decisive=False)
+            # ordinary part of a history overlaps others' more than the whole does); a replay must be gone
+            res_score, _ = self._user_scores(sub_uf[users], n_ev[users] - size[users], whole=False)
             res_z = self.residual_check.z(local[keep], sub.offsets)[users]
             # ... nor is what is left of a fake profile: filler that resembles nobody stays filler
             res_nobody = self._resembles_nobody(sub, sub_uf, training=False)[users]
@@ -387,7 +389,7 @@ class SeqGuard:
             return "other"
         return "bot" if bot >= shill else "shilling"
 
-    def _reasons(self, u, score, per_det, uf_row, tails_row, nobody: bool, copied: bool) -> list[str]:
+    def _reasons(self, u, score, per_det, uf_row, tails_row, nobody: bool, copied: bool, replayed: bool) -> list[str]:
         det = ", ".join(f"{d} {p:.3f}" for d, p in zip(DETECTORS, per_det) if p >= 0.95)
         out = [f"score {score:.3f} >= threshold {self.user_detectors.threshold_:.3f}" + (f" (detectors: {det})" if det else "")]
         q = self.metrics.get("feature_quantiles")
@@ -403,6 +405,10 @@ class SeqGuard:
             jac = uf_row[USER_FEATURES.index("copy_overlap")]
             out.append(f"its items are a copy of an account that started earlier (Jaccard similarity {jac:.2f}): "
                        f"replayed traffic or a cloned account")
+        if replayed:
+            share = uf_row[USER_FEATURES.index("replay_share")]
+            out.append(f"{share:.0%} of its events replay earlier stretches of its own history, the same items in the "
+                       f"same order with the same gaps: replayed traffic")
         return out
 
     # ------------------------------------------------------------------ API
@@ -480,7 +486,8 @@ class SeqGuard:
 
         def detectors(users: np.ndarray) -> UserDetectors:
             return UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed, encoder_columns=enc_cols,
-                                 copy_column=USER_FEATURES.index("copy_overlap")).fit(uf[users], presumed=presumed[users])
+                                 copy_column=USER_FEATURES.index("copy_overlap"),
+                                 replay_column=USER_FEATURES.index("replay_share")).fit(uf[users], presumed=presumed[users])
 
         los = self._strata(n_ev)
         self.short_detectors = [(lo, detectors((n_ev >= lo) & (n_ev < hi))) for lo, hi in zip(los, los[1:])]

@@ -268,6 +268,36 @@ def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
     assert det.knn_ref_.shape[1] == 5 and det.ensemble_columns == [0, 1, 2, 3, 4]
 
 
+def test_replay_detector_flags_replays_alone_and_judges_what_is_left():
+    """Replayed users (a share of their events repeating earlier stretches) look ordinary to the
+    combined detectors; the replay detector flags them, is calibrated without the replays in the
+    training log, and, unlike the copy detector, still judges a part of a history (the replay must
+    be gone from it). Where many people replay (a habit, e.g. playlists) everyone calibrates it."""
+    from seqguard_ray.detectors import DECISIVE_SHARE, DETECTORS, REPLAY_CERTAIN
+
+    rng = np.random.default_rng(3)
+    feats = rng.standard_t(3, (1000, 30))                  # 29 heavy-tailed ordinary features ...
+    feats[:, 29] = np.where(rng.random(1000) < 0.05, rng.uniform(0, 0.1, 1000), 0.0)  # ... people's replay shares
+    feats[:20, 29] = rng.uniform(0.2, 0.5, 20)                                        # 2% replayed users
+    det = UserDetectors(seed=0, replay_column=29).fit(feats)
+    score, p = det.score(feats)
+    same = UserDetectors(seed=0).fit(feats)                # the same features, no replay detector
+    s_same, _ = same.score(feats)
+    assert (score[:20] >= det.threshold_).all() and (s_same[:20] >= same.threshold_).mean() < 0.5
+    # on everyone else it adds at most a few times its share of the false-positive budget
+    extra = (score[20:] >= det.threshold_).mean() - (s_same[20:] >= same.threshold_).mean()
+    assert extra <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert det.calibrators_["replay"].reference.max() < REPLAY_CERTAIN
+    part, _ = det.score(feats[:20], whole=False)
+    assert (part >= det.threshold_).all()                  # a part that still replays is still flagged
+    assert (p[20:, DETECTORS.index("replay")][feats[20:, 29] < 0.05] == 0).all()  # never below REPLAY_LEAST
+    habit = feats.copy()
+    habit[:300, 29] = rng.uniform(0.2, 0.5, 300)            # 30% of the users replay: a habit
+    hd = UserDetectors(seed=0, replay_column=29).fit(habit)
+    assert hd.calibrators_["replay"].reference.max() >= 0.2
+    assert (hd.score(habit)[0][:300] >= hd.threshold_).mean() < 0.1
+
+
 def test_presumed_users_are_left_out_of_references_and_calibration():
     """A crowd of 15% alike outliers outnumbers a 5% trim and masks itself; presumed anomalous on
     other evidence, it is judged against the others and flagged."""
