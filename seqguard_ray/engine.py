@@ -538,11 +538,12 @@ class SeqGuard:
     # -> 43%); so does one whose actions it never saw (100%).
     _VALUES_LEARNED = 0.5
 
-    def check_log(self, log_: EventLog) -> list[str]:
+    def check_log(self, log_: EventLog, *, warned: set[str] | None = None) -> list[str]:
         """Warn (and return the warnings) when a log's columns do not match what the model learned
         from: no value at all where it learned from values, or none of the actions it knows. Such a
         log is still scored (a short request may lack them legitimately), but most users of a whole
-        log like that will be flagged for it."""
+        log like that will be flagged for it. ``warned``: warnings already given, not repeated
+        (a server warns once, not per request)."""
         self._check_fitted(need_model=False)
         out = []
         if log_.n_events == 0:
@@ -557,7 +558,10 @@ class SeqGuard:
             out.append(f"none of this log's actions ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}) is one "
                        f"the model learned ({', '.join(sorted(known)[:5])}): expect many users flagged for it")
         for w in out:
-            log.warning(w)
+            if warned is None or w not in warned:
+                log.warning(w)
+                if warned is not None:
+                    warned.add(w)
         return out
 
     def score_log(self, log_: EventLog) -> Scored:

@@ -418,6 +418,19 @@ def test_score_does_not_depend_on_batch_mates(engine):
         assert engine.score(g).users["score"].iloc[0] == pytest.approx(full[u], abs=1e-9)
 
 
+def test_encoder_stage_warns_once_about_a_log_unlike_the_training_one(engine, caplog, monkeypatch):
+    """Requests without values for a model that learned from them are scored, and the server says
+    why its scores may be off once, not per request."""
+    from seqguard_ray import serving
+
+    monkeypatch.setattr(serving, "_WARNED", set())
+    assert engine.metrics.get("value_share", 0) >= 0.5  # the tiny bundle learned from values
+    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+        for _ in range(3):
+            serving.encode_stage(engine, parse_score_request(req(4), Limits()))
+    assert caplog.text.count("learned from a 'value' column") == 1
+
+
 def test_concurrent_clients_batch_and_agree(plain, engine):
     df = score_events()
     ref = engine.score(df).users.set_index("user_id")["score"]
