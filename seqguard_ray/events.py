@@ -3,9 +3,9 @@
 Required columns: ``user_id``, ``item_id``, ``ts`` (int seconds or milliseconds, or a timestamp
 type). Optional: ``action`` (string, default ``"click"``) and ``value`` (float). Any other column
 is carried through unchanged to the repaired output, and so is a Parquet directory's Hive
-partition key (``dt=2026-12-01/part-0.parquet``: a string column ``dt``). Rows that cannot be used are counted and
-shown; with ``on_bad_rows="error"`` (the default) they stop the run, with ``"skip"`` they are
-left out and reported. Nothing is dropped silently.
+partition key (``dt=2026-12-01/part-0.parquet``: a string column ``dt``). Rows that cannot be
+used are counted and shown; with ``on_bad_rows="error"`` (the default) they stop the run, with
+``"skip"`` they are left out and reported. Nothing is dropped silently.
 """
 
 from __future__ import annotations
