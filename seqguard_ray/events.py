@@ -133,7 +133,7 @@ def read_table(path: str | Path) -> pa.Table:
         if p.stat().st_size == 0:
             raise EventsError(f"events file is empty: {p}")
         if suffix in PARQUET_SUFFIXES:
-            return pq.read_table(p)
+            return read_parquet(p)
         if suffix in {".csv", ".csv.gz", ".tsv"}:
             opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
             # Ids stay strings unless they are clean integers; nothing is coerced silently.
