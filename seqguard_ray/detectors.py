@@ -454,9 +454,7 @@ class UserDetectors:
     def decisive(p: np.ndarray, names: tuple[str, ...] = DECISIVE) -> np.ndarray:
         """(n,) the verdict of the decisive detectors ``names`` on the ensemble's scale: 1 - tail /
         DECISIVE_SHARE, so that it crosses the threshold at DECISIVE_SHARE of the target
-        false-positive rate; 0 without names."""
-        if not names:
-            return np.zeros(len(p))
+        false-positive rate."""
         tail = 1.0 - p[:, [DETECTORS.index(d) for d in names]].max(1)
         return np.clip(1.0 - tail / DECISIVE_SHARE, 0.0, 1.0)
 
