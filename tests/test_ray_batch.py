@@ -86,6 +86,22 @@ def test_merge_summaries_adds_counts_and_types():
     assert s["encode_nodes"] == ["a", "b"] and s["blocks"] == 2
 
 
+def test_encode_bucket_warns_once_per_process_about_a_log_unlike_the_training_one(data, caplog, monkeypatch):
+    """Buckets of a log without values, for a model that learned from them: said once, not once per
+    bucket (a job has hundreds)."""
+    from seqguard_ray import ray_batch
+
+    monkeypatch.setattr(ray_batch, "_WARNED", set())
+    sg = SeqGuard.load(data / "model")
+    df = pd.read_parquet(data / "train.parquet").drop(columns="value")
+    table = pa.Table.from_pandas(df.assign(_in_row=np.arange(len(df)), _bucket=0), preserve_index=False)
+    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+        for _ in range(3):
+            lg, enc = ray_batch.encode_bucket(sg, table)
+    assert lg.n_events == len(df) and enc.user_emb.shape[0] == lg.n_users
+    assert caplog.text.count("learned from a 'value' column") == 1
+
+
 def test_engine_auto_picks_local_for_small_input_and_ray_for_an_address(data, monkeypatch):
     from seqguard_ray.cli import build_parser
     from seqguard_ray.ray_cli import choose_engine
