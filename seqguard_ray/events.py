@@ -303,11 +303,12 @@ def _ts_to_seconds(col: pd.Series, mark) -> np.ndarray:
     else:
         num = pd.to_numeric(col, errors="coerce")
         unparsed = num.isna() & col.notna()
-        if unparsed.any() and col.dtype == object:
+        if unparsed.any() and not pd.api.types.is_numeric_dtype(col):
             parsed = pd.to_datetime(col[unparsed], errors="coerce", utc=True, format="mixed")
             ok = parsed.notna()
             num = num.astype(np.float64)
-            num[parsed.index[ok]] = parsed[ok].astype("int64").to_numpy() / 1e9
+            # seconds whatever the parsed resolution (pandas 3 parses text to microseconds)
+            num[parsed.index[ok]] = ((parsed[ok] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy()
             unparsed = num.isna() & col.notna()
         mark(unparsed, "ts is not a number or a timestamp")
         secs, other_unit = to_seconds(num.to_numpy(dtype=np.float64))

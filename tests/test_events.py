@@ -70,6 +70,15 @@ def test_milliseconds_and_timestamps_become_seconds():
     assert t.ts[1] - t.ts[0] == 10.0
 
 
+def test_timestamp_text_in_any_format_pandas_reads_becomes_seconds():
+    """Text timestamps (a string column, pandas 3's str dtype) were all refused, and parsed ones
+    came out in microseconds."""
+    log = from_frame(frame(ts=pd.array(["2024/01/22 10:05", "2024-01-22 10:00:00", "2024-01-22T11:00:00+01:00"],
+                                       dtype="str")))
+    secs = pd.Timestamp("2024-01-22 10:00:00", tz="UTC").timestamp()
+    assert log.ts.tolist() == [secs, secs + 300, secs]
+
+
 def test_future_and_nonnumeric_values_are_bad_rows():
     with pytest.raises(EventsError, match="after the year 2100"):
         from_frame(frame(ts=[10, 20, 5_000_000_000]))
