@@ -1,7 +1,7 @@
 """Behaviour logs in: reading, validation and per-user time-ordered sequences.
 
-Required columns: ``user_id``, ``item_id``, ``ts`` (int seconds or milliseconds, or a timestamp
-type). Optional: ``action`` (string, default ``"click"``) and ``value`` (float). Any other column
+Required columns: ``user_id``, ``item_id``, ``ts`` (int seconds or milliseconds, a timestamp
+type, or date-time text). Optional: ``action`` (string, default ``"click"``) and ``value`` (float). Any other column
 is carried through unchanged to the repaired output, and so is a Parquet directory's Hive
 partition key (``dt=2026-12-01/part-0.parquet``: a string column ``dt``). Rows that cannot be
 used are counted and shown; with ``on_bad_rows="error"`` (the default) they stop the run, with
@@ -135,16 +135,79 @@ def read_table(path: str | Path) -> pa.Table:
         if suffix in PARQUET_SUFFIXES:
             return read_parquet(p)
         if suffix in {".csv", ".csv.gz", ".tsv"}:
-            opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-            # Ids stay strings unless they are clean integers; nothing is coerced silently.
-            return pacsv.read_csv(p, parse_options=opts)
+            return _read_csv(p, pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
         if suffix in {".jsonl", ".json", ".ndjson", ".jsonl.gz"}:
-            return pajson.read_json(p)
+            return _read_json(p)
     except EventsError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         raise EventsError(f"cannot read events file {p}: {exc}") from exc
     raise EventsError(f"unsupported events format {p.suffix!r} for {p}: use .parquet, .csv or .jsonl")
+
+
+ID_COLUMNS = ("user_id", "item_id")
+_CSV_NULLS = pa.array(pacsv.ConvertOptions().null_values, pa.string())  # pyarrow's: "", "NA", "null", ...
+_CANONICAL_INT = r"^-?(0|[1-9][0-9]*)$"
+_BOOLS = (pa.array(["true", "True", "TRUE"]), pa.array(["false", "False", "FALSE"]))
+
+
+def _read_csv(p: Path, opts: pacsv.ParseOptions) -> pa.Table:
+    """A CSV file with each column typed only where its text survives the round trip: integers
+    without leading zeros, numbers, booleans; else the text as written. Type inference alone would
+    read ids "007" and "7" as one user 7, a zip code "02134" as 2134, and dates into date types,
+    so that outputs would neither keep the input's values nor join back to it."""
+    with pacsv.open_csv(p, parse_options=opts) as reader:
+        names = reader.schema.names
+    raw = pacsv.read_csv(p, parse_options=opts,
+                         convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names}))
+    return pa.Table.from_arrays([_typed_text(n, raw.column(i)) for i, n in enumerate(raw.column_names)],
+                                names=raw.column_names)
+
+
+def _typed_text(name: str, raw: pa.ChunkedArray) -> pa.ChunkedArray:
+    """One CSV column: int64, float64 or bool where every non-null cell is one (ids: int64 or
+    text), else the text unchanged (ts with its null cells as nulls, so they are named); bytes
+    that are not UTF-8 stay bytes, for validation to name the rows."""
+    import pyarrow.compute as pc
+
+    try:
+        col = pc.cast(raw, pa.string())
+    except pa.ArrowInvalid:
+        return raw
+    null = pc.is_in(col, value_set=_CSV_NULLS)
+    vals = pc.if_else(null, pa.scalar(None, pa.string()), col)
+    present = pc.drop_null(vals)
+    if len(present) == 0:
+        return pa.chunked_array([pa.nulls(len(col))])
+    text = vals if name == "ts" else col
+    if pc.all(pc.match_substring_regex(present, r"^-?[0-9]+$")).as_py():
+        if pc.all(pc.match_substring_regex(present, _CANONICAL_INT)).as_py():
+            try:
+                return pc.cast(vals, pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # beyond int64
+        return text  # zero-padded codes ("02134") or beyond int64: the digits as written
+    if name in ID_COLUMNS:
+        return col
+    try:
+        return pc.cast(vals, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    true, false = (pc.is_in(present, value_set=v) for v in _BOOLS)
+    if pc.all(pc.or_(true, false)).as_py():
+        return pc.if_else(pc.is_null(vals), pa.scalar(None, pa.bool_()), pc.is_in(vals, value_set=_BOOLS[0]))
+    return text
+
+
+def _read_json(p: Path) -> pa.Table:
+    """JSON lines; strings stay strings (pyarrow would read ISO-looking ones as timestamps, which
+    changes the type of ts and of carried-through columns)."""
+    table = pajson.read_json(p)
+    stamped = [f for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
+    if not stamped:
+        return table
+    schema = pa.schema([pa.field(f.name, pa.string()) if f in stamped else f for f in table.schema])
+    return pajson.read_json(p, parse_options=pajson.ParseOptions(explicit_schema=schema))
 
 
 def read_events(path: str | Path, *, on_bad_rows: str = "error") -> EventLog:

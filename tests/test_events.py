@@ -123,6 +123,44 @@ def test_read_formats_keep_extra_columns(tmp_path, fmt):
     assert log.n_events == 3 and "extra" in log.frame.columns
 
 
+def test_csv_keeps_the_text_of_ids_dates_and_zero_padded_columns(tmp_path):
+    """Type inference alone reads ids "007" and "7" as one user 7, a zip code "02134" as 2134 and
+    dates into date types: the outputs would lose data and not join back to the input."""
+    p = tmp_path / "e.csv"
+    p.write_text("user_id,item_id,ts,zip,day,n,x,ok,note\n"
+                 "007,0012,2024-01-22 10:00:00,02134,2024-01-22,3,1.5,true,NA\n"
+                 "7,12,2024/01/22 10:05,10001,2024-01-23,,2,false,\n"
+                 "7,99999999999999999999,2024-01-22T11:00:00Z,10002,2024-01-24,5,,,x\n")
+    log = read_events(p)
+    assert sorted(log.user.tolist()) == ["007", "7", "7"] and log.n_users == 2
+    f = log.frame.sort_values("_row")
+    assert f["user_id"].tolist() == ["007", "7", "7"]
+    assert f["item_id"].tolist() == ["0012", "12", "99999999999999999999"]  # beyond int64: text
+    assert f["ts"].tolist() == ["2024-01-22 10:00:00", "2024/01/22 10:05", "2024-01-22T11:00:00Z"]
+    assert f["zip"].tolist() == ["02134", "10001", "10002"] and f["day"].tolist()[0] == "2024-01-22"
+    assert f["n"].tolist()[::2] == [3, 5] and pd.isna(f["n"].tolist()[1])
+    assert f["x"].tolist()[:2] == [1.5, 2.0] and f["ok"].tolist()[:2] == [True, False]
+    assert f["note"].tolist() == ["NA", "", "x"]  # text stays as written
+    secs = pd.Timestamp("2024-01-22 10:00:00", tz="UTC").timestamp()
+    assert sorted(log.ts.tolist()) == [secs, secs + 300, secs + 3600]
+    # plain integer columns are still integers
+    q = tmp_path / "i.csv"
+    q.write_text("user_id,item_id,ts,value\n1,10,1700000000,4\n2,0,1700000001,\n")
+    f = read_events(q).frame.sort_values("_row")
+    assert [str(f[c].dtype) for c in ("user_id", "item_id", "ts")] == ["int64"] * 3
+
+
+def test_jsonl_keeps_timestamp_text_as_text(tmp_path):
+    p = tmp_path / "e.jsonl"
+    p.write_text('{"user_id": "007", "item_id": 1, "ts": "2024-01-22T10:00:00Z", "seen": "2024-01-22"}\n'
+                 '{"user_id": "7", "item_id": 2, "ts": "2024-01-22T10:05:00Z", "seen": "2024-01-23"}\n')
+    log = read_events(p)
+    f = log.frame.sort_values("_row")
+    assert f["ts"].tolist() == ["2024-01-22T10:00:00Z", "2024-01-22T10:05:00Z"]
+    assert f["seen"].tolist() == ["2024-01-22", "2024-01-23"] and log.n_users == 2
+    assert np.diff(np.sort(log.ts)).tolist() == [300.0]
+
+
 def test_hive_partition_keys_become_columns(tmp_path):
     df = frame(extra=["x", "y", "z"])
     for i, (dt, rows) in enumerate([("2026-12-01", df.iloc[:2]), ("2026-12-02", df.iloc[2:])]):
