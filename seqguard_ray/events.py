@@ -270,8 +270,9 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
     if bad_mask.any():
         report.count = int(bad_mask.sum())
         report.reasons = bad[bad_mask].value_counts().to_dict()
+        shown = [c for c in (*REQUIRED, "action", "value") if c in df.columns]
         for i in np.flatnonzero(bad_mask)[:BAD_ROW_EXAMPLES]:
-            row = {c: df.at[i, c] for c in REQUIRED}
+            row = ", ".join(f"{c}={_shown(df.at[i, c])}" for c in shown)
             report.examples.append(f"row {i}: {bad[i]}: {row}")
         if on_bad_rows == "error":
             raise EventsError(f"{source}: {report.describe()}\n(use --on-bad-rows skip to leave them out)")
@@ -289,6 +290,14 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     offsets = np.r_[starts, len(user)].astype(np.int64)
     return EventLog(df, user, item, ts, action.astype(object), value, offsets, report)
+
+
+def _shown(v: object, limit: int = 60) -> str:
+    """A cell as a person reads it in an error: numbers plain, text quoted and cut at ``limit``."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _ids_to_str(col: pd.Series, name: str, mark) -> np.ndarray:

@@ -49,6 +49,14 @@ def test_bad_rows_error_counts_and_shows_them():
     assert "2 bad row(s)" in msg and "ts is null" in msg and "row 1" in msg and "--on-bad-rows skip" in msg
 
 
+def test_bad_rows_show_the_offending_value_plainly():
+    with pytest.raises(EventsError) as e:
+        from_frame(frame(value=[1.0, "abc", "x" * 500]))
+    msg = str(e.value)
+    assert "row 1: value is not a number: user_id='a', item_id=2, ts=10, value='abc'" in msg
+    assert "np.int64" not in msg and "x" * 100 not in msg  # long cells are cut
+
+
 def test_bad_rows_skip_reports(caplog):
     df = frame(ts=[10, -5, 20])
     log = from_frame(df, on_bad_rows="skip")
