@@ -10,7 +10,9 @@ used are counted and shown; with ``on_bad_rows="error"`` (the default) they stop
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -201,13 +203,29 @@ def _typed_text(name: str, raw: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _read_json(p: Path) -> pa.Table:
     """JSON lines; strings stay strings (pyarrow would read ISO-looking ones as timestamps, which
-    changes the type of ts and of carried-through columns)."""
-    table = pajson.read_json(p)
+    changes the type of ts and of carried-through columns). A column that mixes numbers and
+    strings (ids 7 and "guest-7") becomes text, numbers written as JSON writes them."""
+    try:
+        table = pajson.read_json(p)
+    except pa.ArrowInvalid as exc:
+        if not re.search(r"Column\(/[^/)]+\) changed from (number|string|boolean) to (number|string|boolean)", str(exc)):
+            raise
+        return _read_json_mixed(p)
     stamped = [f for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
     if not stamped:
         return table
     schema = pa.schema([pa.field(f.name, pa.string()) if f in stamped else f for f in table.schema])
     return pajson.read_json(p, parse_options=pajson.ParseOptions(explicit_schema=schema))
+
+
+def _read_json_mixed(p: Path) -> pa.Table:
+    """JSON lines whose columns may mix scalar types: those columns as text."""
+    df = pd.read_json(p, lines=True, dtype=False)
+    for c in df.columns:
+        kinds = {type(v) for v in df[c].dropna()}
+        if len(kinds) > 1 and kinds <= {str, int, float, bool}:
+            df[c] = df[c].map(lambda v: v if v is None or isinstance(v, str) or pd.isna(v) else json.dumps(v))
+    return pa.Table.from_pandas(df, preserve_index=False)
 
 
 def read_events(path: str | Path, *, on_bad_rows: str = "error") -> EventLog:

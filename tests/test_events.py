@@ -167,6 +167,13 @@ def test_jsonl_keeps_timestamp_text_as_text(tmp_path):
     assert f["ts"].tolist() == ["2024-01-22T10:00:00Z", "2024-01-22T10:05:00Z"]
     assert f["seen"].tolist() == ["2024-01-22", "2024-01-23"] and log.n_users == 2
     assert np.diff(np.sort(log.ts)).tolist() == [300.0]
+    # ids may be integers or strings, in one column too
+    q = tmp_path / "mixed.jsonl"
+    q.write_text('{"user_id": 7, "item_id": 1, "ts": 1700000000}\n{"user_id": "007", "item_id": 2, "ts": 1700000005}\n'
+                 '{"user_id": 7, "item_id": "sku-3", "ts": 1700000009}\n')
+    log = read_events(q)
+    assert log.n_users == 2 and sorted(log.frame["user_id"]) == ["007", "7", "7"]
+    assert sorted(log.item.tolist()) == ["1", "2", "sku-3"]
 
 
 def test_hive_partition_keys_become_columns(tmp_path):
