@@ -1,11 +1,12 @@
 """Behaviour logs in: reading, validation and per-user time-ordered sequences.
 
 Required columns: ``user_id``, ``item_id``, ``ts`` (int seconds or milliseconds, a timestamp
-type, or date-time text). Optional: ``action`` (string, default ``"click"``) and ``value`` (float). Any other column
-is carried through unchanged to the repaired output, and so is a Parquet directory's Hive
-partition key (``dt=2026-12-01/part-0.parquet``: a string column ``dt``). Rows that cannot be
-used are counted and shown; with ``on_bad_rows="error"`` (the default) they stop the run, with
-``"skip"`` they are left out and reported. Nothing is dropped silently.
+type, or date-time text). Optional: ``action`` (string, default ``"click"``) and ``value``
+(float). Any other column is carried through unchanged to the repaired output, and so is a
+Parquet directory's Hive partition key (``dt=2026-12-01/part-0.parquet``: a string column
+``dt``). Rows that cannot be used are counted and shown; with ``on_bad_rows="error"`` (the
+default) they stop the run, with ``"skip"`` they are left out and reported. Nothing is dropped
+silently.
 """
 
 from __future__ import annotations
