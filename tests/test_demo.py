@@ -317,3 +317,36 @@ def test_every_type_has_a_family():
 
     assert set(ATTACK_FAMILY) == set(ATTACK_TYPES) | {NORMAL}
     assert set(FAKE_USER_TYPES) | set(PARTIAL_TYPES) == set(ATTACK_TYPES)
+
+
+def test_unseen_bench_injects_what_it_says():
+    """bench/unseen.py's two attack types: popular filler near the mean, half-copies of heavy users,
+    a shared target rated high, and rating times borrowed from real users."""
+    from bench.unseen import inject_unseen
+
+    base = generate(n_users=80, mix=AttackMix.none(), seed=4).events
+    base["user_id"] = base["user_id"].astype(str)
+    base["value"] = np.random.default_rng(0).integers(1, 6, len(base)).astype(float)  # ratings, as MovieLens
+    ev, user_type = inject_unseen(base, 3, seed=1)
+    fake = ev[ev["injected"]]
+    assert len(ev) == len(base) + len(fake) and not ev.loc[: len(base) - 1, "injected"].any()
+    assert (user_type != "normal").sum() == 6 and set(user_type[user_type != "normal"]) == {"aop", "power_copy"}
+    counts = base["item_id"].value_counts()
+    popular = set(counts.index[: int(0.1 * len(counts))])
+    real_gaps = {tuple(np.diff(g["ts"].to_numpy())) for _, g in base.groupby("user_id")}
+    assert fake["value"].between(1, 5).all()
+    targets = {"aop": [], "power_copy": []}
+    for uid, g in fake.groupby("user_id"):
+        kind = user_type[uid]
+        gaps = tuple(np.diff(g["ts"].to_numpy()))
+        assert any(r[: len(gaps)] == gaps for r in real_gaps)  # a real user's rating times
+        items = set(g["item_id"])
+        if kind == "aop":
+            odd = items - popular
+            assert len(odd) <= 1  # popular filler, and the target unless it is popular itself
+        else:  # half of one real user's items, and the target
+            odd = min((items - set(b["item_id"]) for _, b in base.groupby("user_id")), key=len)
+            assert len(odd) <= 1 and len(items) >= 2
+        targets[kind].append(g.loc[g["value"] == g["value"].max(), "item_id"].tolist())
+    for kind, rated_high in targets.items():  # one campaign (3 < CAMPAIGN): a target rated highest by all
+        assert set.intersection(*map(set, rated_high)), kind
