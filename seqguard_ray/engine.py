@@ -29,6 +29,7 @@ from .repair import RepairPolicy
 from .tokens import N_SPECIAL, Vocab, gap_buckets, owner_positions, windows
 
 log = logging.getLogger(__name__)
+_WARNED_ONCE: set[str] = set()  # check_log warnings given with once=True in this process
 
 
 @dataclass
@@ -538,12 +539,12 @@ class SeqGuard:
     # -> 43%); so does one whose actions it never saw (100%).
     _VALUES_LEARNED = 0.5
 
-    def check_log(self, log_: EventLog, *, warned: set[str] | None = None) -> list[str]:
+    def check_log(self, log_: EventLog, *, once: bool = False) -> list[str]:
         """Warn (and return the warnings) when a log's columns do not match what the model learned
         from: no value at all where it learned from values, or none of the actions it knows. Such a
         log is still scored (a short request may lack them legitimately), but most users of a whole
-        log like that will be flagged for it. ``warned``: warnings already given, not repeated
-        (a server warns once, not per request)."""
+        log like that will be flagged for it. ``once``: each warning at most once per process (a
+        server warns once, not per request; a batch worker once, not per bucket)."""
         self._check_fitted(need_model=False)
         out = []
         if log_.n_events == 0:
@@ -558,10 +559,10 @@ class SeqGuard:
             out.append(f"none of this log's actions ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}) is one "
                        f"the model learned ({', '.join(sorted(known)[:5])}): expect many users flagged for it")
         for w in out:
-            if warned is None or w not in warned:
+            if not (once and w in _WARNED_ONCE):
                 log.warning(w)
-                if warned is not None:
-                    warned.add(w)
+            if once:
+                _WARNED_ONCE.add(w)
         return out
 
     def score_log(self, log_: EventLog) -> Scored:

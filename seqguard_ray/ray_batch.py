@@ -306,15 +306,12 @@ class EncodeStage:
         return out.append_column("_encode_node", pa.array([self.node_id] * len(frame), pa.string()))
 
 
-_WARNED: set[str] = set()  # check_log warnings this worker process has given (once each, not per bucket)
-
-
 def encode_bucket(sg, table: pa.Table):
     """(EventLog, Encoded) of one bucket of whole users; ``lg.frame`` keeps the input columns,
     ``_in_row`` and ``_row`` (the row in this bucket)."""
     df = table.to_pandas().drop(columns="_bucket").sort_values("_in_row", kind="stable")
     lg = from_frame(df, on_bad_rows="error", source="bucket")
-    sg.check_log(lg, warned=_WARNED)
+    sg.check_log(lg, once=True)
     return lg, sg.encode(sg.tokenize(lg))
 
 

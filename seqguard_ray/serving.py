@@ -404,13 +404,10 @@ class RepairedBatch:
         return [self] if len(bounds) == 2 else [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-_WARNED: set[str] = set()  # check_log warnings this process has given (once each, not per request)
-
-
 def encode_stage(sg, batch: SeqBatch, model_dir: str = "") -> EncodedBatch:
     """Tokenize and encode (the Encoder deployment's work). ``sg`` is a loaded SeqGuard."""
     log_ = batch.to_log()
-    sg.check_log(log_, warned=_WARNED)
+    sg.check_log(log_, once=True)
     enc = sg.encode(sg.tokenize(log_))
     return EncodedBatch(enc, log_.frame["_row"].to_numpy(), getattr(sg, "model_version", ""),
                         getattr(sg, "model_dir", model_dir))

@@ -89,9 +89,9 @@ def test_merge_summaries_adds_counts_and_types():
 def test_encode_bucket_warns_once_per_process_about_a_log_unlike_the_training_one(data, caplog, monkeypatch):
     """Buckets of a log without values, for a model that learned from them: said once, not once per
     bucket (a job has hundreds)."""
-    from seqguard_ray import ray_batch
+    from seqguard_ray import engine, ray_batch
 
-    monkeypatch.setattr(ray_batch, "_WARNED", set())
+    monkeypatch.setattr(engine, "_WARNED_ONCE", set())
     sg = SeqGuard.load(data / "model")
     df = pd.read_parquet(data / "train.parquet").drop(columns="value")
     table = pa.Table.from_pandas(df.assign(_in_row=np.arange(len(df)), _bucket=0), preserve_index=False)

@@ -421,9 +421,10 @@ def test_score_does_not_depend_on_batch_mates(engine):
 def test_encoder_stage_warns_once_about_a_log_unlike_the_training_one(engine, caplog, monkeypatch):
     """Requests without values for a model that learned from them are scored, and the server says
     why its scores may be off once, not per request."""
+    from seqguard_ray import engine as engine_module
     from seqguard_ray import serving
 
-    monkeypatch.setattr(serving, "_WARNED", set())
+    monkeypatch.setattr(engine_module, "_WARNED_ONCE", set())
     assert engine.metrics.get("value_share", 0) >= 0.5  # the tiny bundle learned from values
     with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
         for _ in range(3):
