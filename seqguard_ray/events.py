@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -148,7 +149,7 @@ def read_table(path: str | Path) -> pa.Table:
     raise EventsError(f"unsupported events format {p.suffix!r} for {p}: use .parquet, .csv or .jsonl")
 
 
-ID_COLUMNS = ("user_id", "item_id")
+_ID_COLUMNS = ("user_id", "item_id")
 _CSV_NULLS = pa.array(pacsv.ConvertOptions().null_values, pa.string())  # pyarrow's: "", "NA", "null", ...
 _CANONICAL_INT = r"^-?(0|[1-9][0-9]*)$"
 _BOOLS = (pa.array(["true", "True", "TRUE"]), pa.array(["false", "False", "FALSE"]))
@@ -171,8 +172,6 @@ def _typed_text(name: str, raw: pa.ChunkedArray) -> pa.ChunkedArray:
     """One CSV column: int64, float64 or bool where every non-null cell is one (ids: int64 or
     text), else the text unchanged (ts with its null cells as nulls, so they are named); bytes
     that are not UTF-8 stay bytes, for validation to name the rows."""
-    import pyarrow.compute as pc
-
     try:
         col = pc.cast(raw, pa.string())
     except pa.ArrowInvalid:
@@ -190,7 +189,7 @@ def _typed_text(name: str, raw: pa.ChunkedArray) -> pa.ChunkedArray:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass  # beyond int64
         return text  # zero-padded codes ("02134") or beyond int64: the digits as written
-    if name in ID_COLUMNS:
+    if name in _ID_COLUMNS:
         return col
     try:
         return pc.cast(vals, pa.float64())
