@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "8"  # 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "9"  # 9: "part_copy" and the partial-copy detector (stats.neighbours.miss_rate, stats.neighbours.part_source, user.cal.part_copy, "part_copy_column"); 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -65,7 +65,7 @@ def _detector_arrays(ud, prefix: str) -> dict[str, np.ndarray]:
 def _detector_meta(ud) -> dict:
     return {"target_fpr": ud.target_fpr, "threshold": ud.threshold_, "seed": ud.seed,
             "encoder_columns": list(ud.encoder_columns), "copy_column": ud.copy_column,
-            "replay_column": ud.replay_column, "n_trimmed": ud.n_trimmed_}
+            "part_copy_column": ud.part_copy_column, "replay_column": ud.replay_column, "n_trimmed": ud.n_trimmed_}
 
 
 def _load_detectors(p: Path, a, d: dict, prefix: str):
@@ -74,7 +74,7 @@ def _load_detectors(p: Path, a, d: dict, prefix: str):
 
     ud = UserDetectors(target_fpr=d["target_fpr"], seed=d["seed"],
                        encoder_columns=tuple(d["encoder_columns"]), copy_column=d["copy_column"],
-                       replay_column=d["replay_column"])
+                       part_copy_column=d["part_copy_column"], replay_column=d["replay_column"])
     ud.center_, ud.scale_, ud.tail_ref_ = a[f"{prefix}center"], a[f"{prefix}scale"], a[f"{prefix}tail_ref"]
     if ud.center_.shape != (len(USER_FEATURES),):
         raise BundleError(f"model bundle {p}: its {prefix[:-1]} detectors use {ud.center_.shape} user features, "
@@ -117,7 +117,10 @@ def save_bundle(sg, path: str | Path) -> Path:
             "stats.neighbours.indptr": st.neighbours.ref.indptr.astype(np.int64),
             "stats.neighbours.indices": st.neighbours.ref.indices.astype(np.int64),
             "stats.neighbours.null": np.stack([st.neighbours.sizes, st.neighbours.null]),
-            "stats.neighbours.span": st.neighbours.span}),
+            "stats.neighbours.span": st.neighbours.span,
+            **({} if st.neighbours.miss_sizes is None else {
+                "stats.neighbours.miss_rate": np.stack([st.neighbours.miss_sizes, st.neighbours.miss_rate])}),
+            **({} if st.neighbours.part_source is None else {"stats.neighbours.part_source": st.neighbours.part_source})}),
         **_detector_arrays(ud, "user."),
         **{k: v for i, (_, sd) in enumerate(sg.short_detectors) for k, v in _detector_arrays(sd, f"short{i}.").items()},
         "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
@@ -196,7 +199,14 @@ def _neighbours(p: Path, a, n_items: int):
             or null.ndim != 2 or len(null) != 2 or span.shape != (len(indptr) - 1, 2)):
         raise BundleError(f"model bundle {p}: its neighbour reference does not fit its vocabulary of {n_items} ids")
     ref = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n_items))
-    return Neighbours(ref, null[0], null[1], span)
+    miss = a["stats.neighbours.miss_rate"] if "stats.neighbours.miss_rate" in a.files else None
+    if miss is not None and (miss.ndim != 2 or len(miss) != 2):
+        raise BundleError(f"model bundle {p}: its neighbour miss-rate curve has shape {miss.shape}, not (2, sizes)")
+    source = a["stats.neighbours.part_source"].astype(bool) if "stats.neighbours.part_source" in a.files else None
+    try:
+        return Neighbours(ref, null[0], null[1], span, *((None, None) if miss is None else (miss[0], miss[1])), source)
+    except ValueError as e:
+        raise BundleError(f"model bundle {p}: {e}") from None
 
 
 def load_bundle(path: str | Path):

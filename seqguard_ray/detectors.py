@@ -14,12 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import _segment_sums
+from .features import MAX_NATS, _segment_sums
 
 MAX_REFERENCE = 20_000   # reference values kept per calibrator / feature-tail column
-
-
-MAX_NATS = 50.0          # cap on any -log tail probability
 
 
 def _side_logp(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -245,7 +242,7 @@ def nearest_centroid(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 # evidence) ranked better on three logs (generator PR 0.803 -> 0.852, held-out 0.711 -> 0.783) and
 # removed more injected events on all four (held-out MovieLens 0.684 -> 0.832) but more clean ones
 # too (generator 0.018 -> 0.036: the false positives move to long histories); left out.
-DETECTORS = ("iforest", "knn", "encoder", "copy", "replay")
+DETECTORS = ("iforest", "knn", "encoder", "copy", "part_copy", "replay")
 # Detectors whose evidence stands on its own, outside the combination: a copied account (replayed
 # traffic, a clone) is an ordinary history that exists twice, and a history that replays its own
 # stretches (the same items in the same order with the same gaps) is one that happened twice;
@@ -258,10 +255,10 @@ DETECTORS = ("iforest", "knn", "encoder", "copy", "replay")
 # 90% (100%), injected events removed 0.813 -> 0.854 (0.797 -> 0.809), user PR-AUC 0.836 -> 0.881
 # (0.875 -> 0.885), false positives and clean events removed unchanged; MovieLens (whose real
 # users replay nothing) unchanged.
-DECISIVE = ("copy", "replay")
+DECISIVE = ("copy", "part_copy", "replay")
 # Detectors that judge an account as a whole; what is left of a history once a part is explained
 # is no account, so they do not judge it (a replay, by contrast, must be gone from what is left)
-ACCOUNT = ("copy",)
+ACCOUNT = ("copy", "part_copy")
 DECISIVE_SHARE = 0.1
 # Item-set Jaccard similarity at which two histories are copies rather than shared taste: such
 # users are left out of the copy detector's calibration (or the copies in a training log would
@@ -272,6 +269,16 @@ DECISIVE_SHARE = 0.1
 COPY_CERTAIN = 0.8
 COPY_LEAST = 0.5          # the copy detector never fires below this overlap: "most of an earlier account's items"
 MIN_COPY_REFERENCE = 20   # users with some overlap needed to calibrate the copy detector; fewer: it stays silent
+# Partial copies (part_copy, features.part_copy_nats: nearly all of a history's items inside one
+# other account of at most a few times its size, against the share people of that size miss): at
+# this much evidence (nats) a training user is a copy rather than a person and is left out of the
+# part_copy detector's calibration. People's largest: 19 nats on MovieLens-100k, 10-13 on the
+# generator; half-copies of MovieLens' heaviest raters (bench/unseen.py): 35-48.
+PART_COPY_CERTAIN = 35.0
+# ... and what people reach by shared taste alone is taken to be at least this much, so that in a
+# log where nobody shows any evidence the first history that does is not flagged for it: the
+# calibration reference always holds one such user.
+PART_COPY_PEOPLE = 20.0
 # Share of a history's events that replay its earlier stretches at which it is replayed traffic
 # rather than habit: such users are left out of the replay detector's calibration, unless more than
 # REPLAY_HABIT of the users are (a domain where people repeat themselves, e.g. playlists: then
@@ -308,6 +315,7 @@ class UserDetectors:
     seed: int = 0
     encoder_columns: tuple[int, ...] = ()   # feature columns that carry the encoder's surprisal
     copy_column: int | None = None          # feature column of the copy overlap (high side); None: no copy detector
+    part_copy_column: int | None = None     # feature column of the partial-copy evidence (nats); None: no such detector
     replay_column: int | None = None        # feature column of the replay share (high side); None: no replay detector
     # learned state
     center_: np.ndarray | None = None
@@ -390,6 +398,12 @@ class UserDetectors:
             j = feats[:, self.copy_column]
             ordinary = (j > 0) & (j < COPY_CERTAIN)
             ref["copy"] = ref["copy"][ordinary] if ordinary.sum() >= MIN_COPY_REFERENCE else _copy_raw(np.ones(1))
+        if self.part_copy_column is not None:
+            # calibrated on everyone who is no certain copy (most people: no evidence at all), and one
+            # user with the evidence people reach by shared taste alone
+            ordinary = feats[:, self.part_copy_column] < PART_COPY_CERTAIN
+            ref["part_copy"] = (np.r_[ref["part_copy"][ordinary], PART_COPY_PEOPLE]
+                                if ordinary.sum() >= MIN_COPY_REFERENCE else np.array([MAX_NATS]))
         if self.replay_column is not None:
             share = feats[:, self.replay_column]
             ordinary = share < REPLAY_CERTAIN
@@ -413,13 +427,14 @@ class UserDetectors:
         cols = list(self.encoder_columns)  # the encoder's surprisal columns, high side
         enc = tail_logp(self.tail_ref_[:, cols], z[:, cols], two_sided=False).sum(1) if cols else np.zeros(len(z))
         copy = _copy_raw(feats[:, self.copy_column]) if self.copy_column is not None else np.zeros(len(z))
+        part = feats[:, self.part_copy_column] if self.part_copy_column is not None else np.zeros(len(z))
         replay = feats[:, self.replay_column] if self.replay_column is not None else np.zeros(len(z))
-        return np.stack([iforest, knn, enc, copy, replay], axis=1)
+        return np.stack([iforest, knn, enc, copy, part, replay], axis=1)
 
     @property
     def ensemble_columns(self) -> list[int]:
-        """Feature columns the Isolation Forest and the kNN distance see: all but the copy detector's."""
-        return [j for j in range(len(self.center_)) if j != self.copy_column]
+        """Feature columns the Isolation Forest and the kNN distance see: all but the copy detectors'."""
+        return [j for j in range(len(self.center_)) if j not in (self.copy_column, self.part_copy_column)]
 
     @property
     def knn_k(self) -> int:
@@ -435,6 +450,8 @@ class UserDetectors:
         p = np.stack([self.calibrators_[d](raw[:, i]) for i, d in enumerate(DETECTORS)], axis=1)
         if self.copy_column is not None:
             p[feats[:, self.copy_column] < COPY_LEAST, DETECTORS.index("copy")] = 0.0
+        if self.part_copy_column is not None:
+            p[feats[:, self.part_copy_column] <= 0, DETECTORS.index("part_copy")] = 0.0
         if self.replay_column is not None:
             p[feats[:, self.replay_column] < REPLAY_LEAST, DETECTORS.index("replay")] = 0.0
         return p

@@ -404,8 +404,13 @@ class SeqGuard:
             out.append(f"its items resemble other users' less than random item sets do (neighbour_lift {lift:.2f} < 0)")
         if copied:
             jac = uf_row[USER_FEATURES.index("copy_overlap")]
-            out.append(f"its items are a copy of an account that started earlier (Jaccard similarity {jac:.2f}): "
-                       f"replayed traffic or a cloned account")
+            part = uf_row[USER_FEATURES.index("part_copy")]
+            if per_det[DETECTORS.index("copy")] >= per_det[DETECTORS.index("part_copy")]:
+                out.append(f"its items are a copy of an account that started earlier (Jaccard similarity {jac:.2f}): "
+                           f"replayed traffic or a cloned account")
+            else:
+                out.append(f"nearly all its items are inside one other account's, far more than people of its size share "
+                           f"with anyone ({part:.0f} nats): a partial copy, e.g. of a power user")
         if replayed:
             share = uf_row[USER_FEATURES.index("replay_share")]
             out.append(f"{share:.0%} of its events replay earlier stretches of its own history, the same items in the "
@@ -488,6 +493,7 @@ class SeqGuard:
         def detectors(users: np.ndarray) -> UserDetectors:
             return UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed, encoder_columns=enc_cols,
                                  copy_column=USER_FEATURES.index("copy_overlap"),
+                                 part_copy_column=USER_FEATURES.index("part_copy"),
                                  replay_column=USER_FEATURES.index("replay_share")).fit(uf[users], presumed=presumed[users])
 
         los = self._strata(n_ev)

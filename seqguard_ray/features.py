@@ -20,6 +20,15 @@ NEIGHBOURS = 10       # most similar reference users averaged by the neighbour s
 NULL_DRAWS = 20       # random item sets per size for the neighbour similarity's null curve
 NULL_SIZES = 25       # sizes (log-spaced) the null curve is tabulated at
 COPY_MIN_ITEMS = 10   # item sets smaller than this are too common to call copies
+# A partial copy (an obfuscated copy: a part of an account's items, e.g. half of a power user's
+# ratings with the values jittered) is an item set nearly all inside one other account's. Such a
+# source has at most PART_SOURCE_RATIO times the query's items (a crawler's sweep contains every
+# history and is no source) and holds at least PART_LEAST of the query's items. People in tight
+# taste clusters come close: 56 of a generated user's 58 items are inside another's 127 (35.7 nats,
+# more than some half-copies of MovieLens' power users), so 0.9 in place of 0.97 flagged them.
+PART_SOURCE_RATIO = 3.0
+PART_LEAST = 0.97
+MAX_NATS = 50.0       # cap on any evidence in nats (-log tail probability), here and in the detectors
 REPLAY_N = 3          # an event sequence of this many items seen before in the same history is a replay ...
 REPLAY_GAP_S = 5.0    # ... when its gaps match the earlier ones within this many seconds
 REPLAY_GAP_SHARE = 0.25  # ... or within this share of the gap (replayed traffic keeps its timing)
@@ -79,8 +88,10 @@ class ItemStats:
         value_std = float(v[has_v].std()) if has_v.sum() > 1 else 1.0
         main_action = int(np.bincount(seqs.action).argmax()) if len(seqs.action) else UNK
         lo, hi = (float(v[has_v].min()), float(v[has_v].max())) if has_v.any() else (0.0, 0.0)
+        id_rank = catalogue_rank(items, n_items)
+        sweep = _catalogue_order(seqs, id_rank, seqs.user_index())
         return cls(log_count, value_mean, value_std or 1.0, _taste_vectors(seqs, n_items, seed), main_action, lo, hi,
-                   catalogue_rank(items, n_items), Neighbours.fit(item_sets(seqs, n_items), _user_spans(seqs), seed=seed))
+                   id_rank, Neighbours.fit(item_sets(seqs, n_items), _user_spans(seqs), seed=seed, sweep=sweep))
 
 
 def catalogue_rank(items: list[str] | None, n_items: int) -> np.ndarray:
@@ -139,15 +150,22 @@ def _user_spans(seqs: Seqs) -> np.ndarray:
 
 
 def _compare(sets: sp.csr_matrix, ref: sp.csr_matrix | None, *, k: int = NEIGHBOURS, span: np.ndarray | None = None,
-             ref_span: np.ndarray | None = None, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`neighbour_similarity` and :func:`copy_overlap` (0 without spans) of each item set, from
-    one pass of the query x reference products."""
+             ref_span: np.ndarray | None = None, sources: np.ndarray | None = None, miss_rate: np.ndarray | None = None,
+             chunk: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`neighbour_similarity`, :func:`copy_overlap` (0 without spans), the fewest items
+    missing from a partial-copy source (the set's size where there is none, or without spans;
+    see :func:`part_missing`; ``sources`` (m,): the reference users that may be one, default all)
+    and, given ``miss_rate`` (n,) (the share people of each set's size miss), the partial-copy
+    evidence (see :meth:`Neighbours.compare`) of each item set, from one pass of the query x
+    reference products."""
     n = sets.shape[0]
-    sim, copy = np.zeros(n), np.zeros(n)
-    if ref is None or ref.shape[0] == 0 or n == 0:
-        return sim, copy
-    k = min(k, ref.shape[0] - 1)
+    sim, copy, evidence = np.zeros(n), np.zeros(n), np.zeros(n)
     qn = np.diff(sets.indptr).astype(np.float64)
+    missing = qn.copy()
+    if ref is None or ref.shape[0] == 0 or n == 0:
+        return sim, copy, missing, evidence
+    may_source = np.ones(ref.shape[0], bool) if sources is None else np.asarray(sources, bool)
+    k = min(k, ref.shape[0] - 1)
     rn = np.diff(ref.indptr).astype(np.float64)
     ref_t = ref.T.tocsc()
     for a in range(0, n, chunk):
@@ -158,8 +176,17 @@ def _compare(sets: sp.csr_matrix, ref: sp.csr_matrix | None, *, k: int = NEIGHBO
         if span is not None and ref_span is not None:
             s = span[a:a + chunk]
             own = contains & (ref_span[None, :, 0] <= s[:, None, 0]) & (ref_span[None, :, 1] >= s[:, None, 1])
-            source = (ref_span[None, :, 0] < s[:, None, 0]) & ~own
+            earlier = ref_span[None, :, 0] < s[:, None, 0]
+            source = earlier & ~own
             copy[a:a + chunk] = np.where(q >= COPY_MIN_ITEMS, np.where(source, jac, 0.0).max(1), 0.0)
+            part = ((earlier | (rn[None, :] > q[:, None])) & ~own & (rn[None, :] <= PART_SOURCE_RATIO * q[:, None])
+                    & may_source[None, :])
+            miss = q[:, None] - inter
+            missing[a:a + chunk] = np.where(part, miss, q[:, None]).min(1, initial=np.inf)
+            if miss_rate is not None:
+                r, c = np.nonzero(part & (miss <= (1.0 - PART_LEAST) * q[:, None] + 1e-9) & (q[:, None] >= COPY_MIN_ITEMS))
+                nats = part_copy_nats(q[r], miss[r, c], miss_rate[a:a + chunk][r])
+                np.maximum.at(evidence, a + r, nats)
         if k >= 1:
             held = np.where(contains, jac, -1.0)
             own = held.argmax(1)
@@ -167,7 +194,7 @@ def _compare(sets: sp.csr_matrix, ref: sp.csr_matrix | None, *, k: int = NEIGHBO
             jac[rows, own[rows]] = -1.0
             top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
             sim[a:a + chunk] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
-    return sim, copy
+    return sim, copy, np.minimum(missing, qn), evidence
 
 
 def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int = NEIGHBOURS, *,
@@ -197,6 +224,32 @@ def copy_overlap(sets: sp.csr_matrix, span: np.ndarray, ref: sp.csr_matrix | Non
     return _compare(sets, ref, span=span, ref_span=ref_span, chunk=chunk)[1]
 
 
+def part_missing(sets: sp.csr_matrix, span: np.ndarray, ref: sp.csr_matrix | None, ref_span: np.ndarray | None, *,
+                 sources: np.ndarray | None = None, chunk: int = 512) -> np.ndarray:
+    """(n,) the fewest of each item set's items missing from one partial-copy source.
+
+    A source is a reference user who started earlier or holds more items, with at most
+    PART_SOURCE_RATIO times the query's items, and is not the query's own history (see
+    :func:`copy_overlap`); ``sources`` (m,) bool, default all: the reference users that may be one.
+    A set with no source gets its size (nothing of it is inside one).
+    """
+    return _compare(sets, ref, span=span, ref_span=ref_span, sources=sources, chunk=chunk)[2]
+
+
+def part_copy_nats(size: np.ndarray, missing: np.ndarray, miss_rate: np.ndarray) -> np.ndarray:
+    """(n,) evidence (nats) that a set of ``size`` items with only ``missing`` of them outside a
+    source is a partial copy: -log P(Binomial(size, miss_rate) <= missing), where ``miss_rate`` is
+    the share a person would miss; 0 below COPY_MIN_ITEMS items or under PART_LEAST inside."""
+    from scipy.special import bdtr
+
+    size, missing = np.asarray(size, np.int64), np.asarray(missing, np.int64)
+    rate = np.clip(np.asarray(miss_rate, np.float64), 1e-3, 1 - 1e-3)
+    with np.errstate(divide="ignore"):
+        nats = -np.log(bdtr(np.minimum(missing, size), np.maximum(size, 1), rate))
+    ok = (size >= COPY_MIN_ITEMS) & (missing <= (1.0 - PART_LEAST) * size + 1e-9)
+    return np.where(ok, np.clip(nats, 0.0, MAX_NATS), 0.0)
+
+
 @dataclass
 class Neighbours:
     """Do a user's items resemble other people's more than chance would have them?
@@ -205,13 +258,20 @@ class Neighbours:
     items resemble nobody, not even each other, so a crowd of them cannot make themselves look
     normal, and the test needs no guess of how many there are. ``lift`` compares a user's
     :func:`neighbour_similarity` with the median similarity of random item sets of the same size
-    drawn by the reference's item popularity (the null curve).
+    drawn by the reference's item popularity (the null curve). The same pass finds copies: whole
+    ones (:func:`copy_overlap`) and partial ones, judged against the share of their items that
+    reference users of about their size miss in their own closest source (:func:`part_missing`,
+    :func:`part_copy_nats`; the miss-rate curve). A source is a person: a crawler's sweep over the
+    catalogue, or a profile that resembles nobody, holds many people's items without being copied.
     """
 
     ref: sp.csr_matrix     # (m, V) binary item sets of a seeded sample of training users
     sizes: np.ndarray      # (S,) set sizes the null curve is tabulated at, increasing
     null: np.ndarray       # (S,) median neighbour similarity of random sets of each size
     span: np.ndarray | None = None  # (m, 2) first and last event time of each reference user; see copy_overlap
+    miss_sizes: np.ndarray | None = None  # (K,) log set sizes the miss-rate curve is tabulated at, increasing
+    miss_rate: np.ndarray | None = None   # (K,) median share of their items reference users miss in their source
+    part_source: np.ndarray | None = None  # (m,) bool, reference users that may be partial-copy sources
 
     def __post_init__(self) -> None:
         if (self.sizes.ndim != 1 or self.sizes.shape != self.null.shape or len(self.sizes) < 1
@@ -220,19 +280,28 @@ class Neighbours:
                              f"length, got {self.sizes.shape} sizes and {self.null.shape} values")
         if self.span is not None and self.span.shape != (self.ref.shape[0], 2):
             raise ValueError(f"neighbour reference spans must be ({self.ref.shape[0]}, 2), got {self.span.shape}")
+        if (self.miss_sizes is None) != (self.miss_rate is None) or (self.miss_sizes is not None and (
+                self.miss_sizes.ndim != 1 or self.miss_sizes.shape != self.miss_rate.shape or len(self.miss_sizes) < 1
+                or (np.diff(self.miss_sizes) <= 0).any() or not np.isfinite(self.miss_rate).all()
+                or (self.miss_rate < 0).any() or (self.miss_rate > 1).any())):
+            raise ValueError("neighbour miss-rate curve needs increasing sizes and rates in [0, 1] of the same length")
+        if self.part_source is not None and self.part_source.shape != (self.ref.shape[0],):
+            raise ValueError(f"neighbour partial-copy sources must be one bool per reference user ({self.ref.shape[0]}), "
+                             f"got shape {self.part_source.shape}")
 
     @classmethod
-    def fit(cls, sets: sp.csr_matrix, span: np.ndarray, *, seed: int = 0) -> Neighbours | None:
-        """From the training users' item sets (U, V) and time spans (U, 2); None when fewer than 3
-        users have items."""
+    def fit(cls, sets: sp.csr_matrix, span: np.ndarray, *, seed: int = 0, sweep: np.ndarray | None = None) -> Neighbours | None:
+        """From the training users' item sets (U, V), time spans (U, 2) and (U,) catalogue order
+        (see _catalogue_order; default 0); None when fewer than 3 users have items."""
         has = np.diff(sets.indptr) > 0
-        sets, span = sets[has], span[has]
+        sweep = np.zeros(len(has)) if sweep is None else np.asarray(sweep, np.float64)
+        sets, span, sweep = sets[has], span[has], sweep[has]
         if sets.shape[0] < 3:
             return None
         rng = np.random.default_rng([seed, 0x4E1])
         if sets.shape[0] > MAX_NEIGHBOUR_REFERENCE:
             pick = np.sort(rng.choice(sets.shape[0], MAX_NEIGHBOUR_REFERENCE, replace=False))
-            sets, span = sets[pick], span[pick]
+            sets, span, sweep = sets[pick], span[pick], sweep[pick]
         pop = np.asarray(sets.sum(0)).ravel()
         items = np.flatnonzero(pop > 0)
         top = int(min(np.diff(sets.indptr).max(), len(items)))
@@ -242,17 +311,48 @@ class Neighbours:
         lens = np.array([len(r) for r in rows])
         draws = sp.csr_matrix((np.ones(lens.sum()), np.concatenate(rows), np.r_[0, np.cumsum(lens)]), shape=(len(rows), sets.shape[1]))
         sim = neighbour_similarity(draws, sets).reshape(len(sizes), NULL_DRAWS)
-        return cls(sets.tocsr(), sizes.astype(np.float64), np.median(sim, axis=1), np.asarray(span, np.float64))
+        span = np.asarray(span, np.float64)
+        nb = cls(sets.tocsr(), sizes.astype(np.float64), np.median(sim, axis=1), span)
+        # people: resemble others at least as random sets do, and walk no catalogue
+        nb.part_source = (nb.compare(sets, span)[0] >= 0) & (sweep < SWEEP_LEAST)
+        nb.miss_sizes, nb.miss_rate = _miss_rate_curve(sets, part_missing(sets, span, sets, span, sources=nb.part_source))
+        return nb
 
-    def compare(self, sets: sp.csr_matrix, span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n,) lift and (n,) :func:`copy_overlap` against the reference, from one pass. The lift is
-        the log of the similarity over the null at the set's size (0 for empty sets): below 0, the
-        user resembles other people less than random item sets do."""
+    def compare(self, sets: sp.csr_matrix, span: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n,) lift, (n,) :func:`copy_overlap` and (n,) partial-copy evidence against the reference,
+        from one pass. The lift is the log of the similarity over the null at the set's size (0 for
+        empty sets): below 0, the user resembles other people less than random item sets do. The
+        evidence is the largest :func:`part_copy_nats` over the set's partial-copy sources (see
+        :func:`part_missing`) that hold at least PART_LEAST of its items, judged at the miss rate of
+        people of the set's size (the miss-rate curve); 0 before the curve is fitted."""
         n = np.diff(sets.indptr).astype(np.float64)
         ls = np.log(self.sizes)
         null = np.interp(np.log(np.maximum(n, 1.0)), ls, self.null) if len(ls) > 1 else np.full(len(n), self.null[0])
-        sim, copy = _compare(sets, self.ref, span=span, ref_span=self.span)
-        return np.where(n > 0, np.log((sim + 1e-3) / (null + 1e-3)), 0.0), copy
+        rate = None if self.miss_sizes is None else np.interp(np.log(np.maximum(n, 1.0)), self.miss_sizes, self.miss_rate)
+        sim, copy, _, part = _compare(sets, self.ref, span=span, ref_span=self.span, sources=self.part_source, miss_rate=rate)
+        return np.where(n > 0, np.log((sim + 1e-3) / (null + 1e-3)), 0.0), copy, part
+
+
+MISS_BIN_USERS = 50   # reference users per bin of the miss-rate curve (at most NULL_SIZES bins)
+SWEEP_LEAST = 0.5     # catalogue order (see _catalogue_order) from which a history is a crawler's sweep, no source
+
+
+def _miss_rate_curve(sets: sp.csr_matrix, missing: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(K,) log sizes and (K,) median miss rates of the reference users with at least COPY_MIN_ITEMS
+    items, in bins of about MISS_BIN_USERS users by size; (None, None) with fewer users than a bin.
+    The median keeps a training log's own copies (which miss nothing) from setting the curve."""
+    n = np.diff(sets.indptr).astype(np.float64)
+    use = n >= COPY_MIN_ITEMS
+    if use.sum() < MISS_BIN_USERS:
+        return None, None
+    ln, rate = np.log(n[use]), missing[use] / n[use]
+    k = int(min(use.sum() // MISS_BIN_USERS, NULL_SIZES))
+    order = np.argsort(ln, kind="stable")
+    bins = np.array_split(order, k)
+    xs = np.array([np.median(ln[b]) for b in bins])
+    ys = np.array([np.median(rate[b]) for b in bins])
+    keep = np.r_[True, np.diff(xs) > 0]  # equal sizes in neighbouring bins: one point
+    return xs[keep], ys[keep]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +464,7 @@ USER_FEATURES = (
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
-    "taste_coherence", "neighbour_lift", "copy_overlap", "taste_shift", "segment_novelty", "catalogue_order",
+    "taste_coherence", "neighbour_lift", "copy_overlap", "part_copy", "taste_shift", "segment_novelty", "catalogue_order",
 )
 
 
@@ -393,7 +493,7 @@ def _rolling_max_mean(x: np.ndarray, offsets: np.ndarray, width: int) -> np.ndar
     return out
 
 
-def _catalogue_order(seqs: Seqs, stats: ItemStats, uix: np.ndarray) -> np.ndarray:
+def _catalogue_order(seqs: Seqs, id_rank: np.ndarray | None, uix: np.ndarray) -> np.ndarray:
     """(U,) how strictly each history walks the catalogue in one direction, in item id order or in
     popularity order (vocab ids are by training count): |steps up - steps down| / (steps + 2),
     over consecutive known items. About 0 for people, near 1 for a crawler's sweep."""
@@ -403,8 +503,8 @@ def _catalogue_order(seqs: Seqs, stats: ItemStats, uix: np.ndarray) -> np.ndarra
     u = uix[1:][pair]
     best = np.zeros(U)
     orders = [it.astype(np.float64)]
-    if stats.id_rank is not None and len(stats.id_rank) == len(stats.log_count):
-        orders.append(stats.id_rank[it])
+    if id_rank is not None and len(it) and len(id_rank) > it.max():
+        orders.append(id_rank[it])
     for o in orders:
         d = np.sign(np.diff(o))[pair]
         steps = np.bincount(u, np.abs(d), minlength=U)
@@ -474,10 +574,10 @@ def segment_novelty(taste: np.ndarray, a: int, b: int, *, cap: int = 256) -> flo
     return float(1.0 - (inside @ outside.T).max(axis=1).mean())
 
 
-def _neighbour_features(seqs: Seqs, stats: ItemStats) -> tuple[np.ndarray, np.ndarray]:
-    """(U,) neighbour_lift and (U,) copy_overlap against the training reference."""
+def _neighbour_features(seqs: Seqs, stats: ItemStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U,) neighbour_lift, (U,) copy_overlap and (U,) part_copy against the training reference."""
     if stats.neighbours is None:
-        return np.zeros(seqs.n_users), np.zeros(seqs.n_users)
+        return np.zeros(seqs.n_users), np.zeros(seqs.n_users), np.zeros(seqs.n_users)
     sets = item_sets(seqs, len(stats.log_count))
     return stats.neighbours.compare(sets, _user_spans(seqs))
 
@@ -577,6 +677,6 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,
         coherence, *_neighbour_features(seqs, stats),
-        shift, novelty, _catalogue_order(seqs, stats, uix),
+        shift, novelty, _catalogue_order(seqs, stats.id_rank, uix),
     ], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0), segments

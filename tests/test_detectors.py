@@ -248,6 +248,86 @@ def test_copy_overlap_is_brute_force_jaccard_with_earlier_starting_sources():
     assert (copy_overlap(sp.csr_matrix(q), span, None, None) == 0).all()
 
 
+def test_part_missing_is_brute_force_containment_in_sources_of_similar_size():
+    """The fewest items a set has outside one source: a reference user who started earlier or holds
+    more items, at most PART_SOURCE_RATIO times the set's, and not the set's own history."""
+    import scipy.sparse as sp
+
+    from seqguard_ray.features import PART_SOURCE_RATIO, part_missing
+
+    rng = np.random.default_rng(12)
+    ref = (rng.random((20, 200)) < 0.15).astype(float)
+    ref[19] = 1.0                                   # a crawler's sweep: holds everything, too big to be a source
+    ref_span = np.stack([np.arange(20) * 100.0, np.arange(20) * 100.0 + 50], axis=1)
+    half = ref[4] * (rng.random(200) < 0.5)
+    q = np.vstack([
+        ref[6],                                     # itself: its own history is no source
+        half,                                       # half of user 4, later: 0 missing
+        np.maximum(half, np.arange(200) == np.flatnonzero(ref[4] == 0)[0]),  # ... plus one item user 4 lacks
+        half,                                       # the same half, before user 4 started: 4 is bigger, still a source
+        rng.random(200) < 0.15,                     # a person
+    ])
+    span = np.array([ref_span[6], [2000, 2100], [2000, 2100], [-50, -10], [2000, 2100]], float)
+    got = part_missing(sp.csr_matrix(q), span, sp.csr_matrix(ref), ref_span, chunk=2)
+    inter = q @ ref.T
+    qn, rn = q.sum(1), ref.sum(1)
+    for i in range(len(q)):
+        own = (inter[i] >= qn[i]) & (ref_span[:, 0] <= span[i, 0]) & (ref_span[:, 1] >= span[i, 1])
+        source = ((ref_span[:, 0] < span[i, 0]) | (rn > qn[i])) & ~own & (rn <= PART_SOURCE_RATIO * qn[i])
+        want = (qn[i] - inter[i])[source].min(initial=qn[i])
+        assert got[i] == want, i
+    assert got[1] == 0 and got[2] == 1 and got[3] == 0 and got[4] > 0.2 * qn[4]
+    assert got[0] > 0                               # not its own copy
+    people = np.arange(20) != 4                     # user 4 taken for no person: no source
+    assert part_missing(sp.csr_matrix(q), span, sp.csr_matrix(ref), ref_span, sources=people)[1] > 0
+    assert (part_missing(sp.csr_matrix(q), span, None, None) == qn).all()
+
+
+def test_part_copy_nats_is_the_binomial_tail_of_the_items_missed():
+    from scipy.stats import binom
+
+    from seqguard_ray.features import COPY_MIN_ITEMS, PART_LEAST, part_copy_nats
+
+    size = np.array([200, 200, 50, 20, COPY_MIN_ITEMS - 1, 100, 100])
+    most = int(round((1 - PART_LEAST) * 100, 6))   # the most a set of 100 may miss
+    missing = np.array([0, 1, 0, 0, 0, most + 1, most])
+    got = part_copy_nats(size, missing, np.full(7, 0.3))
+    want = -binom.logcdf(missing, size, 0.3)
+    np.testing.assert_allclose(got[[2, 3, 6]], want[[2, 3, 6]], rtol=1e-9)
+    assert got[0] == got[1] == 50.0             # capped
+    assert got[4] == 0.0 and got[5] == 0.0      # too few items; too much outside its source
+    assert got[2] > got[3] > 0                  # a larger set inside another is stronger evidence
+    assert part_copy_nats(size[:1], missing[:1], np.array([0.0]))[0] < 1  # people miss nothing: no evidence
+
+
+def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without_them():
+    """Partial copies look ordinary to the combined detectors; the part_copy detector flags them on
+    its own share of the false-positive budget, copies in the training log do not calibrate it, and
+    a log where nobody shows any evidence leaves it silent."""
+    from seqguard_ray.detectors import DECISIVE_SHARE, DETECTORS, PART_COPY_CERTAIN
+
+    rng = np.random.default_rng(13)
+    feats = rng.standard_normal((1000, 6))
+    feats[:, 5] = np.where(rng.random(1000) < 0.03, rng.exponential(3.0, 1000), 0.0)  # people: mostly none
+    feats[:20, 5] = rng.uniform(35, 50, 20)                                          # 2% partial copies
+    det = UserDetectors(seed=0, part_copy_column=5).fit(feats)
+    score, p = det.score(feats)
+    assert (score[:20] >= det.threshold_).all()
+    assert (p[:20, DETECTORS.index("part_copy")] > 1 - 1e-4).all()
+    assert (det.decisive(p, ("part_copy",)) >= det.threshold_)[20:].mean() <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert det.calibrators_["part_copy"].reference.max() < PART_COPY_CERTAIN
+    assert (p[20:, DETECTORS.index("part_copy")][feats[20:, 5] == 0] == 0).all()
+    assert det.ensemble_columns == [0, 1, 2, 3, 4]
+    assert (det.score(feats[:20], whole=False)[0] < det.threshold_).mean() > 0.5  # a part of a history is no account
+    # where nobody else shows any evidence, people's share of taste still sets the scale
+    none = feats.copy()
+    none[20:, 5] = 0.0
+    none[20:25, 5] = [5, 10, 15, 20, 25]
+    quiet = UserDetectors(seed=0, part_copy_column=5).fit(none)
+    verdict = quiet.decisive(quiet.score(none)[1], ("part_copy",))
+    assert (verdict[:20] >= quiet.threshold_).all() and (verdict[20:] < quiet.threshold_).all()
+
+
 def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
     """A copied account looks ordinary to the combined detectors; the copy detector flags it on its
     own share of the false-positive budget, and copies in the training log do not calibrate it."""

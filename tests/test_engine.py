@@ -71,9 +71,13 @@ def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
 def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events, tmp_path, monkeypatch):
     import seqguard_ray.detectors as D
 
+    import seqguard_ray.features as F
+
     monkeypatch.setattr(D, "KNN_GROUP_SIZE", 10)  # 60 users: a handful of leave-cluster-out groups
+    monkeypatch.setattr(F, "MISS_BIN_USERS", 10)  # ... and a miss-rate curve of a few points
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(tiny_events)
     assert sg.user_detectors.knn_centroids_ is not None and sg.stats.neighbours.ref.shape[0] == 60
+    assert len(sg.stats.neighbours.miss_rate) >= 2
     loaded = SeqGuard.load(sg.save(tmp_path / "model"))
     ud, lu = sg.user_detectors, loaded.user_detectors
     np.testing.assert_array_equal(lu.knn_groups_, ud.knn_groups_)
@@ -81,7 +85,11 @@ def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events,
     assert (loaded.stats.neighbours.ref != sg.stats.neighbours.ref).nnz == 0
     np.testing.assert_array_equal(loaded.stats.neighbours.null, sg.stats.neighbours.null)
     np.testing.assert_array_equal(loaded.stats.neighbours.span, sg.stats.neighbours.span)
+    np.testing.assert_array_equal(loaded.stats.neighbours.miss_sizes, sg.stats.neighbours.miss_sizes)
+    np.testing.assert_array_equal(loaded.stats.neighbours.miss_rate, sg.stats.neighbours.miss_rate)
+    np.testing.assert_array_equal(loaded.stats.neighbours.part_source, sg.stats.neighbours.part_source)
     assert lu.copy_column == ud.copy_column is not None and set(lu.calibrators_) == set(ud.calibrators_)
+    assert lu.part_copy_column == ud.part_copy_column is not None
     np.testing.assert_allclose(loaded.score(tiny_events).users.score, sg.score(tiny_events).users.score, atol=1e-6)
 
 
@@ -147,7 +155,7 @@ def test_catalogue_order_flags_sweeps_not_people():
     off = np.array([0, 10, 20, 50])
     n = len(item)
     seqs = Seqs(off, np.arange(n, dtype=float), item, np.zeros(n, np.int64), np.full(n, np.nan), np.zeros((n, 3), np.float32))
-    got = _catalogue_order(seqs, stats, seqs.user_index())
+    got = _catalogue_order(seqs, stats.id_rank, seqs.user_index())
     assert got[0] > 0.8 and got[1] > 0.8 and got[2] < 0.4, got
     assert "catalogue_order" in USER_FEATURES
 
@@ -318,6 +326,45 @@ def test_copied_accounts_are_flagged_as_replay_and_quarantined():
     said = users.reasons.str.contains("a copy of an account that started earlier")
     assert said[sure].all() and not said.drop(copies).any()  # the originals are not copies of their copies
     assert not sg.repair(r).repaired.user_id.isin(sure).any()
+
+
+def test_partial_copies_of_power_users_are_flagged_as_replay_and_quarantined():
+    """Half of a heavy user's items with other timing (an obfuscated copy, before or after its
+    source) resembles people to every other detector and its Jaccard similarity to the source is
+    only 0.5; the part_copy detector flags it, says why, and repair drops it; the sources are kept."""
+    from seqguard_ray.demo import AttackMix, generate
+    from seqguard_ray.features import USER_FEATURES, event_features, user_features
+
+    data = generate(n_users=200, mix=AttackMix.none(), seed=5)
+    ev = data.events
+    distinct = ev.groupby("user_id")["item_id"].nunique().sort_values(ascending=False)
+    rng = np.random.default_rng(0)
+    copies, sources = [], list(distinct.index[:4])
+    sizes = ev.groupby("user_id").size()
+    for i, src in enumerate(sources):
+        rows = ev[ev.user_id == src]
+        items = rows.item_id.unique()
+        take = rows[rows.item_id.isin(rng.choice(items, len(items) // 2, replace=False))]  # half its items
+        donor = ev[ev.user_id == rng.choice(sizes.index[(sizes > len(take)) & ~sizes.index.isin(sources)])]
+        gaps = np.diff(donor.ts.to_numpy()[: len(take)])       # a person's timing, shifted back or forth
+        start = int(rows.ts.iloc[0]) + int(rng.integers(1, 30)) * 86_400 * (1 if i % 2 else -1)
+        copies.append(take.assign(user_id=f"copy{i}", ts=start + np.r_[0, np.cumsum(gaps)]))
+    log = pd.concat([ev[["user_id", "item_id", "ts", "action", "value"]], *copies], ignore_index=True)
+    sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(log)
+    r = sg.score(log)
+    users = r.users.set_index("user_id")
+    names = [f"copy{i}" for i in range(4)]
+    seqs = sg.encode(sg.tokenize(r.log)).seqs
+    ef = event_features(seqs, sg.stats)
+    uf, _ = user_features(seqs, sg.stats, ef, sg.event_detector.score(ef))
+    feats = pd.DataFrame(uf, columns=USER_FEATURES, index=r.users.user_id.to_numpy())
+    assert (feats.loc[names, "copy_overlap"] < 0.6).all()            # no whole copies
+    assert feats.loc[names, "part_copy"].min() > feats.drop(names)["part_copy"].max()
+    assert users.loc[names, "anomalous"].all() and (users.loc[names, "anomaly_type"] == "replay").all()
+    said = users.reasons.str.contains("a partial copy")
+    assert said[names].all() and not said.drop(names).any()
+    assert not users.loc[sources, "anomalous"].any()
+    assert not sg.repair(r).repaired.user_id.isin(names).any()
 
 
 def test_short_histories_are_judged_against_histories_of_their_own_length(tmp_path):
