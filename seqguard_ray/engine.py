@@ -215,9 +215,12 @@ class SeqGuard:
         # what makes each flagged user unusual, feature by feature (-log tail probabilities)
         tails = dict(zip(flagged, self._judge(n_ev[flagged], uf[flagged], "feature_tails"))) if len(flagged) else {}
         copied = self.user_detectors.decisive(per_det, ACCOUNT) >= thr
+        # a partial copy's source is a person (features.Neighbours: no sweep is one)
+        of_person = self.user_detectors.decisive(per_det, ("part_copy",)) >= thr
         replayed = self.user_detectors.decisive(per_det, ("replay",)) >= thr
         if len(flagged):
-            self._localize(enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons)
+            self._localize(enc, ef, local, tails, segments, score, flagged, copied, of_person, atype, ev_score, ev_anom,
+                           reasons)
         nobody = self._resembles_nobody(seqs, uf, training=False) if len(flagged) else np.zeros(U, bool)
         for u in flagged:
             reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u], copied[u], replayed[u]) + reasons[u]
@@ -267,7 +270,8 @@ class SeqGuard:
         return self._judge(n_ev, uf, "score", whole=whole)
 
     # where a flagged user's anomaly lies: a part of the history, or all of it
-    def _localize(self, enc, ef, local, tails, segments, score, flagged, copied, atype, ev_score, ev_anom, reasons):
+    def _localize(self, enc, ef, local, tails, segments, score, flagged, copied, of_person, atype, ev_score, ev_anom,
+                  reasons):
         seqs, off, thr = enc.seqs, enc.seqs.offsets, self.user_detectors.threshold_
         n_ev = np.diff(off)
         uix = seqs.user_index()
@@ -332,8 +336,9 @@ class SeqGuard:
                 reasons[u].append(f"{size} of {b - a} events explain it: without them the history scores {r:.3f} (normal)")
             else:
                 # a copied account is a replay, unless it is a bot's sweep that another bot made too
+                # (a partial copy copies a person: a replay whatever its timing looks like)
                 whole = self._whole_type(tails[u])
-                atype[u] = "replay" if copied[u] and whole != "bot" else whole
+                atype[u] = "replay" if copied[u] and (whole != "bot" or of_person[u]) else whole
                 # every event is anomalous; within the history the locally odder ones rank higher
                 ev_score[a:b] = np.maximum(local[a:b], score[u] * (1.0 - self._WHOLE_SPREAD * (1.0 - local[a:b])))
                 ev_anom[a:b] = True

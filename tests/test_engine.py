@@ -331,7 +331,8 @@ def test_copied_accounts_are_flagged_as_replay_and_quarantined():
 def test_partial_copies_of_power_users_are_flagged_as_replay_and_quarantined():
     """Half of a heavy user's items with other timing (an obfuscated copy, before or after its
     source) resembles people to every other detector and its Jaccard similarity to the source is
-    only 0.5; the part_copy detector flags it, says why, and repair drops it; the sources are kept."""
+    only 0.5; the part_copy detector flags it, types it replay even when its timing is a script's,
+    says why, and repair drops it; the sources are kept."""
     from seqguard_ray.demo import AttackMix, generate
     from seqguard_ray.features import USER_FEATURES, event_features, user_features
 
@@ -346,7 +347,9 @@ def test_partial_copies_of_power_users_are_flagged_as_replay_and_quarantined():
         items = rows.item_id.unique()
         take = rows[rows.item_id.isin(rng.choice(items, len(items) // 2, replace=False))]  # half its items
         donor = ev[ev.user_id == rng.choice(sizes.index[(sizes > len(take)) & ~sizes.index.isin(sources)])]
-        gaps = np.diff(donor.ts.to_numpy()[: len(take)])       # a person's timing, shifted back or forth
+        gaps = np.diff(donor.ts.to_numpy()[: len(take)])       # a person's timing, shifted back or forth ...
+        if i == 0:
+            gaps = np.full(len(take) - 1, 60)                     # ... or a script's: still a copy of a person
         start = int(rows.ts.iloc[0]) + int(rng.integers(1, 30)) * 86_400 * (1 if i % 2 else -1)
         copies.append(take.assign(user_id=f"copy{i}", ts=start + np.r_[0, np.cumsum(gaps)]))
     log = pd.concat([ev[["user_id", "item_id", "ts", "action", "value"]], *copies], ignore_index=True)
