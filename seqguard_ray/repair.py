@@ -13,7 +13,7 @@ ANOMALY_TYPES = {
     "shilling": "the whole history is a fake profile: item, popularity or value pattern unlike people",
     "injection": "a real history with injected events (e.g. click-farm bursts); the injected events are marked",
     "takeover": "a real history with a contiguous stretch in another taste (account takeover); the stretch is marked",
-    "replay": "replayed traffic: a real history with copied segments (the copies are marked), or an account copying an earlier one's history",
+    "replay": "replayed traffic: a real history with copied segments (the copies are marked), or an account copying an earlier one's history or nearly all of its items from another person's",
     "other": "the whole history is anomalous in a way none of the types above describes",
 }
 
