@@ -182,9 +182,9 @@ def _compare(sets: sp.csr_matrix, ref: sp.csr_matrix | None, *, k: int = NEIGHBO
             part = ((earlier | (rn[None, :] > q[:, None])) & ~own & (rn[None, :] <= PART_SOURCE_RATIO * q[:, None])
                     & may_source[None, :])
             miss = q[:, None] - inter
-            missing[a:a + chunk] = np.where(part, miss, q[:, None]).min(1, initial=np.inf)
+            missing[a:a + chunk] = np.where(part, miss, q[:, None]).min(1)
             if miss_rate is not None:
-                r, c = np.nonzero(part & (miss <= (1.0 - PART_LEAST) * q[:, None] + 1e-9) & (q[:, None] >= COPY_MIN_ITEMS))
+                r, c = np.nonzero(part & _near_subset(q[:, None], miss))
                 nats = part_copy_nats(q[r], miss[r, c], miss_rate[a:a + chunk][r])
                 np.maximum.at(evidence, a + r, nats)
         if k >= 1:
@@ -194,7 +194,7 @@ def _compare(sets: sp.csr_matrix, ref: sp.csr_matrix | None, *, k: int = NEIGHBO
             jac[rows, own[rows]] = -1.0
             top = np.partition(jac, jac.shape[1] - k, axis=1)[:, -k:]
             sim[a:a + chunk] = np.where(q > 0, np.maximum(top, 0.0).mean(1), 0.0)
-    return sim, copy, np.minimum(missing, qn), evidence
+    return sim, copy, missing, evidence
 
 
 def neighbour_similarity(sets: sp.csr_matrix, ref: sp.csr_matrix | None, k: int = NEIGHBOURS, *,
@@ -236,6 +236,12 @@ def part_missing(sets: sp.csr_matrix, span: np.ndarray, ref: sp.csr_matrix | Non
     return _compare(sets, ref, span=span, ref_span=ref_span, sources=sources, chunk=chunk)[2]
 
 
+def _near_subset(size: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Sets of at least COPY_MIN_ITEMS items with at most 1 - PART_LEAST of them missing from a
+    source: the only ones whose partial-copy evidence counts."""
+    return (size >= COPY_MIN_ITEMS) & (missing <= (1.0 - PART_LEAST) * size + 1e-9)
+
+
 def part_copy_nats(size: np.ndarray, missing: np.ndarray, miss_rate: np.ndarray) -> np.ndarray:
     """(n,) evidence (nats) that a set of ``size`` items with only ``missing`` of them outside a
     source is a partial copy: -log P(Binomial(size, miss_rate) <= missing), where ``miss_rate`` is
@@ -246,8 +252,7 @@ def part_copy_nats(size: np.ndarray, missing: np.ndarray, miss_rate: np.ndarray)
     rate = np.clip(np.asarray(miss_rate, np.float64), 1e-3, 1 - 1e-3)
     with np.errstate(divide="ignore"):
         nats = -np.log(bdtr(np.minimum(missing, size), np.maximum(size, 1), rate))
-    ok = (size >= COPY_MIN_ITEMS) & (missing <= (1.0 - PART_LEAST) * size + 1e-9)
-    return np.where(ok, np.clip(nats, 0.0, MAX_NATS), 0.0)
+    return np.where(_near_subset(size, missing), np.clip(nats, 0.0, MAX_NATS), 0.0)
 
 
 @dataclass
