@@ -350,3 +350,15 @@ def test_unseen_bench_injects_what_it_says():
         targets[kind].append(g.loc[g["value"] == g["value"].max(), "item_id"].tolist())
     for kind, rated_high in targets.items():  # one campaign (3 < CAMPAIGN): a target rated highest by all
         assert set.intersection(*map(set, rated_high)), kind
+
+
+def test_robustness_bench_scales_every_attack_share():
+    """bench/robustness.py's heavy-poisoning log: every share of the mix times the scale, so a 3x
+    mix attacks about three times as many users."""
+    from bench.robustness import scaled
+
+    base = AttackMix()
+    mix = scaled(base, 3.0)
+    assert all(getattr(mix, f) == pytest.approx(3 * getattr(base, f)) for f in vars(base))
+    share = {k: (generate(n_users=300, mix=m, seed=2).user_type != NORMAL).mean() for k, m in (("1x", base), ("3x", mix))}
+    assert 2.2 < share["3x"] / share["1x"] < 3.8
