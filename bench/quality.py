@@ -30,6 +30,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from seqguard_ray import SeqGuard, TrainConfig
 from seqguard_ray.demo import NORMAL, AttackMix, LabeledEvents, generate
+from seqguard_ray.engine import Scored
+from seqguard_ray.events import EventLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,10 +46,23 @@ def load(data: str, *, users: int, seed: int, holdout: bool, clean: bool = False
     every attack type at 2% of the users); with ``clean``, the same log before any attack."""
     mix = (AttackMix.none() if clean else AttackMix.all(0.02) if all_types
            else AttackMix(**HOLDOUT_MIX) if holdout else AttackMix())
+    return load_mix(data, mix, users=users, seed=seed)
+
+
+def load_mix(data: str, mix: AttackMix, *, users: int, seed: int) -> LabeledEvents:
+    """The labelled log of one dataset with the attacks of ``mix``."""
     if data == "gen":
         return generate(n_users=users, mix=mix, seed=seed)
     from movielens import movielens_with_attacks
     return movielens_with_attacks(mix=mix, seed=seed)
+
+
+def kept_events(sg: SeqGuard, log_: EventLog, scored: Scored, n_events: int) -> np.ndarray:
+    """(n_events,) bool in the input's row order: the events that sg's repair policy keeps."""
+    keep, _, _, _ = sg.policy.apply(log_.offsets, scored.anomaly_type, scored.event_score, scored.event_anomalous)
+    kept = np.zeros(n_events, bool)
+    kept[log_.frame["_row"].to_numpy()] = keep
+    return kept
 
 
 def user_features(events: pd.DataFrame) -> pd.DataFrame:
@@ -201,10 +216,7 @@ def evaluate(data: str, *, users: int, seed: int, holdout: bool, trim_share: flo
     users_df = r.users.set_index(r.users["user_id"].astype(str))
     ev_score = np.zeros(len(ev))
     ev_score[r.events["row"].to_numpy()] = r.events["event_score"].to_numpy()
-    keep, _, _, _ = sg.policy.apply(r.log.offsets, r.scored.anomaly_type, r.scored.event_score,
-                                    r.scored.event_anomalous)
-    kept = np.zeros(len(ev), bool)
-    kept[r.log.frame["_row"].to_numpy()] = keep
+    kept = kept_events(sg, r.log, r.scored, len(ev))
     flagged = users_df["anomalous"].reindex(ut.index).fillna(False).to_numpy(bool)
     prec, rec = precision_recall(flagged, (ut != NORMAL).to_numpy())
     inj = labeled.event_injected

@@ -26,11 +26,11 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
 from seqguard_ray import SeqGuard, TrainConfig
-from seqguard_ray.demo import NORMAL, AttackMix, LabeledEvents, generate
-from seqguard_ray.engine import ScoreResult, as_log, events_frame, users_frame
+from seqguard_ray.demo import NORMAL, AttackMix, LabeledEvents
+from seqguard_ray.engine import as_log, users_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import precision_recall, run_baselines, user_features, user_metrics  # noqa: E402
+from quality import kept_events, load_mix, precision_recall, run_baselines, user_features, user_metrics  # noqa: E402
 
 
 def scaled(mix: AttackMix, k: float) -> AttackMix:
@@ -39,11 +39,7 @@ def scaled(mix: AttackMix, k: float) -> AttackMix:
 
 
 def load(data: str, mix: AttackMix, seed: int, users: int) -> LabeledEvents:
-    if data == "gen":
-        lab = generate(n_users=users, mix=mix, seed=seed)
-    else:
-        from movielens import movielens_with_attacks
-        lab = movielens_with_attacks(mix=mix, seed=seed)
+    lab = load_mix(data, mix, users=users, seed=seed)
     lab.user_type.index = lab.user_type.index.astype(str)
     return lab
 
@@ -100,10 +96,7 @@ def poisoned(data: str, seed: int, users: int, scale: float, trim: float) -> lis
         s = sg.detect(enc)
         u = users_frame(log_, s)
         u.index = u["user_id"].astype(str)
-        r = ScoreResult(u, events_frame(log_, s), log_, s)
-        keep, _, _, _ = sg.policy.apply(r.log.offsets, s.anomaly_type, s.event_score, s.event_anomalous)
-        kept = np.zeros(len(lab.events), bool)
-        kept[r.log.frame["_row"].to_numpy()] = keep
+        kept = kept_events(sg, log_, s, len(lab.events))
         inj = lab.event_injected
         lines.append(_row(f"seqguard, trim share {t:g}", u["score"], u["anomalous"], ut)
                      + f"   injected / clean events removed {(~kept[inj]).mean():.3f} / {(~kept[~inj]).mean():.3f}")
