@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "9"  # 9: "part_copy" and the partial-copy detector (stats.neighbours.miss_rate, stats.neighbours.part_source, user.cal.part_copy, "part_copy_column"); 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "10"  # 10: no "unknown_item_share" (unknown items carry no item statistics); 9: "part_copy" and the partial-copy detector (stats.neighbours.miss_rate, stats.neighbours.part_source, user.cal.part_copy, "part_copy_column"); 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 

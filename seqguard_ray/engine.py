@@ -156,10 +156,13 @@ class SeqGuard:
     # ------------------------------------------------------------------ stages
     def tokenize(self, log_: EventLog) -> Seqs:
         self._check_fitted(need_model=False)
+        return self._seqs(log_)
+
+    def _seqs(self, log_: EventLog) -> Seqs:
+        ids = self.vocab.item_ids(log_.item)
         return Seqs(
-            offsets=log_.offsets, ts=log_.ts, item=self.vocab.item_ids(log_.item),
-            action=self.vocab.action_ids(log_.action), value=log_.value,
-            surprisal=np.zeros((log_.n_events, 3), np.float32),
+            offsets=log_.offsets, ts=log_.ts, item=ids, action=self.vocab.action_ids(log_.action), value=log_.value,
+            surprisal=np.zeros((log_.n_events, 3), np.float32), key=self.vocab.item_keys(log_.item, ids),
         )
 
     def _windows(self, seqs: Seqs):
@@ -287,7 +290,7 @@ class SeqGuard:
         candidates = [
             ("injection", local >= thr),
             ("injection", doubtful),
-            ("injection", doubtful | _on_targets(uix, seqs.item, doubtful & in_flagged)),
+            ("injection", doubtful | _on_targets(uix, seqs.item_key, doubtful & in_flagged)),
             ("replay", replay),
             ("takeover", seg_mask),
         ]
@@ -315,7 +318,7 @@ class SeqGuard:
             res_z = self.residual_check.z(local[keep], sub.offsets)[users]
             # ... nor is what is left of a fake profile: filler that resembles nobody stays filler
             res_nobody = self._resembles_nobody(sub, sub_uf, training=False)[users]
-            pushed = size >= per_item_push * _distinct_items(uix, seqs.item, cand, seqs.n_users)
+            pushed = size >= per_item_push * _distinct_items(uix, seqs.item_key, cand, seqs.n_users)
             for u, r, z, nobody in zip(users, res_score, res_z, res_nobody):
                 if r >= self._RESIDUAL_NORMAL:
                     continue
@@ -381,7 +384,7 @@ class SeqGuard:
     _BOT_FEATURES = ("log_rate_per_active_hour", "median_log_gap", "gap_spread", "catalogue_order",
                      "fast_gap_share", "gap_regularity", "hour_entropy", "main_action_share", "action_entropy",
                      "unseen_action_share", "mean_timing_surprisal")
-    _SHILL_FEATURES = ("mean_log_count", "std_log_count", "unknown_item_share", "distinct_item_share",
+    _SHILL_FEATURES = ("mean_log_count", "std_log_count", "distinct_item_share",
                        "top_item_share", "value_mean", "value_std", "value_extreme_share", "value_deviation",
                        "value_item_corr", "mean_item_surprisal", "taste_coherence", "neighbour_lift")
 
@@ -432,8 +435,7 @@ class SeqGuard:
         if log_.n_users < 5:
             raise ValueError(f"need at least 5 users to train, got {log_.n_users}")
         self.vocab = Vocab.build(log_.item, log_.action, min_count=c.min_item_count)
-        seqs = Seqs(log_.offsets, log_.ts, self.vocab.item_ids(log_.item), self.vocab.action_ids(log_.action),
-                    log_.value, np.zeros((log_.n_events, 3), np.float32))
+        seqs = self._seqs(log_)
         self.stats = ItemStats.fit(seqs, self.vocab.n_items, seed=c.seed, items=self.vocab.items)
         self.model = SeqGuardEncoder(self._model_config())
         history = self.train_encoder_local(seqs)
@@ -621,11 +623,14 @@ class SeqGuard:
 
 
 def _on_targets(uix: np.ndarray, item: np.ndarray, hot: np.ndarray) -> np.ndarray:
-    """(N,) events on a user's target items: known items with two or more ``hot`` events in that
-    user's history. Injected traffic (click farms) pushes a few items many times, and not every
-    injected event is odd on its own."""
+    """(N,) events on a user's target items: items with two or more ``hot`` events in that user's
+    history. Injected traffic (click farms) pushes a few items many times, and not every injected
+    event is odd on its own. ``item``: item keys (Seqs.item_key, where each new item has its own
+    negative key); the special ids, the unknown bucket among them, are no item and gather nothing."""
+    is_item = (item >= N_SPECIAL) | (item < 0)
+    item = item - min(int(item.min(initial=0)), 0)  # >= 0 for the pair key
     key = uix.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
-    keys, counts = np.unique(key[hot & (item >= N_SPECIAL)], return_counts=True)
+    keys, counts = np.unique(key[hot & is_item], return_counts=True)
     return np.isin(key, keys[counts >= 2])
 
 

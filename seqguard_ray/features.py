@@ -8,6 +8,7 @@ way as a whole log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,10 +46,18 @@ class Seqs:
     action: np.ndarray    # (N,) int64 action ids
     value: np.ndarray     # (N,) float64, NaN where absent
     surprisal: np.ndarray  # (N, 3) float32 item/action/gap surprisal in nats
+    # (N,) int64 which item each event is: its vocab id, or for items outside the vocabulary (the
+    # unknown bucket) a negative number per distinct item id, so that two new items are not one
+    # item repeated; None: the vocab ids (no unknown item is told apart)
+    key: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def item_key(self) -> np.ndarray:
+        return self.item if self.key is None else self.key
 
     def user_index(self) -> np.ndarray:
         return np.repeat(np.arange(self.n_users), np.diff(self.offsets))
@@ -57,7 +66,8 @@ class Seqs:
         """The same users with only the events where ``keep`` (N,) is True."""
         counts = _segment_sums(keep.astype(np.int64), self.offsets)
         offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-        return Seqs(offsets, self.ts[keep], self.item[keep], self.action[keep], self.value[keep], self.surprisal[keep])
+        return Seqs(offsets, self.ts[keep], self.item[keep], self.action[keep], self.value[keep], self.surprisal[keep],
+                    None if self.key is None else self.key[keep])
 
 
 @dataclass
@@ -73,6 +83,16 @@ class ItemStats:
     value_hi: float = 0.0   # largest training value
     id_rank: np.ndarray | None = None  # (V,) each item's rank in catalogue (item id) order; see catalogue_rank
     neighbours: Neighbours | None = None  # item sets of a sample of training users; see Neighbours
+
+    @cached_property
+    def typical_log_count(self) -> float:
+        """The median training event's item log count (what an item nothing is known of is taken for)."""
+        lc = self.log_count[N_SPECIAL:]
+        w = np.expm1(lc)
+        if w.sum() <= 0:
+            return 0.0
+        order = np.argsort(lc, kind="stable")
+        return float(lc[order][np.searchsorted(np.cumsum(w[order]), 0.5 * w.sum())])
 
     @classmethod
     def fit(cls, seqs: Seqs, n_items: int, *, seed: int = 0, items: list[str] | None = None) -> ItemStats:
@@ -376,9 +396,16 @@ EVENT_FEATURES = (
 
 
 def _segment_sums(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(U, ...) sums of x over each user's rows; empty users get 0."""
-    c = np.concatenate([np.zeros((1,) + x.shape[1:], x.dtype), np.cumsum(x, axis=0)])
-    return c[offsets[1:]] - c[offsets[:-1]]
+    """(U, ...) sums of x over each user's rows; empty users get 0. Each sum runs over the user's own
+    rows only (not a difference of running totals over the batch), so it does not depend on where in
+    a batch the user sits: a value that lands on a tie of a detector's reference must land there in
+    any batch."""
+    n = len(offsets) - 1
+    out = np.zeros((n,) + x.shape[1:], x.dtype)
+    has = offsets[1:] > offsets[:-1]
+    if has.any():
+        out[has] = np.add.reduceat(x, offsets[:-1][has], axis=0)
+    return out
 
 
 def _prev_occurrences(uix: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -402,6 +429,29 @@ def _prev_index(uix: np.ndarray, key: np.ndarray) -> np.ndarray:
     return out
 
 
+def _known_or_user_mean(x: np.ndarray, known: np.ndarray, offsets: np.ndarray, fallback: float) -> np.ndarray:
+    """(N,) x, where events on unknown items (``known`` False) take the mean of their user's known
+    events (``fallback`` for a user with none). Nothing is known of an item outside the vocabulary:
+    it may be new (catalogue churn) rather than rare, so its statistics count as missing, not as
+    the most extreme value there is."""
+    if known.all():
+        return x
+    k = known.astype(np.float64)
+    n = _segment_sums(k, offsets)
+    mean = np.where(n > 0, _segment_sums(np.where(known, x, 0.0), offsets) / np.maximum(n, 1), fallback)
+    return np.where(known, x, np.repeat(mean, np.diff(offsets)))
+
+
+def item_surprisal(seqs: Seqs, stats: ItemStats) -> np.ndarray:
+    """(N,) the encoder's item surprisal; events on unknown items take their user's mean over known
+    ones (see :func:`_known_or_user_mean`; a user without known items: the surprisal of a uniform
+    guess over the catalogue). The unknown bucket's own probability says how many items were rare in
+    training, not how odd a new item is."""
+    known = seqs.item >= N_SPECIAL
+    x = seqs.surprisal[:, 0].astype(np.float64)
+    return _known_or_user_mean(x, known, seqs.offsets, float(np.log(max(len(stats.log_count) - N_SPECIAL, 2))))
+
+
 def user_profiles(seqs: Seqs, stats: ItemStats) -> np.ndarray:
     """(U, TASTE_DIM) unit mean taste vector of each user's known items."""
     prof = _segment_sums(stats.taste[seqs.item].astype(np.float64), seqs.offsets)
@@ -420,23 +470,25 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
     lo = np.searchsorted(key, key - BURST_WINDOW_S, side="left")
     hi = np.searchsorted(key, key + BURST_WINDOW_S, side="right")
     burst = np.log(hi - lo)
-    rarity = -stats.log_count[seqs.item]
-    prof = user_profiles(seqs, stats)[uix]
     known = seqs.item >= N_SPECIAL
+    rarity = -_known_or_user_mean(stats.log_count[seqs.item], known, seqs.offsets, stats.typical_log_count)
+    prof = user_profiles(seqs, stats)[uix]
     taste = np.where(known, 1.0 - np.einsum("nd,nd->n", stats.taste[seqs.item], prof), 0.0)
-    repeat = np.log1p(_prev_occurrences(uix, seqs.item))
+    ik = seqs.item_key
+    ik = ik - min(int(ik.min(initial=0)), 0)  # >= 0: -1 below stands for "no event"
+    repeat = np.log1p(_prev_occurrences(uix, ik))
     # replay: the n-gram ending here occurred earlier in the same history with the same gaps (people
     # come back to items, copies also keep the timing); mark its events
-    gram = seqs.item.copy()
+    gram = ik.copy()
     for j in range(1, REPLAY_N):
-        prev = np.r_[np.full(j, -1), seqs.item[:-j]][:n]  # [:n]: logs shorter than j
+        prev = np.r_[np.full(j, -1), ik[:-j]][:n]  # [:n]: logs shorter than j
         same_user = np.r_[np.zeros(j, bool), uix[j:] == uix[:-j]][:n]
         gram = gram * 1_000_003 + np.where(same_user, prev, -1)
     full = np.r_[np.zeros(REPLAY_N - 1, bool), uix[REPLAY_N - 1:] == uix[:1 - REPLAY_N]] if n >= REPLAY_N else np.zeros(n, bool)
     # an n-gram of one repeated item is a burst, not a replay
     varied = np.ones(n, bool)
     if n >= REPLAY_N:
-        varied[REPLAY_N - 1:] = seqs.item[REPLAY_N - 1:] != seqs.item[:1 - REPLAY_N]
+        varied[REPLAY_N - 1:] = ik[REPLAY_N - 1:] != ik[:1 - REPLAY_N]
     earlier = _prev_index(uix, gram)
     hit = full & varied & (earlier >= 0)
     gaps = np.diff(seqs.ts, prepend=seqs.ts[:1]) if n else seqs.ts
@@ -449,8 +501,9 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
         replay[:-j] = np.maximum(replay[:-j], hit[j:] & (uix[:-j] == uix[j:]))
     has_v = np.isfinite(seqs.value)
     vdev = np.where(has_v, np.abs(np.nan_to_num(seqs.value) - stats.value_mean[seqs.item]) / stats.value_std, 0.0)
+    vdev = _known_or_user_mean(vdev, known | ~has_v, seqs.offsets, 0.0)
     out = np.stack([
-        seqs.surprisal[:, 0], seqs.surprisal[:, 1] + seqs.surprisal[:, 2], burst, rarity, taste, repeat, replay, vdev,
+        item_surprisal(seqs, stats), seqs.surprisal[:, 1] + seqs.surprisal[:, 2], burst, rarity, taste, repeat, replay, vdev,
     ], axis=1)
     return out.astype(np.float64)
 
@@ -465,7 +518,7 @@ def event_features(seqs: Seqs, stats: ItemStats) -> np.ndarray:
 USER_FEATURES = (
     "log_rate_per_active_hour", "median_log_gap", "gap_spread",
     "fast_gap_share", "gap_regularity", "hour_entropy", "mean_log_count", "std_log_count",
-    "unknown_item_share", "distinct_item_share", "top_item_share", "replay_share", "longest_replay_run",
+    "distinct_item_share", "top_item_share", "replay_share", "longest_replay_run",
     "main_action_share", "action_entropy", "unseen_action_share",
     "value_mean", "value_std", "value_extreme_share", "value_deviation", "value_item_corr",
     "mean_item_surprisal", "mean_timing_surprisal", "max_segment_surprisal",
@@ -488,13 +541,13 @@ def _entropy_by_user(uix: np.ndarray, key: np.ndarray, n_users: int) -> np.ndarr
 def _rolling_max_mean(x: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
     """(U,) max over each user of the mean of x over ``width`` consecutive events."""
     out = np.zeros(len(offsets) - 1)
-    c = np.r_[0.0, np.cumsum(x)]
     for u, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
         n = b - a
         if n == 0:
             continue
         w = min(width, n)
-        out[u] = ((c[a + w:b + 1] - c[a:b - w + 1]) / w).max()
+        c = np.r_[0.0, np.cumsum(x[a:b])]  # the user's own running total (see _segment_sums)
+        out[u] = ((c[w:] - c[:n - w + 1]) / w).max()
     return out
 
 
@@ -620,11 +673,14 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     spread = np.sqrt(np.maximum(_segment_sums(lg ** 2 * not_first, off) / ng - mean_lg ** 2, 0.0))
     fast = _segment_sums(((gaps < 2.0) & not_first).astype(float), off) / ng
 
-    lc = stats.log_count[seqs.item]
-    mean_lc = _segment_sums(lc, off) / nz
-    std_lc = np.sqrt(np.maximum(_segment_sums(lc ** 2, off) / nz - mean_lc ** 2, 0.0))
-    unknown = _segment_sums((seqs.item < N_SPECIAL).astype(float), off) / nz
-    prev = _prev_occurrences(uix, seqs.item)
+    # item statistics over known items only (see _known_or_user_mean)
+    known = seqs.item >= N_SPECIAL
+    n_known = _segment_sums(known.astype(float), off)
+    lc = np.where(known, stats.log_count[seqs.item], 0.0)
+    mean_lc = np.where(n_known > 0, _segment_sums(lc, off) / np.maximum(n_known, 1), stats.typical_log_count)
+    std_lc = np.sqrt(np.maximum(_segment_sums(lc ** 2, off) / np.maximum(n_known, 1) - np.where(n_known > 0, mean_lc, 0.0) ** 2, 0.0))
+    ik = seqs.item_key
+    prev = _prev_occurrences(uix, ik)
     distinct = _segment_sums((prev == 0).astype(float), off) / nz
     top_share = np.zeros(U)
     replay = ef[:, EVENT_FEATURES.index("replay")] > 0
@@ -648,11 +704,11 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     im = stats.value_mean[seqs.item]
     v_corr = np.zeros(U)
 
-    s_item = _segment_sums(seqs.surprisal[:, 0].astype(np.float64), off) / nz
+    s_item = _segment_sums(ef[:, EVENT_FEATURES.index("item_surprisal")], off) / nz
     s_time = _segment_sums((seqs.surprisal[:, 1] + seqs.surprisal[:, 2]).astype(np.float64), off) / nz
     seg_local = _rolling_max_mean(event_local, off, 8)
-    known = seqs.item >= N_SPECIAL
-    coherence = np.where(n_ev > 0, 1.0 - _segment_sums(ef[:, EVENT_FEATURES.index("taste_distance")], off) / nz, 0.0)
+    # a history without known items is as coherent as a one-item history
+    coherence = np.where(n_ev > 0, 1.0 - _segment_sums(ef[:, EVENT_FEATURES.index("taste_distance")], off) / np.maximum(n_known, 1), 0.0)
     shift = np.zeros(U)
     novelty = np.zeros(U)
     segments = np.zeros((U, 2), np.int64)
@@ -661,23 +717,25 @@ def user_features(seqs: Seqs, stats: ItemStats, ef: np.ndarray, event_local: np.
     habits = np.stack([0.5 * np.sin(hour), 0.5 * np.cos(hour), 0.1 * lg * not_first], axis=1) if len(ts) else np.zeros((0, 3))
     for u in np.flatnonzero(n_ev >= 3):
         a, b = off[u], off[u + 1]
-        counts = np.bincount(seqs.item[a:b])
+        counts = np.unique(ik[a:b], return_counts=True)[1]
         top_share[u] = (counts.max() - 1) / (b - a)  # 0 when every item is distinct, at any length
-        hv = has_v[a:b]
+        hv = has_v[a:b] & known[a:b]
         if hv.sum() >= 3:
             x, y = v[a:b][hv], im[a:b][hv]
             if x.std() > 1e-9 and y.std() > 1e-9:
                 v_corr[u] = float(np.corrcoef(x, y)[0, 1])
-        k = known[a:b]
-        if k.sum() >= 8:
-            r2, s0, s1 = best_segment(np.hstack([stats.taste[seqs.item[a:b]], habits[a:b]]))
+        k = np.flatnonzero(known[a:b])  # the segment search sees known items only (new ones have no taste)
+        if len(k) >= 8:
+            it = seqs.item[a:b][k]
+            r2, s0, s1 = best_segment(np.hstack([stats.taste[it], habits[a:b][k]]))
             shift[u] = r2
-            segments[u] = (s0, s1)
-            novelty[u] = segment_novelty(stats.taste[seqs.item[a:b]], s0, s1)
+            if s1 > s0:  # back to positions in the whole history
+                segments[u] = (k[s0], k[s1 - 1] + 1 if s1 < len(k) else b - a)
+            novelty[u] = segment_novelty(stats.taste[it], s0, s1)
     feats = np.stack([
         np.log(nz / active_hours), med_lg, spread,
         fast, regular, hour_ent, mean_lc, std_lc,
-        unknown, distinct, top_share, replay_share, np.log1p(longest_run),
+        distinct, top_share, replay_share, np.log1p(longest_run),
         main_share, act_ent, unseen_action,
         v_mean, v_std, v_extreme, v_dev, v_corr,
         s_item, s_time, seg_local,

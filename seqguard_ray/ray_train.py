@@ -241,8 +241,7 @@ def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, int, set]:
         raise ValueError("no events to train on")
     lens = np.concatenate([np.diff(s.offsets) for s in parts])
     seqs = Seqs(np.r_[0, np.cumsum(lens)].astype(np.int64), *(np.concatenate([getattr(s, f) for s in parts])
-                for f in ("ts", "item", "action", "value")),
-                np.concatenate([s.surprisal for s in parts]))
+                for f in ("ts", "item", "action", "value", "surprisal", "item_key")))
     return Encoded(seqs, np.concatenate(embs)), n_users, nodes
 
 

@@ -344,7 +344,8 @@ class EncodedBatch:
         out = []
         for r0, r1 in zip(bounds[:-1], bounds[1:]):
             e0, e1 = off[r0], off[r1]
-            seqs = Seqs(off[r0:r1 + 1] - e0, s.ts[e0:e1], s.item[e0:e1], s.action[e0:e1], s.value[e0:e1], s.surprisal[e0:e1])
+            seqs = Seqs(off[r0:r1 + 1] - e0, s.ts[e0:e1], s.item[e0:e1], s.action[e0:e1], s.value[e0:e1], s.surprisal[e0:e1],
+                        None if s.key is None else s.key[e0:e1])
             out.append(EncodedBatch(Encoded(seqs, self.encoded.user_emb[r0:r1]), self.order[e0:e1] - e0,
                                     self.model_version, self.model_dir))
         return out

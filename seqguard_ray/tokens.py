@@ -61,6 +61,17 @@ class Vocab:
         get = self._item_ix.get
         return np.fromiter((get(s, UNK) for s in item), dtype=np.int64, count=len(item))
 
+    @staticmethod
+    def item_keys(item: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """(N,) ``ids`` (from :meth:`item_ids`) with each distinct unknown item given its own
+        negative key (-1, -2, ...): the unknown bucket holds many items, and a history of new items
+        is not one item repeated."""
+        keys = ids.copy()
+        unk = ids == UNK
+        if unk.any():
+            keys[unk] = -1 - np.unique(np.asarray(item)[unk], return_inverse=True)[1].ravel()
+        return keys
+
     def action_ids(self, action: np.ndarray) -> np.ndarray:
         get = self._action_ix.get
         return np.fromiter((get(s, UNK) for s in action), dtype=np.int64, count=len(action))

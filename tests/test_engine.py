@@ -214,6 +214,10 @@ def test_target_items_gather_every_event_on_an_item_pushed_repeatedly():
     # the unknown-item bucket is not an item and gathers nothing
     assert got.tolist() == [True, True, True, False, False, False, False, False, False, False]
     assert _distinct_items(uix, item, got | hot, 4).tolist() == [2, 1, 1, 0]
+    # with item keys, a new item (negative key) pushed twice is a target like any other
+    keys = np.r_[item[:7], -1, -1, -2]
+    assert _on_targets(uix, keys, hot)[7:].tolist() == [True, True, False]
+    assert _distinct_items(uix, keys, hot, 4).tolist() == [2, 1, 1, 0]
 
 
 def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
@@ -399,3 +403,54 @@ def test_short_histories_are_judged_against_histories_of_their_own_length(tmp_pa
     # one stratum when short histories are too few to judge on their own
     assert SeqGuard._strata(sg, np.full(500, 40)) == [1]
     assert SeqGuard._strata(sg, np.r_[np.full(150, 1), np.full(50, 3), np.full(500, 40)]) == [1, 10]
+
+
+def test_unknown_items_carry_no_item_statistics(tiny_model):
+    """An item outside the vocabulary may be new rather than rare: its events take their user's
+    mean rarity and item surprisal over known items, and two new items are not one item repeated."""
+    from seqguard_ray.features import EVENT_FEATURES, USER_FEATURES, Seqs, event_features, user_features
+    from seqguard_ray.tokens import N_SPECIAL, UNK
+
+    stats = tiny_model.stats
+    known = np.arange(N_SPECIAL, N_SPECIAL + 6)
+    item = np.r_[known, UNK, UNK, UNK]
+    key = np.r_[known, -1, -2, -3]
+    n = len(item)
+    sur = np.zeros((n, 3), np.float32)
+    sur[:, 0] = np.r_[np.arange(6) + 1.0, 30.0, 30.0, 30.0]  # the encoder's p(UNK) is tiny
+    seqs = Seqs(np.array([0, n]), np.arange(n) * 100.0, item, np.full(n, N_SPECIAL), np.full(n, np.nan), sur, key)
+    ef = event_features(seqs, stats)
+    col = {f: ef[:, i] for i, f in enumerate(EVENT_FEATURES)}
+    assert np.allclose(col["item_surprisal"][6:], 3.5)  # mean of 1..6
+    assert np.allclose(col["rarity"][6:], -stats.log_count[known].mean())
+    assert (col["repeat"] == 0).all()
+    uf, _ = user_features(seqs, stats, ef, np.zeros(n))
+    f = dict(zip(USER_FEATURES, uf[0]))
+    assert f["distinct_item_share"] == 1.0 and f["top_item_share"] == 0.0
+    assert np.isclose(f["mean_log_count"], stats.log_count[known].mean())
+    # the same unknown item three times is a repeat; without keys the bucket is one item
+    same = Seqs(seqs.offsets, seqs.ts, item, seqs.action, seqs.value, sur, np.r_[known, -1, -1, -1])
+    assert event_features(same, stats)[6:, EVENT_FEATURES.index("repeat")].tolist() == pytest.approx(np.log1p([0, 1, 2]))
+    # a user of new items only: a typical item, the surprisal of a uniform guess
+    only = Seqs(np.array([0, 3]), np.arange(3.0), np.full(3, UNK), np.full(3, N_SPECIAL), np.full(3, np.nan),
+                sur[6:], np.array([-1, -2, -3]))
+    ef = event_features(only, stats)
+    assert np.allclose(ef[:, EVENT_FEATURES.index("rarity")], -stats.typical_log_count)
+    assert np.allclose(ef[:, EVENT_FEATURES.index("item_surprisal")], np.log(len(stats.log_count) - N_SPECIAL))
+
+
+def test_user_features_do_not_depend_on_batch_mates(tiny_model, tiny_events):
+    """Per-user sums run over the user's own events only, so a user's features are the same bits
+    wherever in a batch it sits (a difference of batch-wide running totals was not: a value on a
+    tie of a detector's reference then moved a served score by 1e-4)."""
+    from seqguard_ray.engine import as_log
+    from seqguard_ray.features import Seqs, event_features, user_features
+
+    def feats(seqs):
+        ef = event_features(seqs, tiny_model.stats)
+        return user_features(seqs, tiny_model.stats, ef, tiny_model.event_detector.score(ef))[0]
+
+    s = tiny_model.encode(tiny_model.tokenize(as_log(tiny_events))).seqs
+    a, b = s.offsets[-2], s.offsets[-1]  # the last user, alone (the same encoder output)
+    alone = Seqs(np.array([0, b - a]), s.ts[a:b], s.item[a:b], s.action[a:b], s.value[a:b], s.surprisal[a:b], s.key[a:b])
+    assert np.array_equal(feats(s)[-1], feats(alone)[0])

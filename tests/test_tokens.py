@@ -14,6 +14,15 @@ def test_vocab_unknown_bucket_and_min_count():
         Vocab.build(np.array(["a"]), np.array(["v"]), min_count=0)
 
 
+def test_item_keys_tell_unknown_items_apart():
+    v = Vocab.build(np.array(["a", "a", "c", "c"]), np.array(["view"] * 4), min_count=2)
+    items = np.array(["c", "new1", "a", "new2", "new1", "b"])
+    keys = Vocab.item_keys(items, v.item_ids(items))
+    # known items keep their vocab id; each unknown item its own negative key, the same each time
+    assert keys[[0, 2]].tolist() == v.item_ids(items)[[0, 2]].tolist()
+    assert (keys[[1, 3, 4, 5]] < 0).all() and keys[1] == keys[4] and len({keys[1], keys[3], keys[5]}) == 3
+
+
 def test_gap_buckets_first_event_and_log_scale():
     ts = np.array([0.0, 0.0, 1.0, 100.0, 5.0])
     b = gap_buckets(ts, np.array([0, 4, 5]))
