@@ -1,4 +1,4 @@
-"""Two ways a deployment departs from bench/quality.py's protocol (train on a log, score the same
+"""Three ways a deployment departs from bench/quality.py's protocol (train on a log, score the same
 log), measured against an Isolation Forest on the same hand features in the same run:
 
 - new users: train on a random half of the users and score the other half, whom neither the
@@ -7,9 +7,13 @@ log), measured against an Isolation Forest on the same hand features in the same
   its training scores), so the false-positive rates show how well the calibration carries over;
 - heavy poisoning: every attack of the default mix at ``--scale`` times its share (3: about 29%
   of the users attacked), trained and scored as in bench/quality.py, at the default trim share and
-  at ``--trim-share`` (the detectors refitted on the same encoder).
+  at ``--trim-share`` (the detectors refitted on the same encoder);
+- new items (catalogue churn): train on the log without the events of randomly chosen items (never
+  an attack's target) that make ``--new-item-share`` of its events, then score the training log and
+  the whole log, in which those items are new; reported for all normal users and for those who
+  touched a new item.
 
-    python bench/robustness.py                       # both protocols, both data sets
+    python bench/robustness.py                       # every protocol, both data sets
     python bench/robustness.py --data gen --protocol new-users
 """
 
@@ -106,20 +110,63 @@ def poisoned(data: str, seed: int, users: int, scale: float, trim: float) -> lis
     return lines
 
 
+def new_item_choice(lab: LabeledEvents, share: float, seed: int) -> np.ndarray:
+    """Random items, never an attack's target, whose events make at least ``share`` of the log."""
+    counts = lab.events["item_id"].value_counts()
+    counts = counts[~counts.index.isin(lab.target_items)]
+    order = np.random.default_rng(seed).permutation(counts.index.to_numpy())
+    reach = np.cumsum(counts.reindex(order).to_numpy()) / len(lab.events)
+    if not len(reach) or reach[-1] < share:
+        raise ValueError(f"the log's non-target items make {reach[-1] if len(reach) else 0:.1%} of its events, under {share:.1%}")
+    return order[: int(np.searchsorted(reach, share)) + 1]
+
+
+def new_items(data: str, seed: int, users: int, share: float) -> list[str]:
+    lab = load(data, AttackMix(), seed, users)
+    ev, ut = lab.events, lab.user_type
+    new = new_item_choice(lab, share, seed)
+    is_new = ev["item_id"].isin(new).to_numpy()
+    train = ev[~is_new]
+    touched = set(ev.loc[is_new, "user_id"].astype(str))
+    sg = SeqGuard(TrainConfig(seed=seed)).fit(train)
+    feats = {k: user_features(df) for k, df in (("train", train), ("whole", ev))}
+    feats["whole"] = feats["whole"].reindex(columns=feats["train"].columns, fill_value=0.0)
+    scaler = StandardScaler().fit(feats["train"].to_numpy(np.float64))
+    forest = IsolationForest(random_state=seed).fit(scaler.transform(feats["train"].to_numpy(np.float64)))
+    raw = {k: pd.Series(-forest.score_samples(scaler.transform(f.to_numpy(np.float64))), index=f.index.astype(str))
+           for k, f in feats.items()}
+    cut = np.quantile(raw["train"], 0.99)
+    normal = ut.index[ut == NORMAL]
+    lines = [f"{data}: {len(new)} items ({is_new.mean():.1%} of the events, {len(touched & set(normal))} normal users "
+             f"touch one) left out of training", HEADER + f"{'FPR touched':>13}"]
+    for k, df in (("train", train), ("whole", ev)):
+        u = sg.score(df).users
+        u.index = u["user_id"].astype(str)
+        who = "training log" if k == "train" else "whole log (new items in it)"
+        for name, sc, fl in ((f"seqguard, {who}", u["score"], u["anomalous"]),
+                             (f"Isolation Forest, {who}", raw[k], raw[k] >= cut)):
+            hit = fl.reindex([x for x in normal if x in touched]).dropna().astype(bool)
+            lines.append(_row(name, sc, fl, ut) + f"{hit.mean():>13.3f}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=("gen", "movielens", "both"), default="both")
-    ap.add_argument("--protocol", choices=("new-users", "poisoned", "both"), default="both")
+    ap.add_argument("--protocol", choices=("new-users", "poisoned", "new-items", "all"), default="all")
     ap.add_argument("--users", type=int, default=1000, help="users of the generated log")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--scale", type=float, default=3.0, help="attack shares times this (poisoned protocol)")
     ap.add_argument("--trim-share", type=float, default=0.15, help="second trim share to compare (poisoned protocol)")
+    ap.add_argument("--new-item-share", type=float, default=0.05, help="share of the events on new items (new-items protocol)")
     a = ap.parse_args()
     for data in (("gen", "movielens") if a.data == "both" else (a.data,)):
-        if a.protocol in ("new-users", "both"):
+        if a.protocol in ("new-users", "all"):
             print("\n".join(new_users(data, a.seed, a.users)), flush=True)
-        if a.protocol in ("poisoned", "both"):
+        if a.protocol in ("poisoned", "all"):
             print("\n".join(poisoned(data, a.seed, a.users, a.scale, a.trim_share)), flush=True)
+        if a.protocol in ("new-items", "all"):
+            print("\n".join(new_items(data, a.seed, a.users, a.new_item_share)), flush=True)
 
 
 if __name__ == "__main__":

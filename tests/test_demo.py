@@ -362,3 +362,17 @@ def test_robustness_bench_scales_every_attack_share():
     assert all(getattr(mix, f) == pytest.approx(3 * getattr(base, f)) for f in vars(base))
     share = {k: (generate(n_users=300, mix=m, seed=2).user_type != NORMAL).mean() for k, m in (("1x", base), ("3x", mix))}
     assert 2.2 < share["3x"] / share["1x"] < 3.8
+
+
+def test_robustness_bench_new_items_reach_the_share_and_spare_attack_targets():
+    """bench/robustness.py's new-items protocol leaves out items (never an attack's target) whose
+    events make the asked share of the log, and says so when the log cannot."""
+    from bench.robustness import new_item_choice
+
+    lab = generate(n_users=200, seed=4)
+    new = new_item_choice(lab, 0.05, seed=1)
+    share = lab.events["item_id"].isin(new).mean()
+    assert 0.05 <= share < 0.1 and not np.isin(new, lab.target_items).any()
+    assert not np.array_equal(new, new_item_choice(lab, 0.05, seed=2))
+    with pytest.raises(ValueError, match="under"):
+        new_item_choice(lab, 1.01, seed=1)
