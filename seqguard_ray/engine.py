@@ -520,6 +520,7 @@ class SeqGuard:
         self.metrics["train_flagged_share"] = float(1 - normal_users.mean())
         self.metrics["trimmed_users"] = self.user_detectors.n_trimmed_ + sum(d.n_trimmed_ for _, d in self.short_detectors)
         self.metrics["length_strata"] = los
+        self.metrics["shortest_history"] = int(n_ev.min()) if len(n_ev) else 0
         self.metrics["presumed_users"] = int(presumed.sum())
 
     # Training users presumed anomalous before any detector is fitted: histories of at least
@@ -553,10 +554,11 @@ class SeqGuard:
     _VALUES_LEARNED = 0.5
 
     def check_log(self, log_: EventLog, *, once: bool = False) -> list[str]:
-        """Warn (and return the warnings) when a log's columns do not match what the model learned
-        from: no value at all where it learned from values, or none of the actions it knows. Such a
-        log is still scored (a short request may lack them legitimately), but most users of a whole
-        log like that will be flagged for it. ``once``: each warning at most once per process (a
+        """Warn (and return the warnings) when a log does not match what the model learned from: no
+        value at all where it learned from values, none of the actions it knows, or histories
+        shorter than any it trained on. Such a log is still scored (a short request may lack them
+        legitimately), but most users of a whole log like that, or those short users, will be
+        flagged for it. ``once``: each warning at most once per process (a
         server warns once, not per request; a batch worker once, not per bucket)."""
         self._check_fitted(need_model=False)
         out = []
@@ -571,6 +573,11 @@ class SeqGuard:
         if not known.intersection(seen):
             out.append(f"none of this log's actions ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}) is one "
                        f"the model learned ({', '.join(sorted(known)[:5])}): expect many users flagged for it")
+        shortest = self.metrics.get("shortest_history", 0)
+        if (np.diff(log_.offsets) < shortest).any():
+            out.append(f"this log has histories shorter than any the model trained on (fewer than {shortest} events): "
+                       f"their pace and regularity lie outside what the detectors learned, so expect them flagged; "
+                       f"train on a log that holds histories that short")
         for w in out:
             if not (once and w in _WARNED_ONCE):
                 log.warning(w)

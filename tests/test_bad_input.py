@@ -29,6 +29,7 @@ from serving_helpers import PlainServer
 
 from seqguard_ray.bundle import BundleError
 from seqguard_ray.cli import main
+from seqguard_ray.engine import as_log
 from seqguard_ray.events import EventsError, read_events
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
@@ -250,6 +251,11 @@ def test_api_warns_when_the_log_lacks_what_the_model_learned(tiny_model, caplog)
     with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
         tiny_model.score(_good_frame(3, 6).assign(value=1.0, action="click"))
     assert "learned" not in caplog.text
+    # new accounts shorter than every training history (the tiny log's shortest has 6 events)
+    assert tiny_model.metrics["shortest_history"] == 6
+    short = pd.concat([_good_frame(2, 6), _good_frame(1, 2).assign(user_id="new")]).assign(action="click")
+    warnings = tiny_model.check_log(as_log(short))
+    assert len(warnings) == 1 and "shorter than any the model trained on (fewer than 6 events)" in warnings[0]
 
 
 def test_api_single_event_log(tiny_model):
