@@ -61,6 +61,19 @@ def _row(name: str, scores: pd.Series, flagged: pd.Series, user_type: pd.Series)
 HEADER = f"  {'':<46}{'ROC':>7}{'PR':>7}{'FPR':>8}{'prec':>8}{'recall':>8}{'users':>7}"
 
 
+def forest_on(train: pd.DataFrame, others: dict[str, pd.DataFrame], seed: int) -> tuple[dict[str, pd.Series], float]:
+    """An Isolation Forest fitted on the hand features of ``train`` (scaled on it): raw scores
+    (index user_id as str) of "train" and of each of ``others``, and its cut, the 99th percentile
+    of its training scores. Item popularity is computed within each log."""
+    feats = {"train": user_features(train)} | {k: user_features(df) for k, df in others.items()}
+    cols = feats["train"].columns
+    x = {k: f.reindex(columns=cols, fill_value=0.0).to_numpy(np.float64) for k, f in feats.items()}
+    scaler = StandardScaler().fit(x["train"])
+    forest = IsolationForest(random_state=seed).fit(scaler.transform(x["train"]))
+    raw = {k: pd.Series(-forest.score_samples(scaler.transform(x[k])), index=f.index.astype(str)) for k, f in feats.items()}
+    return raw, float(np.quantile(raw["train"], 0.99))
+
+
 def new_users(data: str, seed: int, users: int) -> list[str]:
     lab = load(data, AttackMix(), seed, users)
     ev, ut = lab.events, lab.user_type
@@ -69,13 +82,7 @@ def new_users(data: str, seed: int, users: int) -> list[str]:
     half = set(rng.choice(ut.index.to_numpy(), len(ut) // 2, replace=False))
     train, test = ev[ids.isin(half)], ev[~ids.isin(half)]
     sg = SeqGuard(TrainConfig(seed=seed)).fit(train)
-    feats = {k: user_features(df) for k, df in (("train", train), ("test", test))}
-    feats["test"] = feats["test"].reindex(columns=feats["train"].columns, fill_value=0.0)
-    scaler = StandardScaler().fit(feats["train"].to_numpy(np.float64))
-    forest = IsolationForest(random_state=seed).fit(scaler.transform(feats["train"].to_numpy(np.float64)))
-    raw = {k: pd.Series(-forest.score_samples(scaler.transform(f.to_numpy(np.float64))), index=f.index.astype(str))
-           for k, f in feats.items()}
-    cut = np.quantile(raw["train"], 0.99)
+    raw, cut = forest_on(train, {"test": test}, seed)
     lines = [f"{data}: train on {len(half)} users, score them and the {len(ut) - len(half)} others", HEADER]
     for k, df in (("train", train), ("test", test)):
         u = sg.score(df).users
@@ -129,13 +136,7 @@ def new_items(data: str, seed: int, users: int, share: float) -> list[str]:
     train = ev[~is_new]
     touched = set(ev.loc[is_new, "user_id"].astype(str))
     sg = SeqGuard(TrainConfig(seed=seed)).fit(train)
-    feats = {k: user_features(df) for k, df in (("train", train), ("whole", ev))}
-    feats["whole"] = feats["whole"].reindex(columns=feats["train"].columns, fill_value=0.0)
-    scaler = StandardScaler().fit(feats["train"].to_numpy(np.float64))
-    forest = IsolationForest(random_state=seed).fit(scaler.transform(feats["train"].to_numpy(np.float64)))
-    raw = {k: pd.Series(-forest.score_samples(scaler.transform(f.to_numpy(np.float64))), index=f.index.astype(str))
-           for k, f in feats.items()}
-    cut = np.quantile(raw["train"], 0.99)
+    raw, cut = forest_on(train, {"whole": ev}, seed)
     normal = ut.index[ut == NORMAL]
     lines = [f"{data}: {len(new)} items ({is_new.mean():.1%} of the events, {len(touched & set(normal))} normal users "
              f"touch one) left out of training", HEADER + f"{'FPR touched':>13}"]

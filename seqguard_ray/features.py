@@ -400,6 +400,8 @@ def _segment_sums(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     rows only (not a difference of running totals over the batch), so it does not depend on where in
     a batch the user sits: a value that lands on a tie of a detector's reference must land there in
     any batch."""
+    if x.dtype == bool:
+        x = x.astype(np.int64)  # np.add over bools is a logical or
     n = len(offsets) - 1
     out = np.zeros((n,) + x.shape[1:], x.dtype)
     has = offsets[1:] > offsets[:-1]

@@ -454,3 +454,11 @@ def test_user_features_do_not_depend_on_batch_mates(tiny_model, tiny_events):
     a, b = s.offsets[-2], s.offsets[-1]  # the last user, alone (the same encoder output)
     alone = Seqs(np.array([0, b - a]), s.ts[a:b], s.item[a:b], s.action[a:b], s.value[a:b], s.surprisal[a:b], s.key[a:b])
     assert np.array_equal(feats(s)[-1], feats(alone)[0])
+
+
+def test_segment_sums_count_bools_and_leave_empty_users_at_zero():
+    from seqguard_ray.features import _segment_sums
+
+    assert _segment_sums(np.array([True, True, False]), np.array([0, 2, 2, 3])).tolist() == [2, 0, 0]
+    x = np.arange(10.0).reshape(5, 2)
+    assert _segment_sums(x, np.array([0, 0, 3, 5])).tolist() == [[0, 0], [6, 9], [14, 16]]
