@@ -59,7 +59,7 @@ def load_mix(data: str, mix: AttackMix, *, users: int, seed: int) -> LabeledEven
 
 def kept_events(sg: SeqGuard, log_: EventLog, scored: Scored, n_events: int) -> np.ndarray:
     """(n_events,) bool in the input's row order: the events that sg's repair policy keeps."""
-    keep, _, _, _ = sg.policy.apply(log_.offsets, scored.anomaly_type, scored.event_score, scored.event_anomalous)
+    keep, _, _, _ = sg.policy.decide(log_.offsets, scored)
     kept = np.zeros(n_events, bool)
     kept[log_.frame["_row"].to_numpy()] = keep
     return kept
@@ -191,8 +191,7 @@ def calibration(sg: SeqGuard, clean: pd.DataFrame) -> dict:
     """Score a log without attackers with a model trained on it: the share of its users flagged and
     of its events removed."""
     r = sg.score(clean)
-    keep, _, _, _ = sg.policy.apply(r.log.offsets, r.scored.anomaly_type, r.scored.event_score,
-                                    r.scored.event_anomalous)
+    keep, _, _, _ = sg.policy.decide(r.log.offsets, r.scored)
     return {"users_flagged": float(r.users["anomalous"].mean()), "events_removed": float((~keep).mean())}
 
 

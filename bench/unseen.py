@@ -97,7 +97,7 @@ def main() -> None:
     sg = SeqGuard(TrainConfig(seed=0)).fit(log_)
     t1 = time.perf_counter()
     r = sg.score(log_)
-    keep, _, _, _ = sg.policy.apply(r.log.offsets, r.scored.anomaly_type, r.scored.event_score, r.scored.event_anomalous)
+    keep, _, _, _ = sg.policy.decide(r.log.offsets, r.scored)
     kept = np.zeros(len(ev), bool)
     kept[r.log.frame["_row"].to_numpy()] = keep
     users = r.users.set_index(r.users["user_id"].astype(str)).reindex(user_type.index)

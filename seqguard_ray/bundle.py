@@ -25,7 +25,7 @@ from .features import EVENT_FEATURES, USER_FEATURES
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "10"  # 10: no "unknown_item_share" (unknown items carry no item statistics); 9: "part_copy" and the partial-copy detector (stats.neighbours.miss_rate, stats.neighbours.part_source, user.cal.part_copy, "part_copy_column"); 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
+FORMAT_VERSION = "11"  # 11: user.length_trend (flagged heavy users judged at a typical length); 10: no "unknown_item_share" (unknown items carry no item statistics); 9: "part_copy" and the partial-copy detector (stats.neighbours.miss_rate, stats.neighbours.part_source, user.cal.part_copy, "part_copy_column"); 8: the replay detector (user.cal.replay, "replay_column"); 7: "copy_overlap" and the copy detector (stats.neighbours.span, user.cal.copy), detectors per short-history length (short<i>.*); 6: leave-cluster-out kNN (user.knn_centroids, user.knn_groups), "neighbour_lift" (stats.neighbours.*); 5: kNN detector in place of ECOD (user.knn_ref, user.tail_ref); 4: event.residual_check; 3: Isolation Forest as arrays in state.npz (was iforest.skops); 2: "catalogue_order"
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -125,6 +125,7 @@ def save_bundle(sg, path: str | Path) -> Path:
         **{k: v for i, (_, sd) in enumerate(sg.short_detectors) for k, v in _detector_arrays(sd, f"short{i}.").items()},
         "event.ref": ed.ref_, "event.calibrator": ed.calibrator_.reference,
         "event.residual_check": sg.residual_check.coef,
+        "user.length_trend": sg.length_trend.coef,
         "vocab.item_counts": sg.vocab.item_counts,
     }
     np.savez(out / "state.npz", **arrays)
@@ -213,7 +214,7 @@ def load_bundle(path: str | Path):
     """Read a bundle written by :func:`save_bundle` into a ready SeqGuard."""
     from safetensors.torch import load_file
 
-    from .detectors import Calibrator, EventDetector, ResidualCheck
+    from .detectors import Calibrator, EventDetector, LengthTrend, ResidualCheck
     from .engine import SeqGuard, TrainConfig
     from .features import ItemStats, catalogue_rank
     from .model import SeqGuardConfig, SeqGuardEncoder
@@ -258,6 +259,10 @@ def load_bundle(path: str | Path):
         ed.ref_, ed.calibrator_ = a["event.ref"], Calibrator(a["event.calibrator"])
         sg.event_detector = ed
         sg.residual_check = ResidualCheck(a["event.residual_check"])
+        sg.length_trend = LengthTrend(a["user.length_trend"])
+        if len(sg.length_trend.coef) != len(USER_FEATURES) + 1:
+            raise BundleError(f"model bundle {p}: its length trend has {len(sg.length_trend.coef) - 1} feature slopes "
+                              f"for {len(USER_FEATURES)} user features")
         sg.metrics = m.get("metrics", {})
         sg.model_version = m.get("model_version", "")
     except BundleError:

@@ -553,3 +553,57 @@ class ResidualCheck:
         m, n = self._stat(local, offsets, cut)
         z = (m - (a + b * np.log(np.maximum(n, 1)))) / sd
         return np.where(n >= self.MIN_EVENTS, z, -np.inf)
+
+
+class LengthTrend:
+    """How normal users' features drift with their history length, to judge a flagged history at a
+    typical length before deleting it.
+
+    Heavy users are odd in ways that come with their length: their items go deeper into the
+    catalogue (lower popularity, higher surprisal), resemble any one other person's less
+    (neighbour_lift falls ~0.3 per e-fold of events on MovieLens-100k) and they rate faster. Judged
+    against everyone, a few heavy real raters score like attackers. The trend is Tukey's resistant
+    line of each feature on log(events) over the normal training users (the slope between the
+    medians of the shortest and longest thirds); :meth:`adjust` moves a history's features to
+    what they would be at the median length (``pivot``). Features with no trend get slope 0.
+    """
+
+    MIN_USERS = 30  # fewer normal training users than this: no trend (every slope 0)
+
+    def __init__(self, coef: np.ndarray | None = None, n_features: int | None = None):
+        # (pivot log-length, slope per feature); all slopes 0: the trend is off
+        if coef is None:
+            coef = np.zeros(1 + int(n_features or 0))
+        self.coef = np.asarray(coef, np.float64)
+        if self.coef.ndim != 1 or len(self.coef) < 1 or not np.isfinite(self.coef).all():
+            raise ValueError(f"length trend needs a finite (pivot, slopes...) vector, got shape {self.coef.shape}")
+
+    @classmethod
+    def fit(cls, feats: np.ndarray, n_events: np.ndarray, normal: np.ndarray, *, columns: list[int]) -> LengthTrend:
+        """feats (U, F), n_events (U,), normal (U,) bool: the users to learn from; ``columns``: the
+        features that may drift (the others keep slope 0)."""
+        x = np.log(np.maximum(np.asarray(n_events, np.float64), 1.0))
+        use = np.asarray(normal, bool)
+        out = np.zeros(1 + feats.shape[1])
+        if use.sum() < cls.MIN_USERS:
+            return cls(out)
+        xs = x[use]
+        lo, hi = np.quantile(xs, [1 / 3, 2 / 3])
+        short, long_ = use & (x <= lo), use & (x >= hi)
+        dx = np.median(x[long_]) - np.median(x[short])
+        out[0] = np.median(xs)
+        if dx > 1e-9:
+            for j in columns:
+                out[1 + j] = (np.median(feats[long_, j]) - np.median(feats[short, j])) / dx
+        return cls(out)
+
+    @property
+    def pivot_events(self) -> float:
+        return float(np.exp(self.coef[0]))
+
+    def adjust(self, feats: np.ndarray, n_events: np.ndarray) -> np.ndarray:
+        """(n, F) the features moved along the trend to the median training length."""
+        if feats.shape[1] != len(self.coef) - 1:
+            raise ValueError(f"length trend has {len(self.coef) - 1} feature slopes, features have {feats.shape[1]} columns")
+        x = np.log(np.maximum(np.asarray(n_events, np.float64), 1.0))
+        return feats - self.coef[None, 1:] * (x - self.coef[0])[:, None]

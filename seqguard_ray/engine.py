@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .detectors import ACCOUNT, DETECTORS, EventDetector, ResidualCheck, UserDetectors
+from .detectors import ACCOUNT, DETECTORS, EventDetector, LengthTrend, ResidualCheck, UserDetectors
 from .events import EventLog, from_frame, read_events
 from .features import (EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, _prev_occurrences, event_features,
                        item_sets, user_features)
@@ -98,6 +98,7 @@ class Scored:
     event_score: np.ndarray    # (N,) in [0, 1]
     event_anomalous: np.ndarray  # (N,) bool
     detector_scores: np.ndarray  # (U, len(DETECTORS)) calibrated per-detector scores
+    length_doubt: np.ndarray     # (U,) bool: flagged, but clearly normal judged at a typical length (see detect)
 
 
 @dataclass
@@ -151,6 +152,7 @@ class SeqGuard:
         self.short_detectors: list[tuple[int, UserDetectors]] = []
         self.main_stratum = 1  # fewest events of the histories user_detectors judges
         self.residual_check = ResidualCheck()
+        self.length_trend = LengthTrend(n_features=len(USER_FEATURES))
         self.metrics: dict = {}
 
     # ------------------------------------------------------------------ stages
@@ -227,7 +229,26 @@ class SeqGuard:
         nobody = self._resembles_nobody(seqs, uf, training=False) if len(flagged) else np.zeros(U, bool)
         for u in flagged:
             reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u], copied[u], replayed[u]) + reasons[u]
-        return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det)
+        return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det,
+                      self._length_doubt(uf, n_ev, flagged, reasons))
+
+    def _length_doubt(self, uf: np.ndarray, n_ev: np.ndarray, flagged: np.ndarray, reasons: list[list[str]]) -> np.ndarray:
+        """(U,) flagged histories (of the main stratum) that score clearly normal (below
+        _RESIDUAL_NORMAL) once their features are moved to the median training length along
+        normal users' trend (LengthTrend): odd only in the ways users of their length are. Their
+        verdict stands; the repair policy keeps their events at lower weights (doubtful_action)."""
+        out = np.zeros(len(uf), bool)
+        judged = flagged[n_ev[flagged] >= self.main_stratum]
+        if len(judged) == 0 or not self.length_trend.coef[1:].any():
+            return out
+        at_typical, _ = self._user_scores(self.length_trend.adjust(uf[judged], n_ev[judged]), n_ev[judged])
+        for u, r in zip(judged, at_typical):
+            if r < self._RESIDUAL_NORMAL:
+                out[u] = True
+                reasons[u].append(f"users of its length ({n_ev[u]} events) commonly look like this: at the typical "
+                                  f"length ({self.length_trend.pivot_events:.0f} events) it would score {r:.3f}, so its "
+                                  f"events are kept at lower weights rather than dropped")
+        return out
 
     # Short histories carry too little behaviour to be judged against longer ones (rates, gap spreads,
     # entropies and shares are degenerate at a few events, and differ from one length to the next):
@@ -515,6 +536,9 @@ class SeqGuard:
             self.event_detector = EventDetector().fit(ef[keep_ev], seed=c.seed)
         self.residual_check = ResidualCheck.fit(self.event_detector.score(ef), seqs.offsets, normal_users,
                                                 cut=self._DOUBTFUL_EVENT)
+        # how normal users' features drift with length (the copy and replay evidence does not)
+        drift = [j for j, f in enumerate(USER_FEATURES) if f not in ("copy_overlap", "part_copy", "replay_share")]
+        self.length_trend = LengthTrend.fit(uf, n_ev, normal_users & (n_ev >= self.main_stratum), columns=drift)
         self.metrics["value_share"] = float(np.isfinite(seqs.value).mean()) if len(seqs.value) else 0.0
         self.metrics["feature_quantiles"] = np.quantile(uf[normal_users] if normal_users.sum() >= 5 else uf, [0.05, 0.95], axis=0).tolist()
         self.metrics["train_flagged_share"] = float(1 - normal_users.mean())
@@ -598,7 +622,7 @@ class SeqGuard:
     def repair(self, result: ScoreResult) -> RepairResult:
         """Apply the repair policy to a scored log."""
         log_, s = result.log, result.scored
-        keep, weight, ev_action, user_action = self.policy.apply(log_.offsets, s.anomaly_type, s.event_score, s.event_anomalous)
+        keep, weight, ev_action, user_action = self.policy.decide(log_.offsets, s)
         repaired = log_.frame.loc[keep].copy()
         repaired["weight"] = weight[keep]
         repaired = repaired.sort_values("_row").drop(columns="_row").reset_index(drop=True)

@@ -42,12 +42,17 @@ class RepairPolicy:
         doubt_weight: weight given to doubtful events (default 0.5).
         anomalous_weight: weight given to anomalous events that a "downweight" action keeps
             (default 0.1).
+        doubtful_action: the action, instead of its type's, for a flagged user whose verdict does
+            not hold at a typical history length (Scored.length_doubt: a heavy user odd only in
+            the ways heavy users are); default "downweight": keep its events at lower weights
+            rather than delete a real power user's history. None: its type's action.
     """
 
     actions: dict[str, str] = field(default_factory=_default_actions)
     doubt_threshold: float = 0.9
     doubt_weight: float = 0.5
     anomalous_weight: float = 0.1
+    doubtful_action: str | None = "downweight"
 
     def __post_init__(self) -> None:
         unknown_types = set(self.actions) - set(ANOMALY_TYPES)
@@ -56,17 +61,25 @@ class RepairPolicy:
         bad = {t: a for t, a in self.actions.items() if a not in ACTIONS}
         if bad:
             raise ValueError(f"repair policy has unknown action(s) {bad}; known: {sorted(ACTIONS)}")
+        if self.doubtful_action is not None and self.doubtful_action not in ACTIONS:
+            raise ValueError(f"repair policy has unknown doubtful_action {self.doubtful_action!r}; known: {sorted(ACTIONS)}")
         for name in ("doubt_threshold", "doubt_weight", "anomalous_weight"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         self.actions = {**_default_actions(), **self.actions}
 
+    def decide(self, offsets: np.ndarray, scored) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`apply` to a detector stage's output (engine.Scored or serving.ScoredBatch)."""
+        return self.apply(offsets, scored.anomaly_type, scored.event_score, scored.event_anomalous, scored.length_doubt)
+
     def apply(self, offsets: np.ndarray, anomaly_type: np.ndarray, event_score: np.ndarray,
-              event_anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              event_anomalous: np.ndarray, length_doubt: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Decide each event's fate.
 
-        offsets (U + 1,), anomaly_type (U,) str, event_score (N,), event_anomalous (N,) bool.
+        offsets (U + 1,), anomaly_type (U,) str, event_score (N,), event_anomalous (N,) bool,
+        length_doubt (U,) bool (default none): flagged users that get ``doubtful_action``.
         Returns keep (N,) bool, weight (N,) float, event_action (N,) str reason, user_action (U,) str.
         """
         n = len(event_score)
@@ -74,9 +87,14 @@ class RepairPolicy:
         weight = np.ones(n)
         ev_action = np.full(n, "", dtype=object)
         user_action = np.empty(len(anomaly_type), dtype=object)
+        doubt_user = np.zeros(len(anomaly_type), bool) if length_doubt is None else np.asarray(length_doubt, bool)
+        if doubt_user.shape != (len(anomaly_type),):
+            raise ValueError(f"length_doubt must be a bool per user ({len(anomaly_type)}), got shape {doubt_user.shape}")
         for u, t in enumerate(anomaly_type):
             a, b = int(offsets[u]), int(offsets[u + 1])
             act = self.actions.get(t, "pass")
+            if doubt_user[u] and act != "pass" and self.doubtful_action is not None:
+                act = self.doubtful_action
             user_action[u] = act
             if act == "pass" or b == a:
                 continue

@@ -364,6 +364,7 @@ class ScoredBatch:
     event_score: np.ndarray      # (N,) in [0, 1]
     event_anomalous: np.ndarray  # (N,) bool
     detector_scores: np.ndarray  # (R, D)
+    length_doubt: np.ndarray     # (R,) bool, see Scored.length_doubt
     detector_names: tuple[str, ...]
     threshold: float
     model_version: str
@@ -380,7 +381,8 @@ class ScoredBatch:
         return replace(self, offsets=self.offsets[r0:r1 + 1] - e0, order=self.order[e0:e1] - e0,
                        score=self.score[r0:r1], anomalous=self.anomalous[r0:r1], anomaly_type=self.anomaly_type[r0:r1],
                        reasons=self.reasons[r0:r1], event_score=self.event_score[e0:e1],
-                       event_anomalous=self.event_anomalous[e0:e1], detector_scores=self.detector_scores[r0:r1])
+                       event_anomalous=self.event_anomalous[e0:e1], detector_scores=self.detector_scores[r0:r1],
+                       length_doubt=self.length_doubt[r0:r1])
 
     def split(self, bounds: np.ndarray) -> list[ScoredBatch]:
         return [self] if len(bounds) == 2 else [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -420,13 +422,13 @@ def detect_stage(sg, eb: EncodedBatch) -> ScoredBatch:
 
     s = sg.detect(eb.encoded)
     return ScoredBatch(eb.encoded.seqs.offsets, eb.order, s.score, s.anomalous, s.anomaly_type, s.reasons,
-                       s.event_score, s.event_anomalous, s.detector_scores, tuple(DETECTORS),
+                       s.event_score, s.event_anomalous, s.detector_scores, s.length_doubt, tuple(DETECTORS),
                        float(sg.user_detectors.threshold_), eb.model_version, eb.model_dir)
 
 
 def repair_stage(policy, sb: ScoredBatch) -> RepairedBatch:
     """Apply the repair policy (the RepairPolicy deployment's work)."""
-    keep, weight, ev_action, user_action = policy.apply(sb.offsets, sb.anomaly_type, sb.event_score, sb.event_anomalous)
+    keep, weight, ev_action, user_action = policy.decide(sb.offsets, sb)
     return RepairedBatch(sb, keep, weight, ev_action, user_action)
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from seqguard_ray.detectors import (DETECTORS, Calibrator, EventDetector, ResidualCheck, UserDetectors, combine,
-                                   knn_distance)
+from seqguard_ray.detectors import (DETECTORS, Calibrator, EventDetector, LengthTrend, ResidualCheck, UserDetectors,
+                                   combine, knn_distance)
 
 
 def test_calibrator_is_monotone_and_inside_unit_interval():
@@ -134,6 +134,35 @@ def test_residual_check_is_off_without_enough_normal_users_and_refuses_bad_state
     for bad in ([0.1, 0.2, 0.0, 0.9], [0.1, 0.2, 0.1], [np.nan, 0.2, 0.1, 0.9]):
         with pytest.raises(ValueError, match="residual check"):
             ResidualCheck(np.array(bad))
+
+
+def test_length_trend_moves_drifting_features_to_the_typical_length():
+    rng = np.random.default_rng(3)
+    n = np.exp(rng.uniform(np.log(20), np.log(700), 500)).round()
+    x = np.log(n)
+    # column 0 falls 0.3 per e-fold of events (like neighbour_lift), column 1 has no trend, column 2 may not drift
+    feats = np.c_[1.5 - 0.3 * x + rng.normal(0, 0.1, 500), rng.normal(0, 1, 500), 2.0 * x]
+    normal = np.ones(500, bool)
+    normal[:20] = False
+    feats[:20, 0] = -5.0  # outliers, not normal: ignored
+    trend = LengthTrend.fit(feats, n, normal, columns=[0, 1])
+    pivot, slope = trend.coef[0], trend.coef[1:]
+    assert abs(pivot - np.median(x[normal])) < 1e-9 and abs(trend.pivot_events - np.exp(pivot)) < 1e-6
+    assert abs(slope[0] + 0.3) < 0.03 and abs(slope[1]) < 0.2 and slope[2] == 0.0
+    adj = trend.adjust(feats[20:], n[20:])
+    assert abs(np.corrcoef(adj[:, 0], x[20:])[0, 1]) < 0.1  # the drift is gone
+    np.testing.assert_array_equal(adj[:, 2], feats[20:, 2])
+    # a history at the pivot length is unchanged; a heavy one moves up to what it would be typically
+    at = trend.adjust(np.array([[0.0, 0.0, 0.0]] * 2), np.array([np.exp(pivot), 700.0]))
+    assert np.allclose(at[0], 0.0) and at[1, 0] > 0.3
+    # too few normal users, or all of one length: no trend
+    assert not LengthTrend.fit(feats, n, np.arange(500) < 10, columns=[0]).coef[1:].any()
+    assert not LengthTrend.fit(feats, np.full(500, 50), normal, columns=[0]).coef[1:].any()
+    for bad in (np.array([np.nan, 0.1]), np.zeros((2, 2)), np.zeros(0)):
+        with pytest.raises(ValueError, match="length trend"):
+            LengthTrend(bad)
+    with pytest.raises(ValueError, match="length trend has 3 feature slopes"):
+        trend.adjust(np.zeros((1, 2)), np.ones(1))
 
 
 def test_knn_distance_is_brute_force_with_the_point_itself_skipped():

@@ -66,6 +66,8 @@ def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
     np.testing.assert_allclose(a.events.event_score, b.events.event_score, atol=1e-6)
     assert len(loaded.model_version) == 12
     np.testing.assert_array_equal(loaded.residual_check.coef, tiny_model.residual_check.coef)
+    np.testing.assert_array_equal(loaded.length_trend.coef, tiny_model.length_trend.coef)
+    np.testing.assert_array_equal(a.scored.length_doubt, b.scored.length_doubt)
 
 
 def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events, tmp_path, monkeypatch):
@@ -462,3 +464,29 @@ def test_segment_sums_count_bools_and_leave_empty_users_at_zero():
     assert _segment_sums(np.array([True, True, False]), np.array([0, 2, 2, 3])).tolist() == [2, 0, 0]
     x = np.arange(10.0).reshape(5, 2)
     assert _segment_sums(x, np.array([0, 0, 3, 5])).tolist() == [[0, 0], [6, 9], [14, 16]]
+
+
+def test_flagged_users_normal_at_a_typical_length_are_down_weighted_not_dropped(tiny_model, tiny_events, monkeypatch):
+    """A flagged history that scores clearly normal once its features are moved to the typical
+    length (LengthTrend) keeps its verdict and type, but its events are kept at lower weights."""
+    from seqguard_ray.detectors import LengthTrend
+
+    sg = tiny_model
+    before = sg.score(tiny_events)
+    flagged = before.users.anomalous.to_numpy()
+    assert flagged.any() and not before.scored.length_doubt[~flagged].any()
+    # every history judged at the detectors' centre: clearly normal there
+    monkeypatch.setattr(LengthTrend, "adjust", lambda self, feats, n: np.tile(sg.user_detectors.center_, (len(feats), 1)))
+    monkeypatch.setattr(sg, "length_trend", LengthTrend(np.r_[np.log(30.0), np.full(len(sg.user_detectors.center_), 0.1)]))
+    res = sg.score(tiny_events)
+    doubt = res.scored.length_doubt
+    main = res.users.n_events.to_numpy() >= sg.main_stratum
+    assert (doubt == (flagged & main)).all() and doubt.any()
+    assert (res.users.anomalous == before.users.anomalous).all() and (res.users.anomaly_type == before.users.anomaly_type).all()
+    assert res.users.reasons[doubt].str.contains("users of its length").all()
+    rep = sg.repair(res)
+    acted = rep.actions.set_index("user_id")
+    doubted_ids = res.users.user_id[doubt]
+    assert (acted.loc[doubted_ids, "action"] == "downweight").all() and (acted.loc[doubted_ids, "events_dropped"] == 0).all()
+    w = rep.repaired[rep.repaired.user_id.isin(doubted_ids)]
+    assert len(w) == res.users.n_events[doubt].sum() and (w.weight < 1).any()

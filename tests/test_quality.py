@@ -33,7 +33,7 @@ def test_event_level_and_repair_floor(scored):
     assert average_precision_score(inj[attacked], r.events.event_score[attacked]) >= 0.8
     rep = sg.repair(r)
     assert rep.summary["events_dropped"] > 0
-    keep, _, _, _ = sg.policy.apply(r.log.offsets, r.scored.anomaly_type, r.scored.event_score, r.scored.event_anomalous)
+    keep, _, _, _ = sg.policy.decide(r.log.offsets, r.scored)
     inj_sorted = data.event_injected[r.log.frame["_row"].to_numpy()]
     # repair must not harm clean events: 3.5% of this small log's are removed (11 of its 235 normal
     # users flagged), 1.9% before fake profiles that resemble nobody were left out of the references

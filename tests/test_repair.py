@@ -31,6 +31,29 @@ def test_downweight_and_cut_keeps_owner_return():
     assert keep.tolist() == [True, False, False, False, True]
 
 
+def test_users_doubted_at_a_typical_length_are_down_weighted_not_dropped():
+    offsets = np.array([0, 3, 6, 9])
+    types = np.array(["shilling", "injection", "bot"], dtype=object)
+    score = np.array([0.99, 0.95, 0.1] * 3)
+    anom = np.array([True] * 3 + [True, False, False] + [True] * 3)
+    doubt = np.array([True, True, False])
+    keep, weight, ev_action, user_action = RepairPolicy().apply(offsets, types, score, anom, doubt)
+    assert keep[:6].all() and not keep[6:].any()
+    assert user_action.tolist() == ["downweight", "downweight", "quarantine"]
+    assert weight[:6].tolist() == [0.1, 0.1, 0.1, 0.1, 0.5, 1.0] and "down-weighted" in ev_action[0]
+    # None: the type's action whatever the doubt; another action is taken as given
+    assert RepairPolicy(doubtful_action=None).apply(offsets, types, score, anom, doubt)[3].tolist() == [
+        "quarantine", "drop_events", "quarantine"]
+    assert RepairPolicy(doubtful_action="pass").apply(offsets, types, score, anom, doubt)[0][:6].all()
+    # a normal user stays untouched, doubt or not
+    assert RepairPolicy().apply(offsets[:2], np.array(["normal"], dtype=object), score[:3], anom[:3],
+                                np.array([True]))[3].tolist() == ["pass"]
+    with pytest.raises(ValueError, match="length_doubt must be a bool per user"):
+        RepairPolicy().apply(offsets, types, score, anom, np.array([True]))
+    with pytest.raises(ValueError, match="doubtful_action"):
+        RepairPolicy(doubtful_action="shrug")
+
+
 def test_policy_validation():
     with pytest.raises(ValueError, match="unknown anomaly type"):
         RepairPolicy(actions={"gremlin": "pass"})
