@@ -640,6 +640,8 @@ class SeqGuard:
             "users_quarantined": int((user_action == "quarantine").sum()),
             "histories_cut": int(((user_action == "cut") & (dropped > 0)).sum()),
             "users_with_events_dropped": int(((user_action == "drop_events") & (dropped > 0)).sum()),
+            # flagged, but odd only as histories of their length are: kept at lower weights (Scored.length_doubt)
+            "users_kept_at_length_doubt": int((s.length_doubt & (user_action != "pass")).sum()),
         }
         return RepairResult(repaired, actions, summary)
 
