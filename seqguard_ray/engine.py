@@ -230,13 +230,16 @@ class SeqGuard:
         for u in flagged:
             reasons[u] = self._reasons(u, score[u], per_det[u], uf[u], tails[u], nobody[u], copied[u], replayed[u]) + reasons[u]
         return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det,
-                      self._length_doubt(uf, n_ev, flagged, reasons))
+                      self._length_doubt(uf, n_ev, flagged[atype[flagged] != "takeover"], reasons))
 
     def _length_doubt(self, uf: np.ndarray, n_ev: np.ndarray, flagged: np.ndarray, reasons: list[list[str]]) -> np.ndarray:
-        """(U,) flagged histories (of the main stratum) that score clearly normal (below
+        """(U,) the ``flagged`` histories (of the main stratum) that score clearly normal (below
         _RESIDUAL_NORMAL) once their features are moved to the median training length along
         normal users' trend (LengthTrend): odd only in the ways users of their length are. Their
-        verdict stands; the repair policy keeps their events at lower weights (doubtful_action)."""
+        verdict stands; the repair policy keeps their events at lower weights (doubtful_action).
+        Takeovers are not judged so: their evidence is a located stretch in another taste, which
+        moving the whole history's features says nothing about (MovieLens trained on the clean
+        log: with them, 30% of the takeover events were removed, 73% without any length doubt)."""
         out = np.zeros(len(uf), bool)
         judged = flagged[n_ev[flagged] >= self.main_stratum]
         if len(judged) == 0 or not self.length_trend.coef[1:].any():
