@@ -432,6 +432,11 @@ class UserDetectors:
         return np.stack([iforest, knn, enc, copy, part, replay], axis=1)
 
     @property
+    def decisive_columns(self) -> tuple[int, ...]:
+        """Feature columns the decisive detectors (copy, partial copy, replay) read."""
+        return tuple(c for c in (self.copy_column, self.part_copy_column, self.replay_column) if c is not None)
+
+    @property
     def ensemble_columns(self) -> list[int]:
         """Feature columns the Isolation Forest and the kNN distance see: all but the copy detectors'."""
         return [j for j in range(len(self.center_)) if j not in (self.copy_column, self.part_copy_column)]

@@ -539,8 +539,8 @@ class SeqGuard:
             self.event_detector = EventDetector().fit(ef[keep_ev], seed=c.seed)
         self.residual_check = ResidualCheck.fit(self.event_detector.score(ef), seqs.offsets, normal_users,
                                                 cut=self._DOUBTFUL_EVENT)
-        # how normal users' features drift with length (the copy and replay evidence does not)
-        drift = [j for j, f in enumerate(USER_FEATURES) if f not in ("copy_overlap", "part_copy", "replay_share")]
+        # how normal users' features drift with length (the decisive detectors' copy and replay evidence does not)
+        drift = [j for j in range(len(USER_FEATURES)) if j not in self.user_detectors.decisive_columns]
         self.length_trend = LengthTrend.fit(uf, n_ev, normal_users & (n_ev >= self.main_stratum), columns=drift)
         self.metrics["value_share"] = float(np.isfinite(seqs.value).mean()) if len(seqs.value) else 0.0
         self.metrics["feature_quantiles"] = np.quantile(uf[normal_users] if normal_users.sum() >= 5 else uf, [0.05, 0.95], axis=0).tolist()
@@ -643,8 +643,9 @@ class SeqGuard:
             "users_quarantined": int((user_action == "quarantine").sum()),
             "histories_cut": int(((user_action == "cut") & (dropped > 0)).sum()),
             "users_with_events_dropped": int(((user_action == "drop_events") & (dropped > 0)).sum()),
-            # flagged, but odd only as histories of their length are: kept at lower weights (Scored.length_doubt)
-            "users_kept_at_length_doubt": int((s.length_doubt & (user_action != "pass")).sum()),
+            # flagged, but odd only as histories of their length are (Scored.length_doubt): given the
+            # policy's doubtful_action instead of their type's
+            "users_length_doubt": int((s.length_doubt & (user_action == self.policy.doubtful_action)).sum()),
         }
         return RepairResult(repaired, actions, summary)
 

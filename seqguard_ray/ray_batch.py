@@ -546,7 +546,7 @@ def _engine_error(exc: BaseException) -> Exception | None:
 def merge_summaries(rows: list[dict]) -> dict:
     total: dict = {"events_in": 0, "events_kept": 0, "events_dropped": 0, "events_downweighted": 0,
                    "users_quarantined": 0, "histories_cut": 0, "users_with_events_dropped": 0,
-                   "users_kept_at_length_doubt": 0, "users": 0, "users_flagged": 0, "by_type": {}}
+                   "users_length_doubt": 0, "users": 0, "users_flagged": 0, "by_type": {}}
     enc_nodes, det_nodes = set(), set()
     for r in rows:
         for k, v in r.items():

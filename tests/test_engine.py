@@ -490,6 +490,11 @@ def test_flagged_users_normal_at_a_typical_length_are_down_weighted_not_dropped(
     acted = rep.actions.set_index("user_id")
     doubted_ids = res.users.user_id[doubt]
     assert (acted.loc[doubted_ids, "action"] == "downweight").all() and (acted.loc[doubted_ids, "events_dropped"] == 0).all()
-    assert rep.summary["users_kept_at_length_doubt"] == doubt.sum()
+    assert rep.summary["users_length_doubt"] == doubt.sum()
+    sg.policy.doubtful_action = None  # the type's action: none counted as given the doubtful one
+    try:
+        assert sg.repair(res).summary["users_length_doubt"] == 0
+    finally:
+        sg.policy.doubtful_action = "downweight"
     w = rep.repaired[rep.repaired.user_id.isin(doubted_ids)]
     assert len(w) == res.users.n_events[doubt].sum() and (w.weight < 1).any()
