@@ -98,15 +98,15 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         if engine == "local":
-            from seqguard_ray.cli import write_outputs
-            from seqguard_ray.engine import SeqGuard
+            from seqguard_ray.io.outputs import write_outputs
+            from seqguard_ray.core.pipeline import SeqGuard
             sg = SeqGuard.load(model)
             summary = write_outputs(sg, sg.score(events), out)
             t_ray = 0.0
         else:
             import ray
 
-            from seqguard_ray.ray_batch import BatchOptions, ensure_ray, score
+            from seqguard_ray.runtime.ray_batch import BatchOptions, ensure_ray, score
             t = time.perf_counter()
             ensure_ray()
             t_ray = time.perf_counter() - t
@@ -123,10 +123,10 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
 
 
 def run_train(engine: str, events: str, model: str, workers: int) -> dict:
-    from seqguard_ray.engine import SeqGuard, TrainConfig
-    from seqguard_ray.events import read_events
-    from seqguard_ray.model import SeqGuardEncoder
-    from seqguard_ray.tokens import Vocab
+    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
+    from seqguard_ray.core.events import read_events
+    from seqguard_ray.core.encoder import SeqGuardEncoder
+    from seqguard_ray.core.tokens import Vocab
 
     cfg = TrainConfig(**MODEL)
     sg = SeqGuard(cfg)
@@ -142,8 +142,8 @@ def run_train(engine: str, events: str, model: str, workers: int) -> dict:
                 "events_per_s_epoch": round(lg.n_events / wall), "windows_per_s": round(hist[-1]["windows_per_s"])}
     import ray
 
-    from seqguard_ray.ray_batch import ensure_ray, read_validated
-    from seqguard_ray.ray_train import RayTrainOptions, bucket_windows, train_encoder_ray
+    from seqguard_ray.runtime.ray_batch import ensure_ray, read_validated
+    from seqguard_ray.runtime.ray_train import RayTrainOptions, bucket_windows, train_encoder_ray
     ensure_ray()
     ds, _, nb, _ = read_validated(events)
     win = ds.groupby("_bucket", num_partitions=nb).map_groups(
@@ -177,8 +177,8 @@ def main() -> None:
         kind, *rest = json.loads(a.child)
         print(json.dumps(run_score(*rest) if kind == "score" else run_train(*rest)))
         return
-    from seqguard_ray.bundle import BundleError, read_manifest
-    from seqguard_ray.engine import SeqGuard, TrainConfig
+    from seqguard_ray.core.bundle import BundleError, read_manifest
+    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
 
     w = Path(a.work)
     w.mkdir(exist_ok=True)

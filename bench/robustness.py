@@ -30,8 +30,8 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
 from seqguard_ray import SeqGuard, TrainConfig
-from seqguard_ray.demo import NORMAL, AttackMix, LabeledEvents
-from seqguard_ray.engine import as_log, users_frame
+from seqguard_ray.synth.generator import NORMAL, AttackMix, LabeledEvents
+from seqguard_ray.core.pipeline import as_log, users_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import kept_events, load_mix, precision_recall, run_baselines, user_features, user_metrics  # noqa: E402

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 def workload(n_users: int = 64):
-    from seqguard_ray.demo import generate
+    from seqguard_ray.synth.generator import generate
 
     ev = generate(n_users=n_users, seed=11).events
     return [(str(u), g[["item_id", "ts", "action", "value"]].to_dict("records")) for u, g in ev.groupby("user_id")]
@@ -96,7 +96,7 @@ def measure(target: str, work, *, n_seq: int, clients: int, seconds: float) -> d
 def plain(model: str, max_batch: int, work, a) -> dict:
     port = free_port()
     env = {**os.environ, "SEQGUARD_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "seqguard_ray.cli", "-q", "serve", "--no-ray", "--model", model,
+    p = subprocess.Popen([sys.executable, "-m", "seqguard_ray.cli.main", "-q", "serve", "--no-ray", "--model", model,
                           "--host", "127.0.0.1", "--grpc-port", str(port), "--max-batch", str(max_batch)], env=env,
                          stdout=subprocess.DEVNULL)
     try:
@@ -126,8 +126,8 @@ def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
 
     from deployments import SERVICER
     from deployments.app import AppArgs, deploy
-    from seqguard_ray.ray_batch import start_local_ray
-    from seqguard_ray.serving import token_digest
+    from seqguard_ray.runtime.ray_batch import start_local_ray
+    from seqguard_ray.runtime.serving import token_digest
 
     t0 = time.time()
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if optimized else "0"  # inherited by Ray's processes
@@ -203,12 +203,12 @@ def main() -> int:
     model = a.model
     if model is None:
         model = "/tmp/seqguard_bench_bundle"
-        from seqguard_ray.bundle import BundleError, read_manifest
+        from seqguard_ray.core.bundle import BundleError, read_manifest
         try:
             read_manifest(model)
         except BundleError:  # missing, or written by another seqguard version
             from seqguard_ray import SeqGuard, TrainConfig
-            from seqguard_ray.demo import generate
+            from seqguard_ray.synth.generator import generate
             SeqGuard(TrainConfig(epochs=1, hidden_size=32)).fit(generate(n_users=150, seed=0).events).save(model)
     model = str(Path(model).resolve())
     work = workload()

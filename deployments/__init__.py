@@ -1,4 +1,4 @@
-"""Ray Serve deployments for seqguard: thin wrappers over :mod:`seqguard_ray.serving`.
+"""Ray Serve deployments for seqguard: thin wrappers over :mod:`seqguard_ray.runtime.serving`.
 
 ``deployments.app:build_app`` builds the application (gRPC ingress -> Encoder -> DetectorEnsemble
 -> RepairPolicy); ``serve_local.yaml`` and ``serve_gpu.yaml`` are Serve configs for it.

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
-from seqguard_ray.serving import Limits, load_token, token_digest
+from seqguard_ray.runtime.serving import Limits, load_token, token_digest
 
 from .ingress import SeqGuardIngress
 from .stages import DetectorEnsemble, Encoder, RepairPolicy

@@ -1,12 +1,12 @@
 """The gRPC ingress: implements the SeqGuard service on Serve's gRPC proxy and composes the stages.
 
-Concurrent requests are merged by :class:`seqguard_ray.serving.ContinuousBatcher` and sent as ONE
+Concurrent requests are merged by :class:`seqguard_ray.runtime.serving.ContinuousBatcher` and sent as ONE
 batch through the stages (two batches in flight, so the Encoder and the DetectorEnsemble work at
 the same time; each takes every request that queued while the earlier ones ran). The Encoder's
 response is passed straight to the DetectorEnsemble (and on to RepairPolicy) without coming back
 here. Auth, limits, conversion and status codes come from
-:class:`seqguard_ray.serving.ScoringService`; what is counted for Prometheus comes from
-:class:`seqguard_ray.metrics.ServingMetrics` (see docs/metrics.md).
+:class:`seqguard_ray.runtime.serving.ScoringService`; what is counted for Prometheus comes from
+:class:`seqguard_ray.runtime.metrics.ServingMetrics` (see docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
-from seqguard_ray.metrics import RayMetrics
-from seqguard_ray.serving import (
+from seqguard_ray.runtime.metrics import RayMetrics
+from seqguard_ray.runtime.serving import (
     Authenticator, ContinuousBatcher, Limits, ModelInfo, RepairedBatch, ScoredBatch, ScoringService, SeqBatch,
     Unavailable,
 )

@@ -113,7 +113,7 @@ class SeqGuardClient:
 
     def score_frame(self, df) -> pb.ScoreBatchResponse:
         """Score every user of a frame (user_id, item_id, ts[, action, value]) in one call."""
-        from .serving import requests_from_frame
+        from .runtime.serving import requests_from_frame
 
         return self.score_batch(requests_from_frame(df))
 
@@ -134,7 +134,7 @@ class SeqGuardClient:
 
 
 def _request(user_id: str, events) -> pb.ScoreRequest:
-    from .serving import events_to_proto
+    from .runtime.serving import events_to_proto
 
     evs = list(events)
     if evs and not isinstance(evs[0], pb.Event):
@@ -144,13 +144,13 @@ def _request(user_id: str, events) -> pb.ScoreRequest:
 
 # --------------------------------------------------------------------------- CLI
 def _read_frame(path: str):
-    from .events import read_table
+    from .core.events import read_table
 
     return read_table(path).to_pandas()
 
 
 def _client_from_args(args) -> SeqGuardClient:
-    from .serving import load_token
+    from .runtime.serving import load_token
 
     token = load_token(args.token_file)
     root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
@@ -181,7 +181,7 @@ def cmd_client(args) -> int:
             if len(df) == 0:
                 raise ValueError(f"no events for user {args.user!r} in {args.events}")
             if args.client_command == "repair":
-                from .serving import requests_from_frame
+                from .runtime.serving import requests_from_frame
 
                 reqs = requests_from_frame(df)
                 if len(reqs) != 1:

@@ -232,7 +232,7 @@ def deploy_app(model_dir: Path, token: str) -> str:
 
     from deployments import SERVICER
     from deployments.app import AppArgs, deploy
-    from seqguard_ray.serving import token_digest
+    from seqguard_ray.runtime.serving import token_digest
 
     gpu_profile = yaml.safe_load((ROOT / "deployments" / "serve_gpu.yaml").read_text())
     placement = {d["name"]: {k: v for k, v in d.get("ray_actor_options", {}).items()
@@ -345,7 +345,7 @@ def batch_with_node_kill(cluster, work: Path, model_dir: Path, victims: list) ->
 
 def compare_batch(work: Path, model_dir: Path, summary: dict) -> dict:
     from seqguard_ray import ray_batch
-    from seqguard_ray.engine import SeqGuard
+    from seqguard_ray.core.pipeline import SeqGuard
 
     sg = SeqGuard.load(model_dir)
     local = sg.score(work / "batch.parquet")
@@ -375,8 +375,8 @@ def main(work: str, report: bool = False) -> dict:
     from ray.cluster_utils import Cluster
     from serving_helpers import TOKEN, score_events
 
-    from seqguard_ray.demo import generate
-    from seqguard_ray.engine import SeqGuard, TrainConfig
+    from seqguard_ray.synth.generator import generate
+    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ def main(work: str) -> None:
     from ray.cluster_utils import Cluster
 
     from seqguard_ray import ray_batch, ray_train
-    from seqguard_ray.demo import generate
-    from seqguard_ray.engine import SeqGuard, TrainConfig
+    from seqguard_ray.synth.generator import generate
+    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)

@@ -27,13 +27,13 @@ import pyarrow.parquet as pq
 import pytest
 from serving_helpers import PlainServer
 
-from seqguard_ray.bundle import BundleError
-from seqguard_ray.cli import main
-from seqguard_ray.engine import as_log
-from seqguard_ray.events import EventsError, read_events
+from seqguard_ray.core.bundle import BundleError
+from seqguard_ray.cli.main import main
+from seqguard_ray.core.pipeline import as_log
+from seqguard_ray.core.events import EventsError, read_events
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
-from seqguard_ray.serving import events_to_proto, requests_from_frame
+from seqguard_ray.runtime.serving import events_to_proto, requests_from_frame
 
 SC = grpc.StatusCode
 TOKEN = "bad-input-token-0123456789"
@@ -241,14 +241,14 @@ def test_api_scores_unusual_but_valid_input(case, tiny_model):
 def test_api_warns_when_the_log_lacks_what_the_model_learned(tiny_model, caplog):
     assert tiny_model.metrics["value_share"] == 1.0  # the demo log has a value on every event
     df = _good_frame(3, 6).drop(columns="value", errors="ignore").assign(action="rate")
-    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+    with caplog.at_level("WARNING", logger="seqguard_ray.core.pipeline"):
         r = tiny_model.score(df)
     assert len(r.events) == len(df)  # still scored
     text = caplog.text
     assert "learned from a 'value' column (set on 100% of its training events)" in text
     assert f"none of this log's actions (rate) is one the model learned ({', '.join(sorted(tiny_model.vocab.actions))})" in text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+    with caplog.at_level("WARNING", logger="seqguard_ray.core.pipeline"):
         tiny_model.score(_good_frame(3, 6).assign(value=1.0, action="click"))
     assert "learned" not in caplog.text
     # new accounts shorter than every training history (the tiny log's shortest has 6 events)
@@ -436,8 +436,8 @@ LIMITS = {"max_events_per_sequence": 500, "max_sequences_per_batch": 20, "max_me
 
 @pytest.fixture(scope="module")
 def grpc_target(tiny_bundle):
-    from seqguard_ray.grpc_server import InProcessBackend
-    from seqguard_ray.serving import (
+    from seqguard_ray.runtime.grpc_server import InProcessBackend
+    from seqguard_ray.runtime.serving import (
         Authenticator,
         Limits,
         ScoringService,

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from seqguard_ray.cli import main
+from seqguard_ray.cli.main import main
 
 
 def test_train_then_score_writes_the_contract(tmp_path, tiny_events, tiny_bundle):

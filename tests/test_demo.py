@@ -1,4 +1,4 @@
-"""Tests for seqguard_ray.demo: the seeded demo-data generator and attack injector."""
+"""Tests for seqguard_ray.synth.generator: the seeded demo-data generator and attack injector."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqguard_ray.demo import (
+from seqguard_ray.synth.generator import (
     ATTACK_TYPES,
     FAKE_USER_TYPES,
     HELD_OUT_TYPES,
@@ -313,7 +313,7 @@ def test_movielens_loader_if_cached():
 
 
 def test_every_type_has_a_family():
-    from seqguard_ray.demo import ATTACK_FAMILY
+    from seqguard_ray.synth.generator import ATTACK_FAMILY
 
     assert set(ATTACK_FAMILY) == set(ATTACK_TYPES) | {NORMAL}
     assert set(FAKE_USER_TYPES) | set(PARTIAL_TYPES) == set(ATTACK_TYPES)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from seqguard_ray.detectors import (DETECTORS, Calibrator, EventDetector, LengthTrend, ResidualCheck, UserDetectors,
+from seqguard_ray.core.detectors import (DETECTORS, Calibrator, EventDetector, LengthTrend, ResidualCheck, UserDetectors,
                                    combine, knn_distance)
 
 
@@ -74,7 +74,7 @@ def test_event_detector_one_sided():
 def test_fast_iforest_scores_equal_sklearns():
     from sklearn.ensemble import IsolationForest
 
-    from seqguard_ray.detectors import FlatForest
+    from seqguard_ray.core.detectors import FlatForest
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6))
@@ -91,7 +91,7 @@ def test_fast_iforest_scores_equal_sklearns():
 def test_flat_forest_refuses_arrays_that_do_not_fit():
     from sklearn.ensemble import IsolationForest
 
-    from seqguard_ray.detectors import FlatForest
+    from seqguard_ray.core.detectors import FlatForest
 
     X = np.random.default_rng(0).normal(size=(100, 3))
     arrays = FlatForest.from_sklearn(IsolationForest(n_estimators=5, random_state=0).fit(X)).to_arrays("")
@@ -178,7 +178,7 @@ def test_knn_distance_is_brute_force_with_the_point_itself_skipped():
 
 
 def test_knn_reference_is_a_sample_beyond_its_cap(monkeypatch):
-    import seqguard_ray.detectors as D
+    import seqguard_ray.core.detectors as D
 
     monkeypatch.setattr(D, "MAX_KNN_REFERENCE", 500)
     rng = np.random.default_rng(3)
@@ -227,7 +227,7 @@ def test_leave_cluster_out_unmasks_a_crowd_of_alike_users():
 def test_neighbour_similarity_is_brute_force_jaccard_with_the_containing_set_skipped():
     import scipy.sparse as sp
 
-    from seqguard_ray.features import neighbour_similarity
+    from seqguard_ray.core.features import neighbour_similarity
 
     rng = np.random.default_rng(6)
     ref = (rng.random((30, 40)) < 0.2).astype(float)
@@ -249,7 +249,7 @@ def test_neighbour_similarity_is_brute_force_jaccard_with_the_containing_set_ski
 def test_copy_overlap_is_brute_force_jaccard_with_earlier_starting_sources():
     import scipy.sparse as sp
 
-    from seqguard_ray.features import COPY_MIN_ITEMS, copy_overlap
+    from seqguard_ray.core.features import COPY_MIN_ITEMS, copy_overlap
 
     rng = np.random.default_rng(8)
     ref = (rng.random((20, 60)) < 0.45).astype(float)
@@ -282,7 +282,7 @@ def test_part_missing_is_brute_force_containment_in_sources_of_similar_size():
     more items, at most PART_SOURCE_RATIO times the set's, and not the set's own history."""
     import scipy.sparse as sp
 
-    from seqguard_ray.features import PART_SOURCE_RATIO, part_missing
+    from seqguard_ray.core.features import PART_SOURCE_RATIO, part_missing
 
     rng = np.random.default_rng(12)
     ref = (rng.random((20, 200)) < 0.15).astype(float)
@@ -315,7 +315,7 @@ def test_part_missing_is_brute_force_containment_in_sources_of_similar_size():
 def test_part_copy_nats_is_the_binomial_tail_of_the_items_missed():
     from scipy.stats import binom
 
-    from seqguard_ray.features import COPY_MIN_ITEMS, PART_LEAST, part_copy_nats
+    from seqguard_ray.core.features import COPY_MIN_ITEMS, PART_LEAST, part_copy_nats
 
     size = np.array([200, 200, 50, 20, COPY_MIN_ITEMS - 1, 100, 100])
     most = int(round((1 - PART_LEAST) * 100, 6))   # the most a set of 100 may miss
@@ -333,7 +333,7 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
     """Partial copies look ordinary to the combined detectors; the part_copy detector flags them on
     its own share of the false-positive budget, copies in the training log do not calibrate it, and
     a log where nobody shows any evidence leaves it silent."""
-    from seqguard_ray.detectors import DECISIVE_SHARE, DETECTORS, PART_COPY_CERTAIN
+    from seqguard_ray.core.detectors import DECISIVE_SHARE, DETECTORS, PART_COPY_CERTAIN
 
     rng = np.random.default_rng(13)
     feats = rng.standard_normal((1000, 6))
@@ -360,7 +360,7 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
 def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
     """A copied account looks ordinary to the combined detectors; the copy detector flags it on its
     own share of the false-positive budget, and copies in the training log do not calibrate it."""
-    from seqguard_ray.detectors import COPY_CERTAIN, DECISIVE_SHARE, DETECTORS
+    from seqguard_ray.core.detectors import COPY_CERTAIN, DECISIVE_SHARE, DETECTORS
 
     rng = np.random.default_rng(9)
     feats = rng.standard_normal((1000, 6))
@@ -382,7 +382,7 @@ def test_replay_detector_flags_replays_alone_and_judges_what_is_left():
     combined detectors; the replay detector flags them, is calibrated without the replays in the
     training log, and, unlike the copy detector, still judges a part of a history (the replay must
     be gone from it). Where many people replay (a habit, e.g. playlists) everyone calibrates it."""
-    from seqguard_ray.detectors import DECISIVE_SHARE, DETECTORS, REPLAY_CERTAIN
+    from seqguard_ray.core.detectors import DECISIVE_SHARE, DETECTORS, REPLAY_CERTAIN
 
     rng = np.random.default_rng(3)
     feats = rng.standard_t(3, (1000, 30))                  # 29 heavy-tailed ordinary features ...

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from seqguard_ray import ANOMALY_TYPES, SeqGuard, TrainConfig
-from seqguard_ray.bundle import BundleError
+from seqguard_ray.core.bundle import BundleError
 
 
 def test_score_contract(tiny_model, tiny_events):
@@ -71,9 +71,9 @@ def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
 
 
 def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events, tmp_path, monkeypatch):
-    import seqguard_ray.detectors as D
+    import seqguard_ray.core.detectors as D
 
-    import seqguard_ray.features as F
+    import seqguard_ray.core.features as F
 
     monkeypatch.setattr(D, "KNN_GROUP_SIZE", 10)  # 60 users: a handful of leave-cluster-out groups
     monkeypatch.setattr(F, "MISS_BIN_USERS", 10)  # ... and a miss-rate curve of a few points
@@ -141,8 +141,8 @@ def test_corrupt_bundles(tiny_bundle, tmp_path):
 
 def test_catalogue_order_flags_sweeps_not_people():
     """A crawler walking the catalogue in id or popularity order scores near 1; shuffled items near 0."""
-    from seqguard_ray.features import ItemStats, Seqs, USER_FEATURES, _catalogue_order, catalogue_rank
-    from seqguard_ray.tokens import N_SPECIAL
+    from seqguard_ray.core.features import ItemStats, Seqs, USER_FEATURES, _catalogue_order, catalogue_rank
+    from seqguard_ray.core.tokens import N_SPECIAL
 
     items = [str(i) for i in (5, 3, 40, 12, 7, 100, 2, 9, 61, 8)]   # vocab (popularity) order
     V = len(items) + N_SPECIAL
@@ -166,8 +166,8 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
     """A flagged history is typed injection/replay/takeover only when the events left look like a
     normal user's (or the explanation is a push of a few items); with a check that finds every
     remainder odd, the other partly anomalous users become whole-history."""
-    from seqguard_ray.demo import AttackMix, generate
-    from seqguard_ray.detectors import ResidualCheck
+    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.core.detectors import ResidualCheck
 
     mix = AttackMix(**{**vars(AttackMix.none()), "click_farm": 0.1, "takeover": 0.1})
     events = generate(n_users=100, mix=mix, seed=0).events
@@ -204,8 +204,8 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
 
 
 def test_target_items_gather_every_event_on_an_item_pushed_repeatedly():
-    from seqguard_ray.engine import _distinct_items, _on_targets
-    from seqguard_ray.tokens import N_SPECIAL, UNK
+    from seqguard_ray.core.pipeline import _distinct_items, _on_targets
+    from seqguard_ray.core.tokens import N_SPECIAL, UNK
 
     t = N_SPECIAL + 5
     uix = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -226,8 +226,8 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
     """Random-filler fake profiles resemble other users less than random item sets drawn by
     popularity do; real users resemble each other more. A log where most users fail the test has
     too little shared taste for it, and nobody is presumed."""
-    from seqguard_ray.demo import AttackMix, generate
-    from seqguard_ray.features import USER_FEATURES, event_features, user_features
+    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.core.features import USER_FEATURES, event_features, user_features
 
     data = generate(n_users=200, mix=AttackMix.only("shilling_random", 0.15), seed=1)
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(data.events)
@@ -253,8 +253,8 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
 def test_whole_history_event_scores_keep_the_local_order():
     """Every event of a quarantined history scores about the user's score, and the locally odder
     ones rank higher (a tie would hide where in the history the anomaly is strongest)."""
-    from seqguard_ray.demo import AttackMix, generate
-    from seqguard_ray.features import event_features
+    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.core.features import event_features
 
     events = generate(n_users=100, mix=AttackMix.only("bot", 0.05), seed=2).events
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(events)
@@ -274,7 +274,7 @@ def test_whole_history_event_scores_keep_the_local_order():
 def test_best_segment_of_a_changed_tail_is_the_tail():
     """A history whose last 30% is in another taste splits alike as prefix | rest and as rest |
     suffix; the segment returned is the later part (the takeover), not the owner's."""
-    from seqguard_ray.features import best_segment
+    from seqguard_ray.core.features import best_segment
 
     rng = np.random.default_rng(8)
     owner = np.tile([1.0, 0.0, 0.0], (70, 1)) + 0.05 * rng.normal(size=(70, 3))
@@ -291,8 +291,8 @@ def test_best_segment_of_a_changed_tail_is_the_tail():
 def test_replay_needs_the_timing_of_the_copied_stretch():
     """Items seen again in the same order are a replay only when their gaps match the earlier
     ones too: people come back to items, copied traffic also keeps its timing."""
-    from seqguard_ray.features import EVENT_FEATURES, ItemStats, Seqs, event_features
-    from seqguard_ray.tokens import N_SPECIAL
+    from seqguard_ray.core.features import EVENT_FEATURES, ItemStats, Seqs, event_features
+    from seqguard_ray.core.tokens import N_SPECIAL
 
     items = N_SPECIAL + np.array([1, 2, 3, 4, 5, 6])
     gaps = np.array([0, 30, 45, 20, 60, 15], float)
@@ -313,9 +313,9 @@ def test_replay_needs_the_timing_of_the_copied_stretch():
 def test_copied_accounts_are_flagged_as_replay_and_quarantined():
     """A new account replaying a real user's history later looks like a person to every other
     detector; the copy detector flags it, types it replay, says which evidence, and repair drops it."""
-    from seqguard_ray.demo import AttackMix, generate
-    from seqguard_ray.detectors import COPY_CERTAIN
-    from seqguard_ray.features import USER_FEATURES, event_features, user_features
+    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.core.detectors import COPY_CERTAIN
+    from seqguard_ray.core.features import USER_FEATURES, event_features, user_features
 
     data = generate(n_users=150, mix=AttackMix.only("account_copy", 0.04), seed=3)
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(data.events)
@@ -339,8 +339,8 @@ def test_partial_copies_of_power_users_are_flagged_as_replay_and_quarantined():
     source) resembles people to every other detector and its Jaccard similarity to the source is
     only 0.5; the part_copy detector flags it, types it replay even when its timing is a script's,
     says why, and repair drops it; the sources are kept."""
-    from seqguard_ray.demo import AttackMix, generate
-    from seqguard_ray.features import USER_FEATURES, event_features, user_features
+    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.core.features import USER_FEATURES, event_features, user_features
 
     data = generate(n_users=200, mix=AttackMix.none(), seed=5)
     ev = data.events
@@ -410,8 +410,8 @@ def test_short_histories_are_judged_against_histories_of_their_own_length(tmp_pa
 def test_unknown_items_carry_no_item_statistics(tiny_model):
     """An item outside the vocabulary may be new rather than rare: its events take their user's
     mean rarity and item surprisal over known items, and two new items are not one item repeated."""
-    from seqguard_ray.features import EVENT_FEATURES, USER_FEATURES, Seqs, event_features, user_features
-    from seqguard_ray.tokens import N_SPECIAL, UNK
+    from seqguard_ray.core.features import EVENT_FEATURES, USER_FEATURES, Seqs, event_features, user_features
+    from seqguard_ray.core.tokens import N_SPECIAL, UNK
 
     stats = tiny_model.stats
     known = np.arange(N_SPECIAL, N_SPECIAL + 6)
@@ -445,8 +445,8 @@ def test_user_features_do_not_depend_on_batch_mates(tiny_model, tiny_events):
     """Per-user sums run over the user's own events only, so a user's features are the same bits
     wherever in a batch it sits (a difference of batch-wide running totals was not: a value on a
     tie of a detector's reference then moved a served score by 1e-4)."""
-    from seqguard_ray.engine import as_log
-    from seqguard_ray.features import Seqs, event_features, user_features
+    from seqguard_ray.core.pipeline import as_log
+    from seqguard_ray.core.features import Seqs, event_features, user_features
 
     def feats(seqs):
         ef = event_features(seqs, tiny_model.stats)
@@ -459,7 +459,7 @@ def test_user_features_do_not_depend_on_batch_mates(tiny_model, tiny_events):
 
 
 def test_segment_sums_count_bools_and_leave_empty_users_at_zero():
-    from seqguard_ray.features import _segment_sums
+    from seqguard_ray.core.features import _segment_sums
 
     assert _segment_sums(np.array([True, True, False]), np.array([0, 2, 2, 3])).tolist() == [2, 0, 0]
     x = np.arange(10.0).reshape(5, 2)
@@ -469,7 +469,7 @@ def test_segment_sums_count_bools_and_leave_empty_users_at_zero():
 def test_flagged_users_normal_at_a_typical_length_are_down_weighted_not_dropped(tiny_model, tiny_events, monkeypatch):
     """A flagged history that scores clearly normal once its features are moved to the typical
     length (LengthTrend) keeps its verdict and type, but its events are kept at lower weights."""
-    from seqguard_ray.detectors import LengthTrend
+    from seqguard_ray.core.detectors import LengthTrend
 
     sg = tiny_model
     before = sg.score(tiny_events)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqguard_ray.events import EventsError, from_frame, read_events
+from seqguard_ray.core.events import EventsError, from_frame, read_events
 
 
 def frame(**cols):

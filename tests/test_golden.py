@@ -18,7 +18,7 @@ SCORE_ATOL = 1e-6
 @pytest.fixture(scope="module")
 def rescored(tmp_path_factory):
     from seqguard_ray import SeqGuard
-    from seqguard_ray.cli import write_outputs
+    from seqguard_ray.io.outputs import write_outputs
 
     out = tmp_path_factory.mktemp("golden_out")
     sg = SeqGuard.load(GOLDEN / "model")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqguard_ray.metrics import (
+from seqguard_ray.runtime.metrics import (
     ANOMALIES,
     METRICS,
     MODEL_VERSION,

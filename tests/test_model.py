@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqguard_ray.model import (
+from seqguard_ray.core.encoder import (
     SeqGuardConfig,
     SeqGuardEncoder,
     iter_window_batches,
@@ -69,8 +69,8 @@ def test_surprisal_on_selected_positions_equals_full_logits(stack_rows, monkeypa
     """surprisal() computes the item head only where events are masked, one masking pass per
     forward call (stack_rows 1) or several stacked in one call (64); the result must equal
     -log_softmax of the full (B, T, V) logits at every real event."""
-    from seqguard_ray import model as model_mod
-    from seqguard_ray.tokens import MASK, PAD
+    from seqguard_ray.core import encoder as model_mod
+    from seqguard_ray.core.tokens import MASK, PAD
 
     monkeypatch.setattr(model_mod, "_STACK_ROWS", stack_rows)
     torch.manual_seed(1)

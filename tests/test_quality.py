@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from seqguard_ray import SeqGuard, TrainConfig
-from seqguard_ray.demo import generate
+from seqguard_ray.synth.generator import generate
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqguard_ray.engine import SeqGuard, TrainConfig
-from seqguard_ray.events import EventsError, read_events
-from seqguard_ray.ray_batch import merge_summaries, plan_reads, read_output, read_unit, user_bucket
-from seqguard_ray.tokens import Vocab
+from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
+from seqguard_ray.core.events import EventsError, read_events
+from seqguard_ray.runtime.ray_batch import merge_summaries, plan_reads, read_output, read_unit, user_bucket
+from seqguard_ray.core.tokens import Vocab
 
 TINY = TrainConfig(epochs=1, hidden_size=32)
 
 
 def _events(n_users: int, seed: int) -> pd.DataFrame:
-    from seqguard_ray.demo import generate
+    from seqguard_ray.synth.generator import generate
     return generate(n_users=n_users, seed=seed).events
 
 
@@ -89,13 +89,14 @@ def test_merge_summaries_adds_counts_and_types():
 def test_encode_bucket_warns_once_per_process_about_a_log_unlike_the_training_one(data, caplog, monkeypatch):
     """Buckets of a log without values, for a model that learned from them: said once, not once per
     bucket (a job has hundreds)."""
-    from seqguard_ray import engine, ray_batch
+    from seqguard_ray.core import pipeline as engine
+    from seqguard_ray.runtime import ray_batch
 
     monkeypatch.setattr(engine, "_WARNED_ONCE", set())
     sg = SeqGuard.load(data / "model")
     df = pd.read_parquet(data / "train.parquet").drop(columns="value")
     table = pa.Table.from_pandas(df.assign(_in_row=np.arange(len(df)), _bucket=0), preserve_index=False)
-    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+    with caplog.at_level("WARNING", logger="seqguard_ray.core.pipeline"):
         for _ in range(3):
             lg, enc = ray_batch.encode_bucket(sg, table)
     assert lg.n_events == len(df) and enc.user_emb.shape[0] == lg.n_users
@@ -103,8 +104,8 @@ def test_encode_bucket_warns_once_per_process_about_a_log_unlike_the_training_on
 
 
 def test_engine_auto_picks_local_for_small_input_and_ray_for_an_address(data, monkeypatch):
-    from seqguard_ray.cli import build_parser
-    from seqguard_ray.ray_cli import choose_engine
+    from seqguard_ray.cli.main import build_parser
+    from seqguard_ray.cli.ray_commands import choose_engine
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     base = ["score", "--events", str(data / "test"), "--model", "m", "--out", "o"]
@@ -124,7 +125,8 @@ def test_engine_auto_picks_local_for_small_input_and_ray_for_an_address(data, mo
 
 @pytest.mark.ray
 def test_cli_score_on_ray_equals_in_process_engine(data, ray_local, tmp_path):
-    from seqguard_ray.cli import main, write_outputs
+    from seqguard_ray.cli.main import main
+    from seqguard_ray.io.outputs import write_outputs
 
     out = tmp_path / "ray"
     assert main(["-q", "score", "--events", str(data / "test"), "--model", str(data / "model"),
@@ -158,7 +160,7 @@ def test_cli_score_on_ray_equals_in_process_engine(data, ray_local, tmp_path):
 
 @pytest.mark.ray
 def test_score_on_ray_reports_bad_rows(data, ray_local, tmp_path):
-    from seqguard_ray.ray_batch import BatchOptions, score
+    from seqguard_ray.runtime.ray_batch import BatchOptions, score
 
     df = _events(20, 3)
     df.loc[5, "ts"] = -1
@@ -180,7 +182,7 @@ def test_score_on_ray_reports_bad_rows(data, ray_local, tmp_path):
 
 @pytest.mark.ray
 def test_train_on_ray_gives_a_working_bundle_and_resumes(data, ray_local, tmp_path):
-    from seqguard_ray.ray_train import RayTrainOptions, fit, train_encoder_ray
+    from seqguard_ray.runtime.ray_train import RayTrainOptions, fit, train_encoder_ray
 
     sg = fit(data / "train.parquet", tmp_path / "model", TINY,
              options=RayTrainOptions(num_workers=2, events_per_bucket=5000))
@@ -197,8 +199,8 @@ def test_train_on_ray_gives_a_working_bundle_and_resumes(data, ray_local, tmp_pa
     assert any(run_dir.glob("checkpoint_*"))
 
     # resume: a second run with more epochs continues from the saved epoch 0
-    from seqguard_ray.ray_train import bucket_windows  # noqa: F401  (the windows stage is importable)
-    from seqguard_ray.ray_batch import read_validated
+    from seqguard_ray.runtime.ray_train import bucket_windows  # noqa: F401  (the windows stage is importable)
+    from seqguard_ray.runtime.ray_batch import read_validated
     ds, _, n_buckets, _ = read_validated(data / "train.parquet", events_per_bucket=5000)
     win = ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
         bucket_windows, fn_args=(sg.vocab.to_dict(), sg.config.max_len, sg.config.context),

@@ -40,8 +40,8 @@ def _free_port() -> int:
 
 
 def test_cli_scores_against_ray_start_head_via_ray_address(tmp_path):
-    from seqguard_ray.demo import generate
-    from seqguard_ray.engine import SeqGuard, TrainConfig
+    from seqguard_ray.synth.generator import generate
+    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
 
     ev = generate(n_users=60, seed=0).events
     ev.to_parquet(tmp_path / "ev.parquet", index=False)

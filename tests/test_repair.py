@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from seqguard_ray.repair import RepairPolicy
+from seqguard_ray.core.repair import RepairPolicy
 
 
 def test_each_action():

@@ -1,4 +1,4 @@
-"""Tests for seqguard_ray.report: a self-contained, escaped, size-bounded HTML page."""
+"""Tests for seqguard_ray.report.html: a self-contained, escaped, size-bounded HTML page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqguard_ray.report import CURVE_POINTS, TOP_USERS, _downsample_path, _pick_timeline_users, write_report
+from seqguard_ray.report.html import CURVE_POINTS, TOP_USERS, _downsample_path, _pick_timeline_users, write_report
 
 EVIL = "<script>alert(1)</script>"
 TYPES = ["bot", "injection", "shilling", "takeover", "replay"]

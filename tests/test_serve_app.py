@@ -13,7 +13,7 @@ import pytest
 from serving_helpers import TOKEN, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
-from seqguard_ray.serving import token_digest
+from seqguard_ray.runtime.serving import token_digest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SC = grpc.StatusCode
@@ -61,7 +61,7 @@ def app(ray_local, bundles):
 
 @pytest.fixture(scope="module")
 def engine(bundles):
-    from seqguard_ray.serving import load_engine
+    from seqguard_ray.runtime.serving import load_engine
     return load_engine(str(bundles[0]), torch_threads=1)
 
 
@@ -287,7 +287,7 @@ def test_prometheus_metrics(app):
 
 def test_rolling_bundle_update_without_failures(app, bundles):
     from deployments.app import deploy
-    from seqguard_ray.bundle import read_manifest
+    from seqguard_ray.core.bundle import read_manifest
 
     new_version = read_manifest(bundles[1])["model_version"]
     versions, errors = [], []

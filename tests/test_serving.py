@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 
-from seqguard_ray.bundle import FORMAT_VERSION, BundleError
-from seqguard_ray.detectors import DETECTORS
+from seqguard_ray.core.bundle import FORMAT_VERSION, BundleError
+from seqguard_ray.core.detectors import DETECTORS
 from seqguard_ray.client import SeqGuardClient
-from seqguard_ray.events import EventsError
+from seqguard_ray.core.events import EventsError
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
-from seqguard_ray.serving import (
+from seqguard_ray.runtime.serving import (
     Authenticator, InvalidArgument, Limits, ModelStore, ResourceExhausted, ScoringService, SeqBatch, Unauthenticated,
     Unavailable, check_size, events_to_proto, load_token, parse_batch_request, parse_score_request,
     requests_from_frame, status_for, token_digest,
@@ -117,7 +117,7 @@ def test_concat_and_to_log_keep_order():
 
 def test_to_log_sorts_each_sequence_like_the_batch_path():
     """Unsorted events with ties: the same per-sequence order, rows and arrays as from_frame."""
-    from seqguard_ray.events import from_frame
+    from seqguard_ray.core.events import from_frame
 
     r = pb.ScoreRequest(user_id="u", events=[pb.Event(item_id=i, ts=t, action=a) for i, t, a in
                                               [("a", 30, "view"), ("b", 10, ""), ("c", 30, "buy"), ("d", 20, "view")]])
@@ -140,7 +140,7 @@ class _Parts:
 
 
 def test_continuous_batcher_merges_what_queues_while_busy():
-    from seqguard_ray.serving import ContinuousBatcher
+    from seqguard_ray.runtime.serving import ContinuousBatcher
 
     async def main():
         gate, sizes, running, peak = asyncio.Event(), [], [0], [0]
@@ -193,7 +193,7 @@ def test_continuous_batcher_merges_what_queues_while_busy():
 
     asyncio.run(main())
     with pytest.raises(ValueError, match="max_batch"):
-        from seqguard_ray.serving import ContinuousBatcher
+        from seqguard_ray.runtime.serving import ContinuousBatcher
         ContinuousBatcher(lambda m, r: None, max_batch=0)
 
 
@@ -300,13 +300,13 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    from seqguard_ray.serving import load_engine
+    from seqguard_ray.runtime.serving import load_engine
     return load_engine(str(bundle), torch_threads=1)
 
 
 @pytest.fixture(scope="module")
 def plain(engine, bundle):
-    from seqguard_ray.grpc_server import InProcessBackend
+    from seqguard_ray.runtime.grpc_server import InProcessBackend
 
     backend = InProcessBackend(engine, model_dir=str(bundle))
     srv = PlainServer(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(max_message_bytes=200_000)),
@@ -387,7 +387,7 @@ def test_error_codes(plain, client):
 
 
 def test_unavailable_deadline_and_retries(bundle):
-    from seqguard_ray.grpc_server import InProcessBackend
+    from seqguard_ray.runtime.grpc_server import InProcessBackend
 
     srv = PlainServer(ScoringService(InProcessBackend(None, model_dir=str(bundle)), Authenticator(None)))
     try:
@@ -421,12 +421,12 @@ def test_score_does_not_depend_on_batch_mates(engine):
 def test_encoder_stage_warns_once_about_a_log_unlike_the_training_one(engine, caplog, monkeypatch):
     """Requests without values for a model that learned from them are scored, and the server says
     why its scores may be off once, not per request."""
-    from seqguard_ray import engine as engine_module
-    from seqguard_ray import serving
+    from seqguard_ray.core import pipeline as engine_module
+    from seqguard_ray.runtime import serving
 
     monkeypatch.setattr(engine_module, "_WARNED_ONCE", set())
     assert engine.metrics.get("value_share", 0) >= 0.5  # the tiny bundle learned from values
-    with caplog.at_level("WARNING", logger="seqguard_ray.engine"):
+    with caplog.at_level("WARNING", logger="seqguard_ray.core.pipeline"):
         for _ in range(3):
             serving.encode_stage(engine, parse_score_request(req(4), Limits()))
     assert caplog.text.count("learned from a 'value' column") == 1
@@ -475,7 +475,7 @@ def test_concurrent_test_payload_dropped_event_value(plain, engine):
 
 
 def test_cli_client_against_plain_server(plain, tmp_path, capsys, monkeypatch):
-    from seqguard_ray.cli import main
+    from seqguard_ray.cli.main import main
 
     df = score_events(n_users=2)
     f = tmp_path / "ev.csv"
@@ -494,7 +494,7 @@ def test_cli_client_against_plain_server(plain, tmp_path, capsys, monkeypatch):
 
 
 def test_serve_refuses_to_start_without_token(bundle, monkeypatch, capsys):
-    from seqguard_ray.cli import main
+    from seqguard_ray.cli.main import main
 
     monkeypatch.delenv("SEQGUARD_TOKEN", raising=False)
     assert main(["serve", "--model", str(bundle), "--no-ray"]) == 2

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from seqguard_ray.tokens import N_SPECIAL, UNK, Vocab, gap_buckets, owner_positions, windows
+from seqguard_ray.core.tokens import N_SPECIAL, UNK, Vocab, gap_buckets, owner_positions, windows
 
 
 def test_vocab_unknown_bucket_and_min_count():

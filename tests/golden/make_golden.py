@@ -20,7 +20,7 @@ USERS = 150
 def main() -> None:
     from seqguard_ray import SeqGuard, TrainConfig
     from seqguard_ray.cli import write_outputs
-    from seqguard_ray.demo import AttackMix, generate, write_events
+    from seqguard_ray.synth.generator import AttackMix, generate, write_events
 
     data = generate(n_users=USERS, seed=SEED, mix=AttackMix.all(0.03))
     write_events(data.events, HERE / "events.parquet")

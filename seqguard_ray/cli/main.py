@@ -34,7 +34,7 @@ def _share(s: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .ray_cli import add_ray_args
+    from .ray_commands import add_ray_args
     p = argparse.ArgumentParser(prog="seqguard", description="Catch and repair anomalous user behaviour sequences in recommender logs.")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    from .serve_cli import add_parsers
+    from .serve_commands import add_parsers
     add_parsers(sub)
     return p
 
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .bundle import BundleError
-    from .events import EventsError
+    from ..core.bundle import BundleError
+    from ..core.events import EventsError
     try:
         cmds = {"train": cmd_train, "score": cmd_score, "demo": cmd_demo}
         return cmds[args.command](args) if args.command in cmds else args.handler(args)
@@ -102,17 +102,17 @@ def _check_out_dir(path: str | Path, flag: str) -> None:
 
 def train_config(args):
     """The TrainConfig of `seqguard train`'s options (both engines); unset options keep its defaults."""
-    from .engine import TrainConfig
+    from ..core.pipeline import TrainConfig
     given = {"epochs": args.epochs, "seed": args.seed, "target_fpr": args.target_fpr, "trim_share": args.trim_share}
     return TrainConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_train(args) -> int:
-    from .ray_cli import choose_engine, cmd_train_ray
+    from .ray_commands import choose_engine, cmd_train_ray
     _check_out_dir(args.model, "--model")
     if choose_engine(args) == "ray":
         return cmd_train_ray(args)
-    from .engine import SeqGuard
+    from ..core.pipeline import SeqGuard
     cfg = train_config(args)
     t0 = time.perf_counter()
     sg = SeqGuard(cfg).fit(args.events, on_bad_rows=args.on_bad_rows)
@@ -122,37 +122,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def write_outputs(sg, result, out: str | Path) -> dict:
-    """Write users/events/repaired Parquet (+ actions, summary) into ``out``; returns the repair summary."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rep = sg.repair(result)
-    pq.write_table(pa.Table.from_pandas(result.users, preserve_index=False), out / "users.parquet")
-    pq.write_table(pa.Table.from_pandas(result.events, preserve_index=False), out / "events.parquet")
-    pq.write_table(pa.Table.from_pandas(rep.repaired, preserve_index=False), out / "repaired.parquet")
-    pq.write_table(pa.Table.from_pandas(rep.actions, preserve_index=False), out / "actions.parquet")
-    summary = {**rep.summary, "users": int(len(result.users)), "users_flagged": int(result.users["anomalous"].sum()),
-               "by_type": result.users.loc[result.users["anomalous"], "anomaly_type"].value_counts().to_dict(),
-               "bad_rows_skipped": result.log.bad_rows.count}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
-
 def cmd_score(args) -> int:
-    from .ray_cli import choose_engine, cmd_score_ray
+    from ..io.outputs import write_outputs
+    from .ray_commands import choose_engine, cmd_score_ray
     _check_out_dir(args.out, "--out")
     if choose_engine(args) == "ray":
         return cmd_score_ray(args)
-    from .engine import SeqGuard
+    from ..core.pipeline import SeqGuard
     t0 = time.perf_counter()
     sg = SeqGuard.load(args.model)
     result = sg.score(args.events, on_bad_rows=args.on_bad_rows)
     summary = write_outputs(sg, result, args.out)
     if args.report:
-        from .report import write_report
+        from ..report.html import write_report
         write_report(args.report, users=result.users, events=result.events, repair_summary=_ints(summary),
                      model_info=_model_info(sg))
     log.info("scored %d events of %d users in %.1f s: %d flagged %s; outputs in %s",
@@ -177,9 +159,10 @@ def cmd_demo(args) -> int:
     import numpy as np
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from .demo import ATTACK_FAMILY, generate, write_events
-    from .engine import SeqGuard, TrainConfig
-    from .report import write_report
+    from ..synth.generator import ATTACK_FAMILY, generate, write_events
+    from ..core.pipeline import SeqGuard, TrainConfig
+    from ..io.outputs import write_outputs
+    from ..report.html import write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 It is the speed baseline for the Ray Serve app (bench/serve.py), a test double, and
 ``seqguard serve --no-ray`` for a single process. Same API, same validation, same status codes:
-everything but the transport lives in :mod:`seqguard_ray.serving`.
+everything but the transport lives in :mod:`seqguard_ray.runtime.serving`.
 
     server, port = await create_server("127.0.0.1:0", service)
     ...
@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from .proto.seqguard.v1 import seqguard_pb2 as pb
-from .proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
+from ..proto.seqguard.v1 import seqguard_pb2 as pb
+from ..proto.seqguard.v1 import seqguard_pb2_grpc as pb_grpc
 from .serving import (
     ContinuousBatcher,
     ModelInfo,

@@ -2,7 +2,7 @@
 pipeline stages, errors -> gRPC status codes, and the bearer-token check.
 
 Both front ends use this module and nothing else for these concerns: the plain ``grpc.aio`` server
-(:mod:`seqguard_ray.grpc_server`) and the Ray Serve application (``deployments/``). Protobuf types
+(:mod:`seqguard_ray.runtime.grpc_server`) and the Ray Serve application (``deployments/``). Protobuf types
 stop here: everything past :func:`parse_score_request` is numpy.
 
 Scores are in [0, 1]; higher means more anomalous.
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
-from .events import (
+from ..core.events import (
     DEFAULT_ACTION,
     MAX_ABS_VALUE,
     MAX_ID_LENGTH,
@@ -40,7 +40,7 @@ from .events import (
     to_seconds,
     value_out_of_range,
 )
-from .proto.seqguard.v1 import seqguard_pb2 as pb
+from ..proto.seqguard.v1 import seqguard_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +335,8 @@ class EncodedBatch:
 
     def split(self, bounds: np.ndarray) -> list[EncodedBatch]:
         """Per-part views for sequence bounds (P + 1,) (the parts were concatenated in order)."""
-        from .engine import Encoded
-        from .features import Seqs
+        from ..core.pipeline import Encoded
+        from ..core.features import Seqs
 
         if len(bounds) == 2:
             return [self]
@@ -418,7 +418,7 @@ def encode_stage(sg, batch: SeqBatch, model_dir: str = "") -> EncodedBatch:
 
 def detect_stage(sg, eb: EncodedBatch) -> ScoredBatch:
     """Score with the calibrated ensemble (the DetectorEnsemble deployment's work)."""
-    from .detectors import DETECTORS
+    from ..core.detectors import DETECTORS
 
     s = sg.detect(eb.encoded)
     return ScoredBatch(eb.encoded.seqs.offsets, eb.order, s.score, s.anomalous, s.anomaly_type, s.reasons,
@@ -498,8 +498,8 @@ class PolicyModel:
 
 
 def load_policy(model_dir: str) -> PolicyModel:
-    from .bundle import read_manifest
-    from .repair import RepairPolicy
+    from ..core.bundle import read_manifest
+    from ..core.repair import RepairPolicy
 
     m = read_manifest(model_dir)
     return PolicyModel(RepairPolicy(**m["repair_policy"]), m["model_version"])
@@ -509,7 +509,7 @@ def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int
     """A SeqGuard from a bundle for a serving process (encoder on ``device``, few torch threads)."""
     import torch
 
-    from .engine import SeqGuard
+    from ..core.pipeline import SeqGuard
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
@@ -532,7 +532,7 @@ class ModelInfo:
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelInfo:
-        from .bundle import read_manifest
+        from ..core.bundle import read_manifest
 
         m = read_manifest(model_dir)
         return cls(m["model_version"], str(m["format_version"]), float(m["detectors"]["threshold"]),
@@ -573,8 +573,8 @@ def repair_response(req: pb.ScoreRequest, batch: SeqBatch, rb: RepairedBatch) ->
 
 
 def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse:
-    from . import __version__
-    from .repair import ANOMALY_TYPES
+    from .. import __version__
+    from ..core.repair import ANOMALY_TYPES
 
     return pb.ModelInfoResponse(
         model_version=info.model_version, format_version=info.format_version, threshold=info.threshold,

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .engine import Encoded, SeqGuard, TrainConfig
-from .events import from_frame
-from .features import ItemStats, Seqs
+from ..core.pipeline import Encoded, SeqGuard, TrainConfig
+from ..core.events import from_frame
+from ..core.features import ItemStats, Seqs
 from .ray_batch import BatchOptions, encode_dataset, encoded_from_table, read_validated
-from .tokens import Vocab, gap_buckets, windows
+from ..core.tokens import Vocab, gap_buckets, windows
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from .model import SeqGuardConfig, SeqGuardEncoder, train_encoder
+    from ..core.encoder import SeqGuardConfig, SeqGuardEncoder, train_encoder
 
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
@@ -178,7 +178,7 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
     import torch
     from ray.train.torch import TorchTrainer
 
-    from .model import SeqGuardEncoder
+    from ..core.encoder import SeqGuardEncoder
     from .ray_batch import cluster_gpus
 
     c = sg.config
@@ -266,7 +266,7 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
         bucket_windows, fn_args=(sg.vocab.to_dict(), c.max_len, c.context), batch_format="pyarrow",
         num_cpus=0.25, **extra).materialize()
     n_windows = win_ds.count()
-    from .model import SeqGuardEncoder
+    from ..core.encoder import SeqGuardEncoder
     sg.model = SeqGuardEncoder(sg._model_config())
     history, info = train_encoder_ray(sg, win_ds, n_windows, model_dir, opts)
     t_train = time.perf_counter() - t0

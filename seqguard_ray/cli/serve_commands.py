@@ -31,8 +31,8 @@ def _positive_int(s: str) -> int:
 
 def add_parsers(sub) -> None:
     """Add the ``serve`` and ``client`` subcommands; each sets ``handler`` (call ``args.handler(args)``)."""
-    from .client import add_client_arguments, cmd_client
-    from .serving import Limits
+    from ..client import add_client_arguments, cmd_client
+    from ..runtime.serving import Limits
 
     d = Limits()
     s = sub.add_parser("serve", help="online scoring over gRPC (Ray Serve)",
@@ -77,7 +77,7 @@ def _limits(args) -> dict:
 
 
 def _token_digest(args) -> str | None:
-    from .serving import load_token, token_digest
+    from ..runtime.serving import load_token, token_digest
 
     if args.insecure_no_auth:
         log.warning("serving WITHOUT auth (--insecure-no-auth): anyone who can reach port %d can call it", args.grpc_port)
@@ -89,7 +89,7 @@ def _token_digest(args) -> str | None:
 
 
 def cmd_serve(args) -> int:
-    from .bundle import read_manifest
+    from ..core.bundle import read_manifest
 
     manifest = read_manifest(args.model)  # a bad bundle fails here, before anything starts
     digest = _token_digest(args)
@@ -99,8 +99,8 @@ def cmd_serve(args) -> int:
 
 
 def _serve_plain(args, digest, version) -> int:
-    from .grpc_server import InProcessBackend, create_server
-    from .serving import Authenticator, Limits, ScoringService
+    from ..runtime.grpc_server import InProcessBackend, create_server
+    from ..runtime.serving import Authenticator, Limits, ScoringService
 
     async def main() -> None:
         backend = InProcessBackend.from_dir(args.model, batching=args.max_batch > 1, max_batch=args.max_batch)
@@ -148,7 +148,7 @@ def _serve_ray(args, digest, version) -> int:
     from deployments import SERVICER
     from deployments.app import AppArgs, deploy
 
-    from .ray_batch import ensure_ray
+    from ..runtime.ray_batch import ensure_ray
 
     cfg_args, overrides = _read_config(args.config)
     cfg_args.pop("model_dir", None)

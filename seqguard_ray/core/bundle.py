@@ -47,7 +47,7 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
     return {"seqguard": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
@@ -215,9 +215,9 @@ def load_bundle(path: str | Path):
     from safetensors.torch import load_file
 
     from .detectors import Calibrator, EventDetector, LengthTrend, ResidualCheck
-    from .engine import SeqGuard, TrainConfig
+    from .pipeline import SeqGuard, TrainConfig
     from .features import ItemStats, catalogue_rank
-    from .model import SeqGuardConfig, SeqGuardEncoder
+    from .encoder import SeqGuardConfig, SeqGuardEncoder
     from .repair import RepairPolicy
     from .tokens import N_SPECIAL, Vocab
 

@@ -2,7 +2,7 @@
 
 Stages (each a method, so Ray Data and Ray Serve can run them separately):
 
-1. ``tokenize``: EventLog -> :class:`~seqguard_ray.features.Seqs` (ids, gaps)
+1. ``tokenize``: EventLog -> :class:`~seqguard_ray.core.features.Seqs` (ids, gaps)
 2. ``encode``: Seqs -> per-event surprisal (N, 3) and per-user embeddings (U, H)
 3. ``detect``: -> per-user score, verdict, type, reasons; per-event score and verdict
 4. ``repair``: -> which events survive, with weights and a reason per action
@@ -24,7 +24,7 @@ from .detectors import ACCOUNT, DETECTORS, EventDetector, LengthTrend, ResidualC
 from .events import EventLog, from_frame, read_events
 from .features import (EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, _prev_occurrences, event_features,
                        item_sets, user_features)
-from .model import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
+from .encoder import SeqGuardConfig, SeqGuardEncoder, iter_window_batches, surprisal, train_encoder
 from .repair import RepairPolicy
 from .tokens import N_SPECIAL, Vocab, gap_buckets, owner_positions, windows
 

@@ -23,7 +23,7 @@ AUTO_RAY_TEXT_BYTES = 200 << 20
 
 def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
     """Add --engine / --address (and per-command Ray knobs) to a subcommand parser."""
-    from .cli import _positive_int
+    from .main import _positive_int
 
     g = p.add_argument_group("Ray")
     g.add_argument("--engine", choices=("auto", "ray", "local"), default="auto",
@@ -73,7 +73,7 @@ def choose_engine(args) -> str:
 
 
 def _ray_session(args):
-    from .ray_batch import ensure_ray
+    from ..runtime.ray_batch import ensure_ray
     import ray
 
     started = ensure_ray(args.address)
@@ -84,8 +84,8 @@ def _ray_session(args):
 def cmd_train_ray(args) -> int:
     import ray
 
-    from .cli import train_config
-    from .ray_train import RayTrainOptions, fit
+    from .main import train_config
+    from ..runtime.ray_train import RayTrainOptions, fit
 
     cfg = train_config(args)
     t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def cmd_train_ray(args) -> int:
 def cmd_score_ray(args) -> int:
     import ray
 
-    from .ray_batch import BatchOptions, read_output, score
+    from ..runtime.ray_batch import BatchOptions, read_output, score
 
     t0 = time.perf_counter()
     started = _ray_session(args)
@@ -116,9 +116,9 @@ def cmd_score_ray(args) -> int:
         if started:
             ray.shutdown()
     if args.report:
-        from .cli import _ints, _model_info
-        from .engine import SeqGuard
-        from .report import write_report
+        from .main import _ints, _model_info
+        from ..core.pipeline import SeqGuard
+        from ..report.html import write_report
 
         log.info("report: reading the outputs back (the report needs them in memory)")
         write_report(args.report, users=read_output(args.out, "users"), events=read_output(args.out, "events"),

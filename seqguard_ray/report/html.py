@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from .events import _ts_to_seconds
+from ..core.events import _ts_to_seconds
 
 log = logging.getLogger(__name__)
 

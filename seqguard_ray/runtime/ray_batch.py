@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .events import PARQUET_SUFFIXES, EventsError, from_frame, parquet_files, read_parquet
+from ..core.events import PARQUET_SUFFIXES, EventsError, from_frame, parquet_files, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def user_bucket(user: np.ndarray, n_buckets: int) -> np.ndarray:
 
 def read_unit(unit: dict, *, n_buckets: int, on_bad_rows: str) -> pa.Table:
     """Read and validate one unit; rows keep their input values plus ``_in_row`` and ``_bucket``."""
-    from .events import read_table
+    from ..core.events import read_table
 
     path, g, row0 = unit["path"], int(unit["row_group"]), int(unit["row0"])
     root = unit.get("root") or None
@@ -201,7 +201,7 @@ def read_unit(unit: dict, *, n_buckets: int, on_bad_rows: str) -> pa.Table:
 
 
 def _count_text_rows(path: str) -> int:
-    from .events import read_table
+    from ..core.events import read_table
     return read_table(path).num_rows
 
 
@@ -233,7 +233,7 @@ def read_validated(path: str | Path, *, on_bad_rows: str = "error",
 def bundle_payload(model_dir: str | Path) -> dict[str, bytes]:
     d = Path(model_dir)
     if not d.is_dir():
-        from .bundle import BundleError
+        from ..core.bundle import BundleError
         raise BundleError(f"model bundle directory does not exist: {d}")
     return {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
 
@@ -246,9 +246,9 @@ def load_payload(payload):
     if isinstance(payload, ray.ObjectRef):
         payload = ray.get(payload)
 
-    from .engine import SeqGuard, TrainConfig
-    from .model import SeqGuardConfig, SeqGuardEncoder
-    from .tokens import Vocab
+    from ..core.pipeline import SeqGuard, TrainConfig
+    from ..core.encoder import SeqGuardConfig, SeqGuardEncoder
+    from ..core.tokens import Vocab
 
     if "encoder_state" in payload:  # partial model during training: no detectors yet
         sg = SeqGuard(TrainConfig(**payload["train_config"]))
@@ -317,7 +317,7 @@ def encode_bucket(sg, table: pa.Table):
 
 def encoded_from_table(sg, table: pa.Table):
     """Rebuild (EventLog, Encoded) from an EncodeStage block (whole users; any block order)."""
-    from .engine import Encoded
+    from ..core.pipeline import Encoded
 
     emb_col = table.column("_emb")
     df = table.drop_columns(["_emb"]).to_pandas()
@@ -381,7 +381,7 @@ class ScoreStage(EncodeStage):
 def detect_and_write(sg, lg, enc, out: str, *, encode_nodes: list[str], detect_node: str) -> pa.Table:
     """Detectors + repair on one block of whole users; writes its parts of OUT; one summary row.
     ``lg.frame["_row"]`` holds the input row numbers."""
-    from .engine import ScoreResult, events_frame, users_frame
+    from ..core.pipeline import ScoreResult, events_frame, users_frame
 
     scored = sg.detect(enc)
     result = ScoreResult(users_frame(lg, scored), events_frame(lg, scored), lg, scored)
@@ -525,7 +525,7 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
 
 def _engine_error(exc: BaseException) -> Exception | None:
     """The EventsError / BundleError / ValueError raised inside a Ray worker, if that is the cause."""
-    from .bundle import BundleError
+    from ..core.bundle import BundleError
 
     seen = set()
     e: BaseException | None = exc

@@ -1,0 +1,1 @@
+"""Readers and writers of behaviour logs and of scoring outputs."""

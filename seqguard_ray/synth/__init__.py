@@ -1,0 +1,1 @@
+"""The demo generator: realistic behaviour logs with labelled injected attacks."""
