@@ -106,7 +106,8 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
         else:
             import ray
 
-            from seqguard_ray.runtime.ray_batch import BatchOptions, ensure_ray, score
+            from seqguard_ray.runtime.ray.batch import BatchOptions, score
+            from seqguard_ray.runtime.ray.cluster import ensure_ray
             t = time.perf_counter()
             ensure_ray()
             t_ray = time.perf_counter() - t
@@ -123,16 +124,16 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
 
 
 def run_train(engine: str, events: str, model: str, workers: int) -> dict:
-    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
-    from seqguard_ray.core.events import read_events
-    from seqguard_ray.core.encoder import SeqGuardEncoder
+    from seqguard_ray.core.config import TrainConfig
+    from seqguard_ray.core.pipeline import SeqGuard
+    from seqguard_ray.core.readers import read_events
     from seqguard_ray.core.tokens import Vocab
 
     cfg = TrainConfig(**MODEL)
     sg = SeqGuard(cfg)
     lg = read_events(events)
-    sg.vocab = Vocab.build(lg.item, lg.action, min_count=cfg.min_item_count)
-    sg.model = SeqGuardEncoder(sg._model_config())
+    sg.vocab = Vocab(min_count=cfg.min_item_count).fit(lg.item, lg.action)
+    sg.encoder.init_model(sg.vocab.n_items, sg.vocab.n_actions)
     if engine == "local":
         seqs = sg.tokenize(lg)
         t0 = time.perf_counter()
@@ -142,13 +143,12 @@ def run_train(engine: str, events: str, model: str, workers: int) -> dict:
                 "events_per_s_epoch": round(lg.n_events / wall), "windows_per_s": round(hist[-1]["windows_per_s"])}
     import ray
 
-    from seqguard_ray.runtime.ray_batch import ensure_ray, read_validated
-    from seqguard_ray.runtime.ray_train import RayTrainOptions, bucket_windows, train_encoder_ray
+    from seqguard_ray.runtime.ray.batch import read_validated
+    from seqguard_ray.runtime.ray.cluster import ensure_ray
+    from seqguard_ray.runtime.ray.train import RayTrainOptions, train_encoder_ray, windows_dataset
     ensure_ray()
-    ds, _, nb, _ = read_validated(events)
-    win = ds.groupby("_bucket", num_partitions=nb).map_groups(
-        bucket_windows, fn_args=(sg.vocab.to_dict(), cfg.max_len, cfg.context), batch_format="pyarrow").materialize()
-    n_win = win.count()
+    ds, _, nb = read_validated(events)
+    win, n_win = windows_dataset(ds, sg, nb)
     t0 = time.perf_counter()
     _, info = train_encoder_ray(sg, win, n_win, model, RayTrainOptions(num_workers=workers))
     wall = time.perf_counter() - t0
@@ -178,7 +178,8 @@ def main() -> None:
         print(json.dumps(run_score(*rest) if kind == "score" else run_train(*rest)))
         return
     from seqguard_ray.core.bundle import BundleError, read_manifest
-    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
+    from seqguard_ray.core.config import TrainConfig
+    from seqguard_ray.core.pipeline import SeqGuard
 
     w = Path(a.work)
     w.mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seqguard_ray.synth.generator import AttackMix, LabeledEvents, inject_attacks
+from seqguard_ray.synth import AttackMix, LabeledEvents, inject_attacks
 
 log = logging.getLogger(__name__)
 

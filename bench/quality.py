@@ -29,9 +29,9 @@ from scipy import sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from seqguard_ray import SeqGuard, TrainConfig
-from seqguard_ray.synth.generator import NORMAL, AttackMix, LabeledEvents, generate
-from seqguard_ray.core.pipeline import Scored
-from seqguard_ray.core.events import EventLog
+from seqguard_ray.synth import NORMAL, AttackMix, LabeledEvents, generate
+from seqguard_ray.core.results import Scored
+from seqguard_ray.core.schema import EventLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -30,8 +30,9 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
 from seqguard_ray import SeqGuard, TrainConfig
-from seqguard_ray.synth.generator import NORMAL, AttackMix, LabeledEvents
-from seqguard_ray.core.pipeline import as_log, users_frame
+from seqguard_ray.synth import NORMAL, AttackMix, LabeledEvents
+from seqguard_ray.core.pipeline import as_log
+from seqguard_ray.core.results import users_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import kept_events, load_mix, precision_recall, run_baselines, user_features, user_metrics  # noqa: E402
@@ -103,7 +104,7 @@ def poisoned(data: str, seed: int, users: int, scale: float, trim: float) -> lis
              f"{len(ut)} users attacked", HEADER]
     for t in (TrainConfig.trim_share, trim):
         sg.config.trim_share = t
-        sg.fit_detectors(enc)
+        sg.fit_detectors(enc, history=sg.encoder.history_, t_train=0.0, bad_rows=0)
         s = sg.detect(enc)
         u = users_frame(log_, s)
         u.index = u["user_id"].astype(str)

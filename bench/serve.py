@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 def workload(n_users: int = 64):
-    from seqguard_ray.synth.generator import generate
+    from seqguard_ray.synth import generate
 
     ev = generate(n_users=n_users, seed=11).events
     return [(str(u), g[["item_id", "ts", "action", "value"]].to_dict("records")) for u, g in ev.groupby("user_id")]
@@ -124,10 +124,9 @@ def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    from deployments import SERVICER
-    from deployments.app import AppArgs, deploy
-    from seqguard_ray.runtime.ray_batch import start_local_ray
-    from seqguard_ray.runtime.serving import token_digest
+    from seqguard_ray.runtime.ray.cluster import start_local_ray
+    from seqguard_ray.runtime.serve import token_digest
+    from seqguard_ray.runtime.serve.app import SERVICER, AppArgs, deploy
 
     t0 = time.time()
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if optimized else "0"  # inherited by Ray's processes
@@ -208,7 +207,7 @@ def main() -> int:
             read_manifest(model)
         except BundleError:  # missing, or written by another seqguard version
             from seqguard_ray import SeqGuard, TrainConfig
-            from seqguard_ray.synth.generator import generate
+            from seqguard_ray.synth import generate
             SeqGuard(TrainConfig(epochs=1, hidden_size=32)).fit(generate(n_users=150, seed=0).events).save(model)
     model = str(Path(model).resolve())
     work = workload()

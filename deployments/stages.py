@@ -1,5 +1,5 @@
 """The three stage deployments. Each holds one core object and runs one stage function from
-:mod:`seqguard_ray.runtime.serving`; no model logic lives here.
+:mod:`seqguard_ray.runtime.serve.stages`; no model logic lives here.
 
 Every stage takes ``user_config = {"model_dir": ...}``: changing it loads the new bundle in place
 (off the event loop) while in-flight requests finish on the old one. Work carries the model
@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from seqguard_ray.runtime.serving import (
-    EncodedBatch, ModelStore, RepairedBatch, ScoredBatch, SeqBatch, detect_stage, encode_stage, load_engine,
-    load_policy, repair_stage,
+from seqguard_ray.runtime.serve.batches import EncodedBatch, RepairedBatch, ScoredBatch, SeqBatch
+from seqguard_ray.runtime.serve.stages import (
+    ModelStore, detect_stage, encode_stage, load_engine, load_policy, repair_stage,
 )
 
 log = logging.getLogger("ray.serve")

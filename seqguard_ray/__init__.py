@@ -1,6 +1,6 @@
 """seqguard: catch and repair anomalous user behaviour sequences in recommender logs.
 
-Public API (imported lazily, so light modules such as ``seqguard_ray.core.events`` do not pay for torch):
+Public API (imported lazily, so light modules such as ``seqguard_ray.core.schema`` do not pay for torch):
 ``SeqGuard``, ``TrainConfig``, ``ScoreResult``, ``RepairResult``, ``RepairPolicy``,
 ``ANOMALY_TYPES``, ``EventsError``, ``read_events``.
 """
@@ -12,9 +12,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SeqGuard": "core.pipeline", "TrainConfig": "core.pipeline", "ScoreResult": "core.pipeline",
-    "RepairResult": "core.pipeline", "RepairPolicy": "core.repair", "ANOMALY_TYPES": "core.repair",
-    "EventsError": "core.events", "read_events": "core.events",
+    "SeqGuard": "core.pipeline", "TrainConfig": "core.config", "ScoreResult": "core.results",
+    "RepairResult": "core.results", "RepairPolicy": "core.repair", "ANOMALY_TYPES": "core.repair",
+    "EventsError": "core.schema", "read_events": "core.readers",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -1,4 +1,5 @@
-"""Python client for the seqguard gRPC API, with bounded retries, and the ``seqguard client`` commands.
+"""Python client for the seqguard gRPC API, with bounded retries (``seqguard client`` is in
+:mod:`seqguard_ray.cli.client_commands`).
 
     with SeqGuardClient("localhost:9000", token=os.environ["SEQGUARD_TOKEN"]) as c:
         r = c.score("u42", [{"item_id": "123", "ts": 1718000000, "action": "view"}])
@@ -13,14 +14,11 @@ Other codes raise :class:`grpc.RpcError` at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
-import sys
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import grpc
 
@@ -113,7 +111,7 @@ class SeqGuardClient:
 
     def score_frame(self, df) -> pb.ScoreBatchResponse:
         """Score every user of a frame (user_id, item_id, ts[, action, value]) in one call."""
-        from .runtime.serving import requests_from_frame
+        from .runtime.serve.convert import requests_from_frame
 
         return self.score_batch(requests_from_frame(df))
 
@@ -134,72 +132,9 @@ class SeqGuardClient:
 
 
 def _request(user_id: str, events) -> pb.ScoreRequest:
-    from .runtime.serving import events_to_proto
+    from .runtime.serve.convert import events_to_proto
 
     evs = list(events)
     if evs and not isinstance(evs[0], pb.Event):
         evs = events_to_proto(evs)
     return pb.ScoreRequest(user_id=str(user_id), events=evs)
-
-
-# --------------------------------------------------------------------------- CLI
-def _read_frame(path: str):
-    from .core.events import read_table
-
-    return read_table(path).to_pandas()
-
-
-def _client_from_args(args) -> SeqGuardClient:
-    from .runtime.serving import load_token
-
-    token = load_token(args.token_file)
-    root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
-    return SeqGuardClient(args.target, token, timeout_s=args.timeout, retries=args.retries,
-                          tls=args.tls or root is not None, root_certs=root, application=args.application)
-
-
-def _print(msg) -> None:
-    from google.protobuf.json_format import MessageToDict
-
-    print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True), indent=1))
-
-
-def cmd_client(args) -> int:
-    """``seqguard client score|repair|info``: prints the response as JSON; gRPC errors -> exit 1."""
-    try:
-        with _client_from_args(args) as c:
-            if args.client_command == "info":
-                _print(c.model_info())
-                return 0
-            df = _read_frame(args.events)
-            if args.user is not None:
-                if "user_id" in df.columns:
-                    df = df[df["user_id"].astype(str) == args.user]
-                df = df.assign(user_id=args.user)
-            elif "user_id" not in df.columns:
-                raise ValueError("the events file has no user_id column: pass --user")
-            if len(df) == 0:
-                raise ValueError(f"no events for user {args.user!r} in {args.events}")
-            if args.client_command == "repair":
-                from .runtime.serving import requests_from_frame
-
-                reqs = requests_from_frame(df)
-                if len(reqs) != 1:
-                    raise ValueError(f"repair takes one user; {args.events} holds {len(reqs)}: pass --user")
-                _print(c.repair(reqs[0].user_id, reqs[0].events))
-            else:
-                _print(c.score_frame(df))
-            return 0
-    except grpc.RpcError as exc:
-        print(f"seqguard client {args.client_command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-
-
-def add_client_arguments(p) -> None:
-    p.add_argument("--target", default="localhost:9000", help="server host:port (default localhost:9000)")
-    p.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEQGUARD_TOKEN)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default 10)")
-    p.add_argument("--retries", type=int, default=4, help="retries on UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED (default 4)")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (e.g. through Envoy)")
-    p.add_argument("--ca-cert", default=None, help="PEM file of the CA to trust (implies --tls)")
-    p.add_argument("--application", default=None, help="Serve application name (only with several apps)")

@@ -11,7 +11,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         # address='local': never join another Ray that happens to run on this machine
-        from seqguard_ray.runtime.ray_batch import start_local_ray
+        from seqguard_ray.runtime.ray.cluster import start_local_ray
         start_local_ray(num_cpus=4)
     yield ray
     try:

@@ -23,7 +23,7 @@ Steps, in order, on the one cluster:
 4. overload    10x the ingress's max_ongoing + max_queued at once: RESOURCE_EXHAUSTED, no replica
                dies, the replicas' RSS stays bounded, normal service afterwards
 5. batch       the app is deleted, a replacement CPU worker joins (the autoscaler's job on a real
-               cluster), and ``ray_batch.score`` runs; the CPU worker running its detector actor
+               cluster), and ``runtime.ray.batch.score`` runs; the CPU worker running its detector actor
                is killed once the first output part is written; output compared to the engine
 """
 
@@ -203,14 +203,13 @@ def restored(expected: Counter, gone: set) -> bool:
 
 
 def under_load(target, token, groups, ref, fault, codes: RetryLog) -> dict:
-    """Steady load; ``fault()`` after 3 s of it; wait until Serve has replaced what was lost and
+    """Steady load; ``fault()`` once 10 answers came back; wait until Serve has replaced what was lost and
     15 more answers came back; the load's counts."""
     codes.codes.clear()
     expected = Counter(r["deployment"] for r in replicas())
     load = Load(target, token, groups, ref).start()
-    time.sleep(3)
+    wait_for(lambda: load.done_count() >= 10, 60, "answering before the fault")
     n0 = load.done_count()
-    assert n0 > 0, "no answer before the fault"
     t = time.perf_counter()
     info = fault()
     gone = set(info.pop("gone"))
@@ -230,9 +229,8 @@ def deploy_app(model_dir: Path, token: str) -> str:
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    from deployments import SERVICER
-    from deployments.app import AppArgs, deploy
-    from seqguard_ray.runtime.serving import token_digest
+    from seqguard_ray.runtime.serve import token_digest
+    from seqguard_ray.runtime.serve.app import SERVICER, AppArgs, deploy
 
     gpu_profile = yaml.safe_load((ROOT / "deployments" / "serve_gpu.yaml").read_text())
     placement = {d["name"]: {k: v for k, v in d.get("ray_actor_options", {}).items()
@@ -297,8 +295,19 @@ def overload(target: str, token: str, groups: list) -> dict:
     stop.set()
     sampler.join()
     after = {r["name"]: r["pid"] for r in replicas()}
-    time.sleep(1)
-    with SeqGuardClient(target, token, timeout_s=20, retries=5) as c:  # the proxy's view of the queue lags
+
+    def answers() -> bool:  # the proxy's view of the queue lags the burst's end
+        try:
+            stub.Score(_request(*groups[0]), timeout=20, metadata=md)
+            return True
+        except grpc.RpcError:
+            return False
+
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.SeqGuardStub(channel)
+    wait_for(answers, 60, "answering after the burst")
+    channel.close()
+    with SeqGuardClient(target, token, timeout_s=20, retries=5) as c:
         normal = [c.score(*groups[i % len(groups)]).user_id == groups[i % len(groups)][0] for i in range(10)]
         retried_after = c.retried
     return {"burst": n, "codes": dict(codes), "burst_s": round(burst_s, 1),
@@ -309,7 +318,7 @@ def overload(target: str, token: str, groups: list) -> dict:
 
 
 def batch_with_node_kill(cluster, work: Path, model_dir: Path, victims: list) -> dict:
-    from seqguard_ray import ray_batch
+    from seqguard_ray.runtime.ray.batch import BatchOptions, score
 
     out = work / "batch_out"
     parts = out / "users.parquet"
@@ -335,8 +344,7 @@ def batch_with_node_kill(cluster, work: Path, model_dir: Path, victims: list) ->
     th = threading.Thread(target=killer, daemon=True)
     th.start()
     t = time.perf_counter()
-    summary = ray_batch.score(model_dir, work / "batch.parquet", out,
-                              options=ray_batch.BatchOptions(concurrency=1, events_per_bucket=800))
+    summary = score(model_dir, work / "batch.parquet", out, options=BatchOptions(concurrency=1, events_per_bucket=800))
     score_s = time.perf_counter() - t
     th.join(5)
     return {"summary": summary, "kill": kill, "score_s": round(score_s, 1),
@@ -344,15 +352,15 @@ def batch_with_node_kill(cluster, work: Path, model_dir: Path, victims: list) ->
 
 
 def compare_batch(work: Path, model_dir: Path, summary: dict) -> dict:
-    from seqguard_ray import ray_batch
     from seqguard_ray.core.pipeline import SeqGuard
+    from seqguard_ray.io.outputs import read_output
 
     sg = SeqGuard.load(model_dir)
     local = sg.score(work / "batch.parquet")
     out = work / "batch_out"
-    users = ray_batch.read_output(out, "users")
-    ev = ray_batch.read_output(out, "events")
-    step = 1.0 / (len(sg.user_detectors.combined_.reference) + 1) + 1e-9
+    users = read_output(out, "users")
+    ev = read_output(out, "events")
+    step = 1.0 / (len(sg.user_detectors.combined_.reference_) + 1) + 1e-9
     res = {"users_out": len(users), "users_local": len(local.users), "events_out": len(ev),
            "events_local": len(local.events), "events_in": summary["events_in"],
            "unique_users": bool(users["user_id"].is_unique), "unique_rows": bool(ev["row"].is_unique),
@@ -375,8 +383,9 @@ def main(work: str, report: bool = False) -> dict:
     from ray.cluster_utils import Cluster
     from serving_helpers import TOKEN, score_events
 
-    from seqguard_ray.synth.generator import generate
-    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
+    from seqguard_ray.synth import generate
+    from seqguard_ray.core.config import TrainConfig
+    from seqguard_ray.core.pipeline import SeqGuard
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,12 @@ def main(work: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from seqguard_ray import ray_batch, ray_train
-    from seqguard_ray.synth.generator import generate
-    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
+    from seqguard_ray.io.outputs import read_output
+    from seqguard_ray.runtime.ray.batch import BatchOptions, score
+    from seqguard_ray.runtime.ray.train import RayTrainOptions, fit
+    from seqguard_ray.synth import generate
+    from seqguard_ray.core.config import TrainConfig
+    from seqguard_ray.core.pipeline import SeqGuard
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)
@@ -41,19 +44,19 @@ def main(work: str) -> None:
         worker_ids = {n.node_id for n in workers}
         t_start = time.perf_counter() - t0
         t = time.perf_counter()
-        sg = ray_train.fit(w / "train.parquet", w / "model", TrainConfig(epochs=1, hidden_size=32),
-                           options=ray_train.RayTrainOptions(num_workers=2, spread=True, events_per_bucket=3000))
+        sg = fit(w / "train.parquet", w / "model", TrainConfig(epochs=1, hidden_size=32),
+                 options=RayTrainOptions(num_workers=2, spread=True, events_per_bucket=3000))
         t_train = time.perf_counter() - t
         t = time.perf_counter()
-        summary = ray_batch.score(w / "model", w / "test.parquet", w / "out",
-                                  options=ray_batch.BatchOptions(concurrency=2, spread=True, events_per_bucket=1500,
-                                                                                 actor_resources={"encoder": 1}))
+        summary = score(w / "model", w / "test.parquet", w / "out",
+                        options=BatchOptions(concurrency=2, spread=True, events_per_bucket=1500,
+                                             actor_resources={"encoder": 1}))
         t_score = time.perf_counter() - t
     finally:
         ray.shutdown()
         cluster.shutdown()
     local = SeqGuard.load(w / "model").score(w / "test.parquet")
-    users = ray_batch.read_output(w / "out", "users").set_index("user_id").loc[local.users["user_id"]]
+    users = read_output(w / "out", "users").set_index("user_id").loc[local.users["user_id"]]
     du = np.abs(users["score"].to_numpy() - local.users["score"].to_numpy())
     print(json.dumps({
         "train_worker_nodes": sg.metrics["worker_nodes"], "encode_nodes": summary["encode_nodes"],

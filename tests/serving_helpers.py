@@ -16,7 +16,7 @@ def tiny_bundle(tmp_path_factory, seed: int = 0) -> Path:
     path = tmp_path_factory.getbasetemp() / f"serving_bundle_{seed}"
     if not (path / "manifest.json").is_file():
         from seqguard_ray import SeqGuard, TrainConfig
-        from seqguard_ray.synth.generator import generate
+        from seqguard_ray.synth import generate
 
         SeqGuard(TrainConfig(epochs=1, hidden_size=32, seed=seed)).fit(generate(n_users=80, seed=seed).events).save(path)
     return path
@@ -24,7 +24,7 @@ def tiny_bundle(tmp_path_factory, seed: int = 0) -> Path:
 
 def score_events(n_users: int = 12, seed: int = 7) -> pd.DataFrame:
     """Demo events (integer item ids, some attacked users) to score."""
-    from seqguard_ray.synth.generator import generate
+    from seqguard_ray.synth import generate
 
     ev = generate(n_users=40, seed=seed).events
     users = ev["user_id"].drop_duplicates().to_numpy()[:n_users]
@@ -35,7 +35,7 @@ class PlainServer:
     """A plain grpc.aio server (no Ray) on its own event-loop thread."""
 
     def __init__(self, service, backend=None):
-        from seqguard_ray.runtime.grpc_server import create_server
+        from seqguard_ray.runtime.serve.grpc_server import create_server
 
         self.backend = backend
         self.loop = asyncio.new_event_loop()
@@ -46,9 +46,8 @@ class PlainServer:
     def stop(self) -> None:
         async def shut():
             await self.server.stop(0.5)
-            if self.backend is not None:  # on this loop, so its batcher's workers finish cancelling
-                self.backend.close()
-                await asyncio.sleep(0.05)
+            if self.backend is not None:  # on this loop, where its batcher's workers run
+                await self.backend.aclose()
 
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -7,7 +7,7 @@ import pytest
 from seqguard_ray.cli.main import main
 
 
-def test_train_then_score_writes_the_contract(tmp_path, tiny_events, tiny_bundle):
+def test_score_writes_the_output_contract_and_a_report(tmp_path, tiny_events, tiny_bundle):
     ev = tmp_path / "events.csv"
     tiny_events.assign(extra="x").to_csv(ev, index=False)
     out = tmp_path / "out"
@@ -24,7 +24,7 @@ def test_train_then_score_writes_the_contract(tmp_path, tiny_events, tiny_bundle
     assert (out / "report.html").stat().st_size > 1000
 
 
-def test_train_cli(tmp_path, tiny_events):
+def test_train_stores_its_options_in_the_bundle_config(tmp_path, tiny_events):
     ev = tmp_path / "events.parquet"
     tiny_events.to_parquet(ev)
     assert main(["-q", "train", "--events", str(ev), "--model", str(tmp_path / "m"), "--epochs", "1",
@@ -33,7 +33,7 @@ def test_train_cli(tmp_path, tiny_events):
     assert manifest["train_config"]["trim_share"] == 0.0
 
 
-def test_cli_errors_are_clear(tmp_path, tiny_bundle, capsys):
+def test_cli_errors_name_the_problem_and_exit_2(tmp_path, tiny_bundle, capsys):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"user_id": [1], "item": [2], "ts": [3]}).to_csv(bad, index=False)
     assert main(["score", "--events", str(bad), "--model", str(tiny_bundle), "--out", str(tmp_path / "o")]) == 2

@@ -57,7 +57,7 @@ def test_launcher_prepare_and_validate_accept_it(prepared):
     assert prepared["available_node_types"]["ray.head"]["max_workers"] == 0  # filled by the launcher
 
 
-def test_schema_check_is_real(raw):
+def test_the_schema_check_rejects_a_typo_and_a_bad_type(raw):
     """The same validation rejects a typo, so the passes above mean something."""
     from ray.autoscaler._private.util import validate_config
     bad = copy.deepcopy(raw)
@@ -72,7 +72,7 @@ def test_schema_check_is_real(raw):
 
 # ---- Node types and scaling -----------------------------------------------------------------------
 
-def test_node_types_and_scaling(raw):
+def test_cpu_and_gpu_workers_autoscale_and_the_head_runs_no_work(raw):
     types = raw["available_node_types"]
     assert set(types) == {"ray.head", "ray.worker.cpu", "ray.worker.gpu"}
     assert types["ray.head"]["resources"] == {"CPU": 0}          # nothing scheduled on the head

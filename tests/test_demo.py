@@ -1,4 +1,4 @@
-"""Tests for seqguard_ray.synth.generator: the seeded demo-data generator and attack injector."""
+"""Tests for seqguard_ray.synth: the seeded demo-data generator and attack injector."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqguard_ray.synth.generator import (
+from seqguard_ray.synth import (
     ATTACK_TYPES,
     FAKE_USER_TYPES,
     HELD_OUT_TYPES,
@@ -22,6 +22,7 @@ from seqguard_ray.synth.generator import (
 )
 
 TINY = dict(n_users=60, n_items=150, events_per_user=25.0)
+GOLDEN_EVENTS = Path(__file__).resolve().parent / "golden" / "events.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,13 @@ def test_generate_is_seeded():
     pd.testing.assert_series_equal(a.user_type, b.user_type)
     np.testing.assert_array_equal(a.target_items, b.target_items)
     assert len(a.events) != len(c.events) or not a.events.equals(c.events)
+
+
+def test_generate_reproduces_the_frozen_golden_log():
+    """The seeded output is part of the contract: tests/golden/events.parquet was written by
+    ``generate(n_users=150, seed=7, mix=AttackMix.all(0.03))`` (tests/golden/make_golden.py)."""
+    ev = generate(n_users=150, seed=7, mix=AttackMix.all(0.03)).events
+    pd.testing.assert_frame_equal(ev, pd.read_parquet(GOLDEN_EVENTS), check_exact=True)
 
 
 def test_generate_schema_and_order(all_types):
@@ -313,7 +321,7 @@ def test_movielens_loader_if_cached():
 
 
 def test_every_type_has_a_family():
-    from seqguard_ray.synth.generator import ATTACK_FAMILY
+    from seqguard_ray.synth import ATTACK_FAMILY
 
     assert set(ATTACK_FAMILY) == set(ATTACK_TYPES) | {NORMAL}
     assert set(FAKE_USER_TYPES) | set(PARTIAL_TYPES) == set(ATTACK_TYPES)

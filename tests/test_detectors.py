@@ -2,16 +2,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from seqguard_ray.core.detectors import (DETECTORS, Calibrator, EventDetector, LengthTrend, ResidualCheck, UserDetectors,
-                                   combine, knn_distance)
+from seqguard_ray.core.calibration import Calibrator, combine
+from seqguard_ray.core.detectors import DETECTORS, knn_distance
+from seqguard_ray.core.ensemble import UserDetectors, decisive
+from seqguard_ray.core.event_detector import EventDetector, ResidualCheck
+from seqguard_ray.core.strata import LengthTrend
 
 
 def test_calibrator_is_monotone_and_inside_unit_interval():
-    cal = Calibrator.fit(np.arange(100.0))
+    cal = Calibrator().fit(np.arange(100.0))
     x = np.linspace(-10, 200, 500)
-    p = cal(x)
+    p = cal.score(x)
     assert (np.diff(p) >= 0).all() and (p >= 0).all() and (p < 1).all()
-    assert cal(np.array([1e9]))[0] > 0.99 and cal(np.array([-1e9]))[0] < 0.01
+    assert cal.score(np.array([1e9]))[0] > 0.99 and cal.score(np.array([-1e9]))[0] < 0.01
 
 
 def test_combine_rewards_agreement():
@@ -54,7 +57,7 @@ def test_trim_share_is_the_clean_log_knob():
     assert flagged[0.05] > flagged[0.0] + 0.01
 
 
-def test_user_detectors_reject_bad_args():
+def test_user_detectors_refuse_bad_args_and_unfitted_use():
     with pytest.raises(ValueError, match="target_fpr"):
         UserDetectors(target_fpr=0.7).fit(np.zeros((10, 2)))
     with pytest.raises(ValueError, match="at least 5 users"):
@@ -63,7 +66,7 @@ def test_user_detectors_reject_bad_args():
         UserDetectors().score(np.zeros((3, 2)))
 
 
-def test_event_detector_one_sided():
+def test_event_detector_flags_only_the_high_side():
     rng = np.random.default_rng(1)
     ef = rng.normal(size=(5000, 3))
     det = EventDetector().fit(ef)
@@ -74,7 +77,7 @@ def test_event_detector_one_sided():
 def test_fast_iforest_scores_equal_sklearns():
     from sklearn.ensemble import IsolationForest
 
-    from seqguard_ray.core.detectors import FlatForest
+    from seqguard_ray.core.iforest import FlatForest
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6))
@@ -84,25 +87,25 @@ def test_fast_iforest_scores_equal_sklearns():
         flat = FlatForest.from_sklearn(f)
         np.testing.assert_allclose(flat(q), -f.score_samples(q), rtol=1e-10)
         # the bundle's form: plain arrays in, the same scores out
-        again = FlatForest.from_arrays(flat.to_arrays("f."), "f.")
+        again = FlatForest.from_state(*flat.to_state())
         np.testing.assert_array_equal(again(q), flat(q))
 
 
 def test_flat_forest_refuses_arrays_that_do_not_fit():
     from sklearn.ensemble import IsolationForest
 
-    from seqguard_ray.core.detectors import FlatForest
+    from seqguard_ray.core.iforest import FlatForest
 
     X = np.random.default_rng(0).normal(size=(100, 3))
-    arrays = FlatForest.from_sklearn(IsolationForest(n_estimators=5, random_state=0).fit(X)).to_arrays("")
+    arrays = FlatForest.from_sklearn(IsolationForest(n_estimators=5, random_state=0).fit(X)).to_state()[0]
     bad = dict(arrays, left=arrays["left"] + 10_000)
     with pytest.raises(ValueError, match="point outside the forest"):
-        FlatForest.from_arrays(bad, "")
+        FlatForest.from_state(bad, {})
     bad = dict(arrays, threshold=arrays["threshold"][:, :-1])
     with pytest.raises(ValueError, match="do not fit together"):
-        FlatForest.from_arrays(bad, "")
+        FlatForest.from_state(bad, {})
     with pytest.raises(ValueError, match="needs 3 feature columns"):
-        FlatForest.from_arrays(arrays, "")(X[:, :2])
+        FlatForest.from_state(arrays, {})(X[:, :2])
 
 
 def _histories(rng, sizes, lo=0.0, hi=1.0):
@@ -113,8 +116,8 @@ def _histories(rng, sizes, lo=0.0, hi=1.0):
 def test_residual_check_refuses_histories_whose_ordinary_events_are_odd():
     rng = np.random.default_rng(0)
     local, off = _histories(rng, rng.integers(15, 300, 400))  # normal users: calibrated, uniform
-    check = ResidualCheck.fit(local, off, np.ones(400, bool), cut=0.9)
-    a, b, sd, cut = check.coef
+    check = ResidualCheck(cut=0.9).fit(local, off, np.ones(400, bool))
+    a, b, sd, cut = check.coef_
     assert abs(a + b * np.log(100) - 0.45) < 0.02 and cut == 0.9 and 0 < sd < 0.1
     z_normal = check.z(*_histories(rng, [40, 120, 250]))
     assert (np.abs(z_normal) < 3).all()
@@ -129,11 +132,11 @@ def test_residual_check_refuses_histories_whose_ordinary_events_are_odd():
 def test_residual_check_is_off_without_enough_normal_users_and_refuses_bad_state():
     rng = np.random.default_rng(1)
     local, off = _histories(rng, [50] * 10)
-    check = ResidualCheck.fit(local, off, np.r_[np.ones(3, bool), np.zeros(7, bool)], cut=0.9)
+    check = ResidualCheck(cut=0.9).fit(local, off, np.r_[np.ones(3, bool), np.zeros(7, bool)])
     assert (check.z(*_histories(rng, [50, 50], lo=0.8, hi=0.9)) == 0).all()
     for bad in ([0.1, 0.2, 0.0, 0.9], [0.1, 0.2, 0.1], [np.nan, 0.2, 0.1, 0.9]):
         with pytest.raises(ValueError, match="residual check"):
-            ResidualCheck(np.array(bad))
+            ResidualCheck.from_state({"residual_check": np.array(bad)}, {})
 
 
 def test_length_trend_moves_drifting_features_to_the_typical_length():
@@ -145,8 +148,8 @@ def test_length_trend_moves_drifting_features_to_the_typical_length():
     normal = np.ones(500, bool)
     normal[:20] = False
     feats[:20, 0] = -5.0  # outliers, not normal: ignored
-    trend = LengthTrend.fit(feats, n, normal, columns=[0, 1])
-    pivot, slope = trend.coef[0], trend.coef[1:]
+    trend = LengthTrend(columns=[0, 1]).fit(feats, n, normal)
+    pivot, slope = trend.coef_[0], trend.coef_[1:]
     assert abs(pivot - np.median(x[normal])) < 1e-9 and abs(trend.pivot_events - np.exp(pivot)) < 1e-6
     assert abs(slope[0] + 0.3) < 0.03 and abs(slope[1]) < 0.2 and slope[2] == 0.0
     adj = trend.adjust(feats[20:], n[20:])
@@ -156,11 +159,11 @@ def test_length_trend_moves_drifting_features_to_the_typical_length():
     at = trend.adjust(np.array([[0.0, 0.0, 0.0]] * 2), np.array([np.exp(pivot), 700.0]))
     assert np.allclose(at[0], 0.0) and at[1, 0] > 0.3
     # too few normal users, or all of one length: no trend
-    assert not LengthTrend.fit(feats, n, np.arange(500) < 10, columns=[0]).coef[1:].any()
-    assert not LengthTrend.fit(feats, np.full(500, 50), normal, columns=[0]).coef[1:].any()
+    assert not LengthTrend(columns=[0]).fit(feats, n, np.arange(500) < 10).active
+    assert not LengthTrend(columns=[0]).fit(feats, np.full(500, 50), normal).active
     for bad in (np.array([np.nan, 0.1]), np.zeros((2, 2)), np.zeros(0)):
         with pytest.raises(ValueError, match="length trend"):
-            LengthTrend(bad)
+            LengthTrend.from_state({"length_trend": bad}, {})
     with pytest.raises(ValueError, match="length trend has 3 feature slopes"):
         trend.adjust(np.zeros((1, 2)), np.ones(1))
 
@@ -184,7 +187,8 @@ def test_knn_reference_is_a_sample_beyond_its_cap(monkeypatch):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(1500, 4))
     det = UserDetectors(seed=0).fit(X)
-    assert det.knn_ref_.shape == (500, 4) and det.knn_k == 25
+    knn = det.detectors_["knn"]
+    assert knn.ref_.shape == (500, 4) and knn.k_ == 25
     s_norm, _ = det.score(rng.normal(size=(500, 4)))
     s_out, _ = det.score(rng.normal(size=(20, 4)) + 6)
     assert (s_out >= det.threshold_).all() and (s_norm >= det.threshold_).mean() < 0.15
@@ -213,9 +217,10 @@ def test_leave_cluster_out_unmasks_a_crowd_of_alike_users():
     crowd = 4.0 + 0.05 * rng.normal(size=(40, 4))
     X = np.vstack([normal, crowd])
     det = UserDetectors(trim_share=0.0, seed=0).fit(X)
-    assert det.knn_centroids_ is not None and len(det.knn_centroids_) == 800 // 50
+    knn = det.detectors_["knn"]
+    assert knn.centroids_ is not None and len(knn.centroids_) == 800 // 50
     z = det._z(X)
-    plain = knn_distance(det.knn_ref_, z, det.knn_k)
+    plain = knn_distance(knn.ref_, z, knn.k_)
     grouped = det._raw(X)[:, DETECTORS.index("knn")]
     assert np.median(plain[760:]) < np.median(plain[:760])  # masked: the crowd looks denser than normal
     assert grouped[760:].min() > np.quantile(grouped[:760], 0.99)
@@ -343,8 +348,8 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
     score, p = det.score(feats)
     assert (score[:20] >= det.threshold_).all()
     assert (p[:20, DETECTORS.index("part_copy")] > 1 - 1e-4).all()
-    assert (det.decisive(p, ("part_copy",)) >= det.threshold_)[20:].mean() <= 3 * DECISIVE_SHARE * det.target_fpr
-    assert det.calibrators_["part_copy"].reference.max() < PART_COPY_CERTAIN
+    assert (decisive(p, ("part_copy",)) >= det.threshold_)[20:].mean() <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert det.calibrators_["part_copy"].reference_.max() < PART_COPY_CERTAIN
     assert (p[20:, DETECTORS.index("part_copy")][feats[20:, 5] == 0] == 0).all()
     assert det.ensemble_columns == [0, 1, 2, 3, 4]
     assert (det.score(feats[:20], whole=False)[0] < det.threshold_).mean() > 0.5  # a part of a history is no account
@@ -353,7 +358,7 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
     none[20:, 5] = 0.0
     none[20:25, 5] = [5, 10, 15, 20, 25]
     quiet = UserDetectors(seed=0, part_copy_column=5).fit(none)
-    verdict = quiet.decisive(quiet.score(none)[1], ("part_copy",))
+    verdict = decisive(quiet.score(none)[1], ("part_copy",))
     assert (verdict[:20] >= quiet.threshold_).all() and (verdict[20:] < quiet.threshold_).all()
 
 
@@ -370,11 +375,11 @@ def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
     score, p = det.score(feats)
     assert (score[:30] >= det.threshold_).all()
     assert (p[:30, DETECTORS.index("copy")] > 1 - 1e-4).all()
-    copy_only = (det.decisive(p) >= det.threshold_)[30:]
+    copy_only = (decisive(p) >= det.threshold_)[30:]
     assert copy_only.mean() <= 3 * DECISIVE_SHARE * det.target_fpr
-    assert det.calibrators_["copy"].reference.max() < -np.log1p(-COPY_CERTAIN)
+    assert det.calibrators_["copy"].reference_.max() < -np.log1p(-COPY_CERTAIN)
     # the copy column is the copy detector's alone: the kNN reference and the forest never see it
-    assert det.knn_ref_.shape[1] == 5 and det.ensemble_columns == [0, 1, 2, 3, 4]
+    assert det.detectors_["knn"].ref_.shape[1] == 5 and det.ensemble_columns == [0, 1, 2, 3, 4]
 
 
 def test_replay_detector_flags_replays_alone_and_judges_what_is_left():
@@ -396,14 +401,14 @@ def test_replay_detector_flags_replays_alone_and_judges_what_is_left():
     # on everyone else it adds at most a few times its share of the false-positive budget
     extra = (score[20:] >= det.threshold_).mean() - (s_same[20:] >= same.threshold_).mean()
     assert extra <= 3 * DECISIVE_SHARE * det.target_fpr
-    assert det.calibrators_["replay"].reference.max() < REPLAY_CERTAIN
+    assert det.calibrators_["replay"].reference_.max() < REPLAY_CERTAIN
     part, _ = det.score(feats[:20], whole=False)
     assert (part >= det.threshold_).all()                  # a part that still replays is still flagged
     assert (p[20:, DETECTORS.index("replay")][feats[20:, 29] < 0.05] == 0).all()  # never below REPLAY_LEAST
     habit = feats.copy()
     habit[:300, 29] = rng.uniform(0.2, 0.5, 300)            # 30% of the users replay: a habit
     hd = UserDetectors(seed=0, replay_column=29).fit(habit)
-    assert hd.calibrators_["replay"].reference.max() >= 0.2
+    assert hd.calibrators_["replay"].reference_.max() >= 0.2
     assert (hd.score(habit)[0][:300] >= hd.threshold_).mean() < 0.1
 
 

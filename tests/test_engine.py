@@ -6,7 +6,7 @@ from seqguard_ray import ANOMALY_TYPES, SeqGuard, TrainConfig
 from seqguard_ray.core.bundle import BundleError
 
 
-def test_score_contract(tiny_model, tiny_events):
+def test_score_gives_users_and_events_in_input_order_with_unit_scores(tiny_model, tiny_events):
     r = tiny_model.score(tiny_events)
     u, e = r.users, r.events
     assert list(u.columns[:5]) == ["user_id", "score", "anomalous", "anomaly_type", "reasons"]
@@ -47,7 +47,7 @@ def test_scoring_is_deterministic(tiny_model, tiny_events):
     assert np.array_equal(a, b)
 
 
-def test_unfitted_and_bad_config():
+def test_an_unfitted_model_and_bad_configs_are_refused():
     with pytest.raises(RuntimeError, match="not fitted"):
         SeqGuard().score(pd.DataFrame({"user_id": [1], "item_id": [1], "ts": [1]}))
     with pytest.raises(ValueError, match="num_heads"):
@@ -58,44 +58,45 @@ def test_unfitted_and_bad_config():
         SeqGuard().fit(pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "ts": [1, 2]}))
 
 
-def test_bundle_round_trip(tiny_model, tiny_bundle, tiny_events):
+def test_a_loaded_bundle_scores_like_the_model_that_wrote_it(tiny_model, tiny_bundle, tiny_events):
     loaded = SeqGuard.load(tiny_bundle)
     a = tiny_model.score(tiny_events)
     b = loaded.score(tiny_events)
     np.testing.assert_allclose(a.users.score, b.users.score, atol=1e-6)
     np.testing.assert_allclose(a.events.event_score, b.events.event_score, atol=1e-6)
     assert len(loaded.model_version) == 12
-    np.testing.assert_array_equal(loaded.residual_check.coef, tiny_model.residual_check.coef)
-    np.testing.assert_array_equal(loaded.length_trend.coef, tiny_model.length_trend.coef)
+    np.testing.assert_array_equal(loaded.explainer.residual_check_.coef_, tiny_model.explainer.residual_check_.coef_)
+    np.testing.assert_array_equal(loaded.explainer.length_trend_.coef_, tiny_model.explainer.length_trend_.coef_)
+    np.testing.assert_array_equal(loaded.explainer.quantiles_, tiny_model.explainer.quantiles_)
     np.testing.assert_array_equal(a.scored.length_doubt, b.scored.length_doubt)
 
 
 def test_bundle_round_trip_keeps_knn_groups_and_neighbour_reference(tiny_events, tmp_path, monkeypatch):
     import seqguard_ray.core.detectors as D
 
-    import seqguard_ray.core.features as F
+    import seqguard_ray.core.features.neighbours as F
 
     monkeypatch.setattr(D, "KNN_GROUP_SIZE", 10)  # 60 users: a handful of leave-cluster-out groups
     monkeypatch.setattr(F, "MISS_BIN_USERS", 10)  # ... and a miss-rate curve of a few points
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(tiny_events)
-    assert sg.user_detectors.knn_centroids_ is not None and sg.stats.neighbours.ref.shape[0] == 60
-    assert len(sg.stats.neighbours.miss_rate) >= 2
+    assert sg.user_detectors.detectors_["knn"].centroids_ is not None and sg.stats.neighbours_.ref_.shape[0] == 60
+    assert len(sg.stats.neighbours_.miss_rate_) >= 2
     loaded = SeqGuard.load(sg.save(tmp_path / "model"))
     ud, lu = sg.user_detectors, loaded.user_detectors
-    np.testing.assert_array_equal(lu.knn_groups_, ud.knn_groups_)
-    np.testing.assert_array_equal(lu.knn_centroids_, ud.knn_centroids_)
-    assert (loaded.stats.neighbours.ref != sg.stats.neighbours.ref).nnz == 0
-    np.testing.assert_array_equal(loaded.stats.neighbours.null, sg.stats.neighbours.null)
-    np.testing.assert_array_equal(loaded.stats.neighbours.span, sg.stats.neighbours.span)
-    np.testing.assert_array_equal(loaded.stats.neighbours.miss_sizes, sg.stats.neighbours.miss_sizes)
-    np.testing.assert_array_equal(loaded.stats.neighbours.miss_rate, sg.stats.neighbours.miss_rate)
-    np.testing.assert_array_equal(loaded.stats.neighbours.part_source, sg.stats.neighbours.part_source)
+    np.testing.assert_array_equal(lu.detectors_["knn"].groups_, ud.detectors_["knn"].groups_)
+    np.testing.assert_array_equal(lu.detectors_["knn"].centroids_, ud.detectors_["knn"].centroids_)
+    assert (loaded.stats.neighbours_.ref_ != sg.stats.neighbours_.ref_).nnz == 0
+    np.testing.assert_array_equal(loaded.stats.neighbours_.null_, sg.stats.neighbours_.null_)
+    np.testing.assert_array_equal(loaded.stats.neighbours_.span_, sg.stats.neighbours_.span_)
+    np.testing.assert_array_equal(loaded.stats.neighbours_.miss_sizes_, sg.stats.neighbours_.miss_sizes_)
+    np.testing.assert_array_equal(loaded.stats.neighbours_.miss_rate_, sg.stats.neighbours_.miss_rate_)
+    np.testing.assert_array_equal(loaded.stats.neighbours_.part_source_, sg.stats.neighbours_.part_source_)
     assert lu.copy_column == ud.copy_column is not None and set(lu.calibrators_) == set(ud.calibrators_)
     assert lu.part_copy_column == ud.part_copy_column is not None
     np.testing.assert_allclose(loaded.score(tiny_events).users.score, sg.score(tiny_events).users.score, atol=1e-6)
 
 
-def test_corrupt_bundles(tiny_bundle, tmp_path):
+def test_corrupt_bundles_are_refused_with_a_clear_error(tiny_bundle, tmp_path):
     import json
     import shutil
 
@@ -141,14 +142,13 @@ def test_corrupt_bundles(tiny_bundle, tmp_path):
 
 def test_catalogue_order_flags_sweeps_not_people():
     """A crawler walking the catalogue in id or popularity order scores near 1; shuffled items near 0."""
-    from seqguard_ray.core.features import ItemStats, Seqs, USER_FEATURES, _catalogue_order, catalogue_rank
+    from seqguard_ray.core.features import Seqs, USER_FEATURES, catalogue_order, catalogue_rank
     from seqguard_ray.core.tokens import N_SPECIAL
 
     items = [str(i) for i in (5, 3, 40, 12, 7, 100, 2, 9, 61, 8)]   # vocab (popularity) order
     V = len(items) + N_SPECIAL
     rank = catalogue_rank(items, V)
     assert rank[N_SPECIAL:].tolist() == [3, 2, 8, 7, 4, 10, 1, 6, 9, 5]  # numeric, not string, order
-    stats = ItemStats(np.zeros(V), np.zeros(V), 1.0, np.zeros((V, 2), np.float32), 0, id_rank=rank)
     by_id = N_SPECIAL + np.argsort(rank[N_SPECIAL:])            # vocab ids in item id order
     by_pop = np.arange(N_SPECIAL, V)
     rng = np.random.default_rng(0)
@@ -157,7 +157,7 @@ def test_catalogue_order_flags_sweeps_not_people():
     off = np.array([0, 10, 20, 50])
     n = len(item)
     seqs = Seqs(off, np.arange(n, dtype=float), item, np.zeros(n, np.int64), np.full(n, np.nan), np.zeros((n, 3), np.float32))
-    got = _catalogue_order(seqs, stats.id_rank, seqs.user_index())
+    got = catalogue_order(seqs, rank, seqs.user_index())
     assert got[0] > 0.8 and got[1] > 0.8 and got[2] < 0.4, got
     assert "catalogue_order" in USER_FEATURES
 
@@ -166,17 +166,19 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
     """A flagged history is typed injection/replay/takeover only when the events left look like a
     normal user's (or the explanation is a push of a few items); with a check that finds every
     remainder odd, the other partly anomalous users become whole-history."""
-    from seqguard_ray.synth.generator import AttackMix, generate
-    from seqguard_ray.core.detectors import ResidualCheck
+    import seqguard_ray.core.explain as E
+    from seqguard_ray.core.event_detector import ResidualCheck
+    from seqguard_ray.synth import AttackMix, generate
 
     mix = AttackMix(**{**vars(AttackMix.none()), "click_farm": 0.1, "takeover": 0.1})
     events = generate(n_users=100, mix=mix, seed=0).events
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4, target_fpr=0.05)).fit(events)
-    assert np.isfinite(sg.residual_check.coef).all()
+    assert np.isfinite(sg.explainer.residual_check_.coef_).all()
     before = sg.score(events).users
     partial = before.anomaly_type.isin(["injection", "replay", "takeover"])
     assert partial.any(), "the log should have partly anomalous users"
-    sg.residual_check = ResidualCheck(np.array([-10.0, 0.0, 0.01, 0.9]))  # every remainder is far above normal
+    # every remainder is far above normal
+    sg.explainer.residual_check_ = ResidualCheck.from_state({"residual_check": np.array([-10.0, 0.0, 0.01, 0.9])}, {})
     monkeypatch.setattr(ResidualCheck, "MIN_EVENTS", 1)  # judge remainders of any length
     res = sg.score(events)
     after = res.users
@@ -194,9 +196,9 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
     # (filler of a fake profile) make every partial explanation whole-history, saying why
     monkeypatch.setattr(ResidualCheck, "MIN_EVENTS", 10**9)  # the residual check off: nothing else refuses
     assert sg.score(events).users.anomaly_type.isin(["injection", "replay", "takeover"]).any()
-    real = SeqGuard._resembles_nobody
-    monkeypatch.setattr(SeqGuard, "_resembles_nobody", lambda self, seqs, uf, training=True:
-                        real(self, seqs, uf, training=training) | (not training))
+    real = E.resembles_nobody
+    monkeypatch.setattr(E, "resembles_nobody", lambda seqs, uf, n_items, training=True:
+                        real(seqs, uf, n_items, training=training) | (not training))
     after = sg.score(events).users
     assert (after.anomalous == before.anomalous).all()
     assert not after.anomaly_type.isin(["injection", "replay", "takeover"]).any()
@@ -204,7 +206,7 @@ def test_partial_explanations_must_leave_ordinary_events(monkeypatch):
 
 
 def test_target_items_gather_every_event_on_an_item_pushed_repeatedly():
-    from seqguard_ray.core.pipeline import _distinct_items, _on_targets
+    from seqguard_ray.core.explain import distinct_items as _distinct_items, on_targets as _on_targets
     from seqguard_ray.core.tokens import N_SPECIAL, UNK
 
     t = N_SPECIAL + 5
@@ -226,8 +228,9 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
     """Random-filler fake profiles resemble other users less than random item sets drawn by
     popularity do; real users resemble each other more. A log where most users fail the test has
     too little shared taste for it, and nobody is presumed."""
-    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.core.explain import resembles_nobody
     from seqguard_ray.core.features import USER_FEATURES, event_features, user_features
+    from seqguard_ray.synth import AttackMix, generate
 
     data = generate(n_users=200, mix=AttackMix.only("shilling_random", 0.15), seed=1)
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(data.events)
@@ -236,7 +239,7 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
     seqs = sg.encode(sg.tokenize(log_)).seqs
     ef = event_features(seqs, sg.stats)
     uf, _ = user_features(seqs, sg.stats, ef, sg.event_detector.score(ef))
-    presumed = sg._resembles_nobody(seqs, uf)
+    presumed = resembles_nobody(seqs, uf, sg.vocab.n_items)
     fake = data.user_type.reindex(log_.frame.user_id.to_numpy()[log_.offsets[:-1]]).to_numpy() == "shilling_random"
     assert fake.sum() == 30 and presumed[fake].mean() >= 0.9 and presumed[~fake].mean() <= 0.02
     assert sg.metrics["presumed_users"] == presumed.sum()
@@ -246,14 +249,14 @@ def test_profiles_that_resemble_nobody_are_presumed_anomalous(caplog):
     assert (uf[fake, lift] < 0).all() and np.median(uf[~fake, lift]) > 0.5
     uf[:, lift] = -1.0
     with caplog.at_level("WARNING"):
-        assert not sg._resembles_nobody(seqs, uf).any()
+        assert not resembles_nobody(seqs, uf, sg.vocab.n_items).any()
     assert "too little shared taste" in caplog.text
 
 
 def test_whole_history_event_scores_keep_the_local_order():
     """Every event of a quarantined history scores about the user's score, and the locally odder
     ones rank higher (a tie would hide where in the history the anomaly is strongest)."""
-    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.synth import AttackMix, generate
     from seqguard_ray.core.features import event_features
 
     events = generate(n_users=100, mix=AttackMix.only("bot", 0.05), seed=2).events
@@ -304,7 +307,8 @@ def test_replay_needs_the_timing_of_the_copied_stretch():
     n = len(item)
     seqs = Seqs(np.array([0, 12, 24]), ts, item, np.full(n, N_SPECIAL), np.full(n, np.nan), np.zeros((n, 3), np.float32))
     V = int(item.max()) + 1
-    stats = ItemStats(np.zeros(V), np.zeros(V), 1.0, np.zeros((V, 2), np.float32), N_SPECIAL)
+    stats = ItemStats.from_state({"log_count": np.zeros(V), "value_mean": np.zeros(V), "taste": np.zeros((V, 2), np.float32),
+                                  "value_std": np.array(1.0), "main_action": np.array(N_SPECIAL), "value_range": np.zeros(2)}, {})
     replay = event_features(seqs, stats)[:, EVENT_FEATURES.index("replay")]
     assert replay[:6].sum() == 0 and replay[6:12].all()   # the copy, every event of it
     assert replay[12:].sum() == 0                          # the same items, other gaps
@@ -313,7 +317,7 @@ def test_replay_needs_the_timing_of_the_copied_stretch():
 def test_copied_accounts_are_flagged_as_replay_and_quarantined():
     """A new account replaying a real user's history later looks like a person to every other
     detector; the copy detector flags it, types it replay, says which evidence, and repair drops it."""
-    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.synth import AttackMix, generate
     from seqguard_ray.core.detectors import COPY_CERTAIN
     from seqguard_ray.core.features import USER_FEATURES, event_features, user_features
 
@@ -339,7 +343,7 @@ def test_partial_copies_of_power_users_are_flagged_as_replay_and_quarantined():
     source) resembles people to every other detector and its Jaccard similarity to the source is
     only 0.5; the part_copy detector flags it, types it replay even when its timing is a script's,
     says why, and repair drops it; the sources are kept."""
-    from seqguard_ray.synth.generator import AttackMix, generate
+    from seqguard_ray.synth import AttackMix, generate
     from seqguard_ray.core.features import USER_FEATURES, event_features, user_features
 
     data = generate(n_users=200, mix=AttackMix.none(), seed=5)
@@ -379,6 +383,8 @@ def test_partial_copies_of_power_users_are_flagged_as_replay_and_quarantined():
 def test_short_histories_are_judged_against_histories_of_their_own_length(tmp_path):
     """Half the users with one event (Zipf lengths): judged against one detector, every long history
     looked extreme; judged by length stratum, long histories keep their events."""
+    from seqguard_ray.core.strata import LengthStrata
+
     rng = np.random.default_rng(4)
     n_users, n_items = 2500, 3000
     lens = np.minimum(rng.zipf(1.9, n_users), 400)
@@ -393,18 +399,18 @@ def test_short_histories_are_judged_against_histories_of_their_own_length(tmp_pa
                                   "action": rng.choice(["view", "cart"], n, p=[0.95, 0.05])}))
     events = pd.concat(rows, ignore_index=True)
     sg = SeqGuard(TrainConfig(epochs=1, hidden_size=32, num_layers=1, max_len=32, context=4)).fit(events)
-    assert sg.metrics["length_strata"][0] == 1 and sg.main_stratum == sg.metrics["length_strata"][-1] > 1
+    assert sg.metrics["length_strata"][0] == 1 and sg.strata.main_stratum_ == sg.metrics["length_strata"][-1] > 1
     r = sg.score(events)
     n = np.diff(r.log.offsets)
     flagged = r.users.anomalous.to_numpy()
     assert flagged[n > 20].mean() < 0.2 and flagged[n == 1].mean() < 0.2
     assert len(sg.repair(r).repaired) > 0.9 * len(events)
     loaded = SeqGuard.load(sg.save(tmp_path / "model"))
-    assert [lo for lo, _ in loaded.short_detectors] == [lo for lo, _ in sg.short_detectors]
+    assert loaded.strata.bounds_ == sg.strata.bounds_
     np.testing.assert_allclose(loaded.score(events).users.score, r.users.score, atol=1e-6)
     # one stratum when short histories are too few to judge on their own
-    assert SeqGuard._strata(sg, np.full(500, 40)) == [1]
-    assert SeqGuard._strata(sg, np.r_[np.full(150, 1), np.full(50, 3), np.full(500, 40)]) == [1, 10]
+    assert LengthStrata().split(np.full(500, 40)) == [1]
+    assert LengthStrata().split(np.r_[np.full(150, 1), np.full(50, 3), np.full(500, 40)]) == [1, 10]
 
 
 def test_unknown_items_carry_no_item_statistics(tiny_model):
@@ -424,12 +430,12 @@ def test_unknown_items_carry_no_item_statistics(tiny_model):
     ef = event_features(seqs, stats)
     col = {f: ef[:, i] for i, f in enumerate(EVENT_FEATURES)}
     assert np.allclose(col["item_surprisal"][6:], 3.5)  # mean of 1..6
-    assert np.allclose(col["rarity"][6:], -stats.log_count[known].mean())
+    assert np.allclose(col["rarity"][6:], -stats.log_count_[known].mean())
     assert (col["repeat"] == 0).all()
     uf, _ = user_features(seqs, stats, ef, np.zeros(n))
     f = dict(zip(USER_FEATURES, uf[0]))
     assert f["distinct_item_share"] == 1.0 and f["top_item_share"] == 0.0
-    assert np.isclose(f["mean_log_count"], stats.log_count[known].mean())
+    assert np.isclose(f["mean_log_count"], stats.log_count_[known].mean())
     # the same unknown item three times is a repeat; without keys the bucket is one item
     same = Seqs(seqs.offsets, seqs.ts, item, seqs.action, seqs.value, sur, np.r_[known, -1, -1, -1])
     assert event_features(same, stats)[6:, EVENT_FEATURES.index("repeat")].tolist() == pytest.approx(np.log1p([0, 1, 2]))
@@ -437,8 +443,8 @@ def test_unknown_items_carry_no_item_statistics(tiny_model):
     only = Seqs(np.array([0, 3]), np.arange(3.0), np.full(3, UNK), np.full(3, N_SPECIAL), np.full(3, np.nan),
                 sur[6:], np.array([-1, -2, -3]))
     ef = event_features(only, stats)
-    assert np.allclose(ef[:, EVENT_FEATURES.index("rarity")], -stats.typical_log_count)
-    assert np.allclose(ef[:, EVENT_FEATURES.index("item_surprisal")], np.log(len(stats.log_count) - N_SPECIAL))
+    assert np.allclose(ef[:, EVENT_FEATURES.index("rarity")], -stats.typical_log_count_)
+    assert np.allclose(ef[:, EVENT_FEATURES.index("item_surprisal")], np.log(len(stats.log_count_) - N_SPECIAL))
 
 
 def test_user_features_do_not_depend_on_batch_mates(tiny_model, tiny_events):
@@ -459,17 +465,17 @@ def test_user_features_do_not_depend_on_batch_mates(tiny_model, tiny_events):
 
 
 def test_segment_sums_count_bools_and_leave_empty_users_at_zero():
-    from seqguard_ray.core.features import _segment_sums
+    from seqguard_ray.core.features import segment_sums
 
-    assert _segment_sums(np.array([True, True, False]), np.array([0, 2, 2, 3])).tolist() == [2, 0, 0]
+    assert segment_sums(np.array([True, True, False]), np.array([0, 2, 2, 3])).tolist() == [2, 0, 0]
     x = np.arange(10.0).reshape(5, 2)
-    assert _segment_sums(x, np.array([0, 0, 3, 5])).tolist() == [[0, 0], [6, 9], [14, 16]]
+    assert segment_sums(x, np.array([0, 0, 3, 5])).tolist() == [[0, 0], [6, 9], [14, 16]]
 
 
 def test_flagged_users_normal_at_a_typical_length_are_down_weighted_not_dropped(tiny_model, tiny_events, monkeypatch):
     """A flagged history that scores clearly normal once its features are moved to the typical
     length (LengthTrend) keeps its verdict and type, but its events are kept at lower weights."""
-    from seqguard_ray.core.detectors import LengthTrend
+    from seqguard_ray.core.strata import LengthTrend
 
     sg = tiny_model
     before = sg.score(tiny_events)
@@ -477,10 +483,11 @@ def test_flagged_users_normal_at_a_typical_length_are_down_weighted_not_dropped(
     assert flagged.any() and not before.scored.length_doubt[~flagged].any()
     # every history judged at the detectors' centre: clearly normal there
     monkeypatch.setattr(LengthTrend, "adjust", lambda self, feats, n: np.tile(sg.user_detectors.center_, (len(feats), 1)))
-    monkeypatch.setattr(sg, "length_trend", LengthTrend(np.r_[np.log(30.0), np.full(len(sg.user_detectors.center_), 0.1)]))
+    trend = LengthTrend.from_state({"length_trend": np.r_[np.log(30.0), np.full(len(sg.user_detectors.center_), 0.1)]}, {})
+    monkeypatch.setattr(sg.explainer, "length_trend_", trend)
     res = sg.score(tiny_events)
     doubt = res.scored.length_doubt
-    main = res.users.n_events.to_numpy() >= sg.main_stratum
+    main = res.users.n_events.to_numpy() >= sg.strata.main_stratum_
     # takeovers are not judged at a typical length: their evidence is a located stretch
     judged = flagged & main & (res.users.anomaly_type != "takeover").to_numpy()
     assert (doubt == judged).all() and doubt.any()
@@ -498,3 +505,17 @@ def test_flagged_users_normal_at_a_typical_length_are_down_weighted_not_dropped(
         sg.policy.doubtful_action = "downweight"
     w = rep.repaired[rep.repaired.user_id.isin(doubted_ids)]
     assert len(w) == res.users.n_events[doubt].sum() and (w.weight < 1).any()
+
+
+def test_scoring_a_bundle_imports_no_scikit_learn(tiny_bundle, tiny_events, tmp_path):
+    """Scoring needs only numpy and torch: the Isolation Forest, the kNN clusters and the item
+    tastes are plain arrays in the bundle (scikit-learn fits them, in training only)."""
+    import subprocess
+    import sys
+
+    tiny_events.to_parquet(tmp_path / "ev.parquet")
+    code = ("import sys; from seqguard_ray import SeqGuard; sg = SeqGuard.load(sys.argv[1]); "
+            "sg.repair(sg.score(sys.argv[2])); print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_bundle), str(tmp_path / "ev.parquet")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqguard_ray.runtime.metrics import (
+from seqguard_ray.runtime.serve.metrics import (
     ANOMALIES,
+    BATCH_REQUESTS,
     METRICS,
     MODEL_VERSION,
     REPAIR_ACTIONS,
@@ -57,13 +58,20 @@ def test_nothing_flagged_counts_no_anomaly_and_empty_batches_are_fine():
     assert m.observed[USER_SCORE.name] == [0.1, 0.5]
 
 
+def test_batched_observes_requests_per_stage_call():
+    m = InMemoryMetrics()
+    m.batched(1)
+    m.batched(7)
+    assert m.observed[BATCH_REQUESTS.name] == [1.0, 7.0]
+
+
 def test_scores_are_clipped_into_the_histogram_range():
     m = InMemoryMetrics()
     m.scored(np.array([-1e-9, 1 + 1e-9], dtype=np.float32), np.array([False, True]), np.array(["normal", "bot"]))
     assert m.observed[USER_SCORE.name] == [0.0, 1.0]
 
 
-def test_model_version_gauge_moves_on_rollout():
+def test_model_version_gauge_moves_to_the_new_version_on_rollout():
     m = InMemoryMetrics()
     m.model_loaded("v1")
     m.model_loaded("v1")  # reconfigured with the same bundle
@@ -73,12 +81,16 @@ def test_model_version_gauge_moves_on_rollout():
                         (MODEL_VERSION.name, (("model_version", "v2"),)): 1.0}
 
 
-def test_null_metrics_record_nothing():
+def test_null_metrics_take_every_event_without_a_failed_update(caplog):
     m = NullMetrics()
-    m.request("Score", "OK")
-    m.scored(np.array([0.5]), np.array([True]), np.array(["bot"]))
-    m.repaired(np.array(["quarantine"]))
-    m.model_loaded("v1")
+    with caplog.at_level("WARNING", logger="seqguard_ray.runtime.serve.metrics"):
+        m.request("Score", "OK")
+        m.scored(np.array([0.5]), np.array([True]), np.array(["bot"]))
+        m.repaired(np.array(["quarantine"]))
+        m.batched(3)
+        m.model_loaded("v1")
+        m.refresh()
+    assert caplog.records == []  # a primitive left unimplemented would log "could not update metric"
 
 
 def test_a_failing_backend_never_fails_the_caller(caplog):
@@ -103,7 +115,7 @@ def test_a_failing_backend_never_fails_the_caller(caplog):
     assert sum(bool(r.exc_info) for r in warnings) == 4
 
 
-def test_metric_specs():
+def test_metric_names_are_unique_prometheus_names_and_buckets_sorted():
     names = [s.name for s in METRICS]
     assert len(set(names)) == len(names) and all(n.startswith("seqguard_") for n in names)
     assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", n) for n in names)  # else Ray drops the metric

@@ -22,7 +22,7 @@ def toy_tokens(n=400, seed=0):
     return {"items": items, "actions": np.full(n, 3), "gaps": 2 + rng.integers(0, 3, n)}, np.arange(0, n, 16), np.full(n // 16, 16)
 
 
-def test_shapes_and_config_round_trip():
+def test_surprisal_shapes_and_a_model_rebuilt_from_its_config():
     m = tiny()
     tok, starts, lengths = toy_tokens()
     batch = next(iter_window_batches(tok, starts, lengths, max_len=16, batch_size=4, shuffle=False))

@@ -39,9 +39,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen, *, deadline_s: float) -> None:
+    """Until something listens on ``port`` (the head's GCS); fails early if ``proc`` exits."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline_s:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"nothing listens on port {port} after {deadline_s} s")
+
+
 def test_cli_scores_against_ray_start_head_via_ray_address(tmp_path):
-    from seqguard_ray.synth.generator import generate
-    from seqguard_ray.core.pipeline import SeqGuard, TrainConfig
+    from seqguard_ray.synth import generate
+    from seqguard_ray.core.config import TrainConfig
+    from seqguard_ray.core.pipeline import SeqGuard
 
     ev = generate(n_users=60, seed=0).events
     ev.to_parquet(tmp_path / "ev.parquet", index=False)
@@ -57,8 +71,7 @@ def test_cli_scores_against_ray_start_head_via_ray_address(tmp_path):
                              f"--temp-dir={tmp_path / 'ray'}" if len(str(tmp_path)) < 60 else "--temp-dir=/tmp/ray-sg-cli"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        time.sleep(12)
-        assert head.poll() is None, head.stdout.read().decode()[-3000:]
+        _wait_for_port(port, head, deadline_s=120)
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         r = subprocess.run([str(Path(sys.executable).parent / "seqguard"), "-q", "score", "--events",
                             str(tmp_path / "ev.parquet"), "--model", str(tmp_path / "model"),

@@ -4,7 +4,7 @@ import pytest
 from seqguard_ray.core.repair import RepairPolicy
 
 
-def test_each_action():
+def test_each_type_gets_its_action_and_a_reason_per_event():
     offsets = np.array([0, 3, 6, 9, 12, 15])
     types = np.array(["normal", "bot", "injection", "takeover", "replay"], dtype=object)
     score = np.array([0.1, 0.95, 0.2] * 5)
@@ -22,7 +22,7 @@ def test_each_action():
     assert np.isclose(weight[1], 1.0)  # normal users untouched even if doubtful
 
 
-def test_downweight_and_cut_keeps_owner_return():
+def test_downweight_keeps_events_and_cut_keeps_the_owners_return():
     keep, weight, _, _ = RepairPolicy(actions={"other": "downweight"}).apply(
         np.array([0, 4]), np.array(["other"], dtype=object), np.array([0.99, 0.95, 0.1, 0.99]), np.array([True, False, False, True]))
     assert keep.all() and weight.tolist() == [0.1, 0.5, 1.0, 0.1]
@@ -54,7 +54,7 @@ def test_users_doubted_at_a_typical_length_are_down_weighted_not_dropped():
         RepairPolicy(doubtful_action="shrug")
 
 
-def test_policy_validation():
+def test_policies_naming_unknown_types_or_actions_are_refused():
     with pytest.raises(ValueError, match="unknown anomaly type"):
         RepairPolicy(actions={"gremlin": "pass"})
     with pytest.raises(ValueError, match="unknown action"):

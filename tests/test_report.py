@@ -1,14 +1,21 @@
-"""Tests for seqguard_ray.report.html: a self-contained, escaped, size-bounded HTML page."""
+"""Tests for seqguard_ray.report: a self-contained, escaped, size-bounded HTML page whose Plotly
+figures carry the data they claim to show."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from plotly.offline import get_plotlyjs
+from sklearn.metrics import roc_auc_score, roc_curve
 
-from seqguard_ray.report.html import CURVE_POINTS, TOP_USERS, _downsample_path, _pick_timeline_users, write_report
+from seqguard_ray.report import write_report
+from seqguard_ray.report.charts import CURVE_POINTS, downsample_index
+from seqguard_ray.report.sections import TOP_USERS
+from seqguard_ray.report.timelines import TIMELINE_MAX_EVENTS, pick_timeline_users
 
 EVIL = "<script>alert(1)</script>"
 TYPES = ["bot", "injection", "shilling", "takeover", "replay"]
@@ -54,9 +61,34 @@ REPAIR = {"events_in": 3600, "events_kept": 3400, "events_dropped": 150, "events
 MODEL = {"model_version": "test-1", "threshold": 0.6, "target_fpr": 0.01, "training": {"val_auc": 0.93}}
 
 
+PLOTLY_JS = get_plotlyjs()
+
+
 @pytest.fixture
 def inputs():
     return make_inputs()
+
+
+def own_html(page: str) -> str:
+    """The page without the inlined plotly.js library (whose source holds URLs and tags as text)."""
+    assert page.count(PLOTLY_JS) == 1
+    return page.replace(PLOTLY_JS, "")
+
+
+def figures(page: str) -> dict[str, tuple[list, dict]]:
+    """div id -> (traces, layout) of every ``Plotly.newPlot`` call in the page."""
+    dec = json.JSONDecoder()
+    out = {}
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"([^"]+)",\s*', page):
+        data, end = dec.raw_decode(page, m.end())
+        layout, _ = dec.raw_decode(page, page.index("{", end))
+        out[m.group(1)] = (data, layout)
+    return out
+
+
+def trace(fig: tuple[list, dict], name_start: str) -> dict:
+    [t] = [t for t in fig[0] if t.get("name", "").startswith(name_start)]
+    return t
 
 
 def full_report(tmp_path, inputs, **kw):
@@ -75,11 +107,17 @@ def test_writes_file_and_returns_path(tmp_path, inputs):
     assert page.rstrip().endswith("</html>")
 
 
-def test_self_contained(tmp_path, inputs):
+def test_self_contained_with_plotly_inlined_once(tmp_path, inputs):
     _, page = full_report(tmp_path, inputs)
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
-    assert not re.search(r"<(script|link|iframe|img)\b", page, re.I)
-    assert "@import" not in page and "url(" not in page
+    own = own_html(page)  # plotly.js is in the page exactly once
+    assert page.index(PLOTLY_JS) < page.index("<body>")  # before any figure needs it
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", own, re.I)
+    assert not re.search(r"<(link|iframe|img)\b", own, re.I)
+    assert "@import" not in own and "url(" not in own
+    # every figure div has its newPlot call, ids unique
+    ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', own)
+    assert len(ids) == len(set(ids)) == len(figures(own)) >= 6
 
 
 def test_contains_sections(tmp_path, inputs):
@@ -96,6 +134,7 @@ def test_contains_sections(tmp_path, inputs):
 
 def test_escapes_untrusted_text(tmp_path, inputs):
     _, page = full_report(tmp_path, inputs, title="<i>t</i>")
+    page = own_html(page)
     assert EVIL not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<b>new</b>" not in page and "&lt;b&gt;new&lt;/b&gt;" in page
@@ -105,10 +144,10 @@ def test_escapes_untrusted_text(tmp_path, inputs):
 def test_works_without_labels(tmp_path, inputs):
     users, events, _, _ = inputs
     path = write_report(tmp_path / "r.html", users=users, events=events)
-    page = path.read_text(encoding="utf-8")
+    page = own_html(path.read_text(encoding="utf-8"))
     assert 'id="quality"' not in page
     assert 'id="timelines"' in page and "No repair summary" in page
-    assert "ROC" not in page
+    assert "ROC" not in page and "fig-roc" not in figures(page)
 
 
 def test_event_labels_only(tmp_path, inputs):
@@ -186,16 +225,17 @@ def test_timeline_users_diverse_types_first():
             "reasons": [""] * 5,
         }
     )
-    picked = users.loc[_pick_timeline_users(users, 2), "user_id"].tolist()
+    picked = users.loc[pick_timeline_users(users, 2), "user_id"].tolist()
     assert picked == ["a", "d"]
-    assert _pick_timeline_users(users, 0) == []
-    assert len(_pick_timeline_users(users, 10)) == 4
+    assert pick_timeline_users(users, 0) == []
+    assert len(pick_timeline_users(users, 10)) == 4
 
 
 def test_downsample_keeps_ends_and_bounds_points():
     x = np.linspace(0, 1, 100_000)
     y = np.sqrt(x)
-    xs, ys = _downsample_path(x, y, 300)
+    idx = downsample_index(x, y, 300)
+    xs, ys = x[idx], y[idx]
     assert len(xs) <= 302
     assert (xs[0], ys[0], xs[-1], ys[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert np.all(np.diff(xs) >= 0)
@@ -205,9 +245,13 @@ def test_large_input_gives_bounded_file(tmp_path):
     users, events, labels, injected = make_inputs(n_users=4000, events_per_user=100, seed=1)
     users.loc[1:5, "reasons"] = "x" * 50_000  # huge reasons are truncated
     path, page = full_report(tmp_path, (users, events, labels, injected))
-    assert path.stat().st_size < 1_500_000
-    for points in re.findall(r'<polyline points="([^"]*)"', page):
-        assert len(points.split()) <= CURVE_POINTS + 2
+    assert path.stat().st_size - len(PLOTLY_JS) < 1_500_000
+    figs = figures(page)
+    for fid in ("fig-roc", "fig-pr", "fig-roc-types"):
+        for t in figs[fid][0]:
+            assert len(t["x"]) <= CURVE_POINTS + 2
+    ev_roc = trace(figs["fig-roc"], "events of attacked users")  # 80k events: downsampled, ends kept
+    assert (ev_roc["x"][0], ev_roc["y"][0], ev_roc["x"][-1], ev_roc["y"][-1]) == (0, 0, 1, 1)
     n_rows = page.split('id="flagged"')[1].split("</table>")[0].count("<tr>") - 1
     assert n_rows == TOP_USERS
 
@@ -222,3 +266,63 @@ def test_label_types_map_true_labels_to_predicted_types(tmp_path, inputs):
     # every other type is predicted as itself, so only the renamed label can show 0 matches
     zero = '0 <span class="muted">(0.0%)'
     assert zero in plain and zero not in mapped
+
+
+def test_timeline_figure_carries_the_users_events(tmp_path, inputs):
+    users, events, labels, injected = inputs
+    events = events.assign(action=np.where(np.arange(len(events)) % 2, "click", "view"))
+    _, page = full_report(tmp_path, (users, events, labels, injected))
+    uid = users.loc[pick_timeline_users(users, 6)[0], "user_id"]
+    rows = np.flatnonzero(events["user_id"].to_numpy() == uid)  # already in time order
+    fig = figures(page)["fig-timeline-0"]
+    drawn = {}  # event index -> (item, action, score, injected)
+    for t in fig[0]:
+        if t["name"] in ("event", "injected event (label)"):
+            for x, y, c in zip(t["x"], t["y"], t["customdata"]):
+                drawn[x] = (c[0], c[1], y, t["name"] != "event")
+    assert sorted(drawn) == list(range(len(rows)))
+    for k, r in enumerate(rows):
+        item, action, score, inj = drawn[k]
+        assert item == str(events["item_id"].iloc[r]) and action == " · " + events["action"].iloc[r]
+        assert score == pytest.approx(events["event_score"].iloc[r], abs=1e-4)
+        assert inj == bool(injected[r])
+    flagged = trace(fig, "flagged event")["x"]
+    assert flagged == [k for k, r in enumerate(rows) if events["anomalous"].iloc[r]]
+    assert '"hovertemplate":"event #%{x}' in page  # hover is on
+
+
+def test_long_timelines_are_thinned_but_keep_the_top_events(tmp_path):
+    users, events, labels, injected = make_inputs(n_users=3, events_per_user=2000, seed=2)
+    users["anomalous"] = [True, False, False]
+    page = write_report(tmp_path / "r.html", users=users, events=events, max_timelines=1).read_text()
+    fig = figures(page)["fig-timeline-0"]
+    xs = [x for t in fig[0] if t["name"] != "flagged event" for x in t["x"]]
+    assert len(xs) <= TIMELINE_MAX_EVENTS and len(set(xs)) == len(xs)
+    top = np.argsort(-events["event_score"].to_numpy()[:2000], kind="stable")[: TIMELINE_MAX_EVENTS // 3]
+    assert set(top) <= set(xs) and {0, 1999} <= set(xs)
+    assert f"showing {len(xs)} of 2,000 events" in page
+
+
+def test_roc_figure_is_sklearns_curve(tmp_path, inputs):
+    users, events, labels, injected = inputs
+    _, page = full_report(tmp_path, inputs)
+    y = (labels.reindex(users["user_id"]) != "normal").to_numpy()
+    auc = roc_auc_score(y, users["score"])
+    t = trace(figures(page)["fig-roc"], f"users (ROC-AUC {auc:.3f}, n={len(y)})")
+    fpr, tpr, _ = roc_curve(y, users["score"])
+    np.testing.assert_allclose(t["x"], fpr, atol=1e-4)
+    np.testing.assert_allclose(t["y"], tpr, atol=1e-4)
+
+
+def test_histograms_count_every_finite_score(tmp_path, inputs):
+    users, events, labels, injected = inputs
+    events.loc[:9, "event_score"] = np.nan
+    _, page = full_report(tmp_path, (users, events, labels, injected))
+    figs = figures(page)
+    attacked = (labels.reindex(users["user_id"]) != "normal").to_numpy()
+    user_counts = {t["name"]: sum(c or 0 for c in t["y"]) for t in figs["fig-user-scores"][0]}
+    assert user_counts == {f"normal (label) (n={(~attacked).sum()})": (~attacked).sum(),
+                           f"attacked (label) (n={attacked.sum()})": attacked.sum()}
+    inj_counts = sum(c or 0 for c in trace(figs["fig-event-scores"], "injected events (label)")["y"])
+    assert inj_counts == np.isfinite(events["event_score"].to_numpy()[injected]).sum()
+    assert any(s.get("x0") == 0.6 for s in figs["fig-user-scores"][1]["shapes"])  # threshold line

@@ -1,4 +1,8 @@
-"""The Ray Serve app, end to end: one app per module on the session's local Ray, real gRPC clients."""
+"""The Ray Serve app, end to end: one app per module on the session's local Ray, real gRPC clients.
+
+Every test starts from the app serving the first bundle (the ``app`` fixture rolls it back if an
+earlier test rolled another one out), so each passes alone and in any order.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -13,12 +18,11 @@ import pytest
 from serving_helpers import TOKEN, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
-from seqguard_ray.runtime.serving import token_digest
+from seqguard_ray.runtime.serve import token_digest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SC = grpc.StatusCode
 APP = "seqguard"
-_deployed_at = [0.0]  # when the module's app was deployed
 
 
 def _free_port() -> int:
@@ -28,7 +32,7 @@ def _free_port() -> int:
 
 
 def _args(model_dir):
-    from deployments.app import AppArgs
+    from seqguard_ray.runtime.serve.app import AppArgs
 
     # a small ingress queue so a burst overflows it (backpressure test); batching still on
     return AppArgs(model_dir=str(model_dir), token_sha256=token_digest(TOKEN), limits={"max_message_bytes": 200_000},
@@ -41,27 +45,52 @@ def bundles(tmp_path_factory):
     return tiny_bundle(tmp_path_factory, 0), tiny_bundle(tmp_path_factory, 1)
 
 
+@dataclass
+class ServedApp:
+    target: str           # host:port of Serve's gRPC proxy
+    version: str          # model version of the first bundle, the one the tests start from
+    loaded_at: float      # when that bundle was last deployed
+
+
+def _wait_for(cond, timeout_s: float, what: str, every_s: float = 0.2) -> None:
+    deadline = time.time() + timeout_s
+    while not cond():
+        assert time.time() < deadline, f"{what}: not after {timeout_s:.0f} s"
+        time.sleep(every_s)
+
+
 @pytest.fixture(scope="module")
-def app(ray_local, bundles):
+def served(ray_local, bundles):
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    from deployments import SERVICER
-    from deployments.app import deploy
+    from seqguard_ray.core.bundle import read_manifest
+    from seqguard_ray.runtime.serve.app import SERVICER, deploy
 
     port = _free_port()
     serve.start(http_options=HTTPOptions(host="127.0.0.1", port=_free_port()),
                 grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[SERVICER], request_timeout_s=20))
     deploy(_args(bundles[0]), name=APP)
-    _deployed_at[0] = time.time()
-    yield f"127.0.0.1:{port}"
+    yield ServedApp(f"127.0.0.1:{port}", read_manifest(bundles[0])["model_version"], time.time())
     serve.delete(APP)
     serve.shutdown()
 
 
+@pytest.fixture
+def app(served, bundles) -> str:
+    """The app's gRPC target, serving the first bundle."""
+    from seqguard_ray.runtime.serve.app import deploy
+
+    with _client(served.target, retries=5) as c:
+        if c.model_info().model_version != served.version:
+            deploy(_args(bundles[0]), name=APP)
+            served.loaded_at = time.time()
+    return served.target
+
+
 @pytest.fixture(scope="module")
 def engine(bundles):
-    from seqguard_ray.runtime.serving import load_engine
+    from seqguard_ray.runtime.serve import load_engine
     return load_engine(str(bundles[0]), torch_threads=1)
 
 
@@ -77,7 +106,7 @@ def _code(fn):
     return e.value.code(), e.value.details()
 
 
-def test_scores_equal_in_process_engine(app, engine):
+def test_scores_and_repairs_equal_the_in_process_engines(app, engine):
     df = score_events()
     ref = engine.score(df)
     users = ref.users.set_index("user_id")
@@ -101,7 +130,7 @@ def test_scores_equal_in_process_engine(app, engine):
     assert len(rep.events) == len(engine.repair(engine.score(one)).repaired)
 
 
-def test_error_codes(app):
+def test_bad_calls_get_status_codes_that_name_the_problem(app):
     assert _code(lambda: _client(app, None).model_info()) == (SC.UNAUTHENTICATED,
                                                               "missing `authorization: Bearer <token>` call metadata")
     assert _code(lambda: _client(app, "wrong").model_info())[0] == SC.UNAUTHENTICATED
@@ -123,7 +152,7 @@ def test_error_codes(app):
         assert c.model_info().model_version  # still serving
 
 
-def test_concurrent_clients(app, engine):
+def test_concurrent_clients_get_the_engines_scores(app, engine):
     df = score_events().drop(columns="value")  # see test_serving: values make scores batch-dependent
     ref = engine.score(df).users.set_index("user_id")["score"]
     groups = [(u, g[["item_id", "ts", "action"]].to_dict("records")) for u, g in df.groupby("user_id")]
@@ -143,7 +172,7 @@ def test_concurrent_clients(app, engine):
         assert s == pytest.approx(ref[u], abs=1e-6)
 
 
-def test_backpressure_then_recovers(app):
+def test_a_burst_over_the_queue_is_shed_with_resource_exhausted_then_served(app):
     df = score_events(n_users=12)
     codes = []
 
@@ -193,18 +222,18 @@ def test_replica_killed_mid_traffic_loses_no_request(app):
     stop = threading.Event()
     threads = _score_in_background(app, 6, 4, stop, lambda u, r: done.append(r.user_id == u), errors,
                                    timeout_s=15, retries=10, backoff_s=0.3)
-    time.sleep(2)
+    _wait_for(lambda: len(done) >= 5, 60, "traffic flowing before the kill")
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith(f"SERVE_REPLICA::{APP}#Encoder#")]
     assert names
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     n_before = len(done)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(done) < n_before + 20:  # served again after the restart
-        time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    try:
+        _wait_for(lambda: len(done) >= n_before + 20, 120, "served again after the restart")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
     assert not errors, errors[:3]
     assert all(done) and len(done) >= n_before + 20
 
@@ -233,10 +262,10 @@ def _total(samples, name, **labels) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
 
-def test_prometheus_metrics(app):
-    """seqguard's own metrics and Serve's built-in ones reach the metrics endpoint (docs/metrics.md).
-    Runs before the rollout test: the model version gauge it checks was set at deploy time."""
-    from seqguard_ray import metrics as sm
+def test_prometheus_endpoint_exports_seqguard_and_serve_metrics(app, served):
+    """seqguard's own metrics and Serve's built-in ones reach the metrics endpoint (docs/metrics.md),
+    and the model version gauge outlives Ray's drop of gauges not set for 2 export intervals."""
+    from seqguard_ray.runtime.serve import metrics as sm
 
     df = score_events()
     with _client(app) as c:
@@ -270,9 +299,11 @@ def test_prometheus_metrics(app):
                                                   deployment="SeqGuardIngress") >= 1,
     }
     # Ray drops a gauge series not set for 2 export intervals (2 x 10 s): the model version gauge,
-    # set when the bundle was loaded, must outlive that (the ingress sets it again on health checks)
-    time.sleep(max(0.0, _deployed_at[0] + 25 - time.time()))
-    deadline = time.time() + 90  # Ray exports metrics every few seconds
+    # set when the bundle was loaded, must still be there in a scrape taken 25 s after the load
+    # (the ingress sets it again on health checks)
+    loaded_at = served.loaded_at
+    expected["scraped 25 s after the bundle was loaded"] = lambda s: time.time() >= loaded_at + 25
+    deadline = max(time.time(), loaded_at + 25) + 90  # Ray exports metrics every few seconds
     while True:
         samples = _scrape()
         missing = [what for what, ok in expected.items() if not ok(samples)]
@@ -285,8 +316,8 @@ def test_prometheus_metrics(app):
     assert not missing, (missing, names)
 
 
-def test_rolling_bundle_update_without_failures(app, bundles):
-    from deployments.app import deploy
+def test_rolling_bundle_update_fails_no_request(app, bundles):
+    from seqguard_ray.runtime.serve.app import deploy
     from seqguard_ray.core.bundle import read_manifest
 
     new_version = read_manifest(bundles[1])["model_version"]
@@ -295,10 +326,7 @@ def test_rolling_bundle_update_without_failures(app, bundles):
     threads = _score_in_background(app, 4, 3, stop, lambda u, r: versions.append(r.model_version), errors, retries=0)
     try:
         deploy(_args(bundles[1]), name=APP)  # only model_dir changes: replicas reconfigure in place
-        deadline = time.time() + 60
-        while time.time() < deadline and (not versions or versions[-1] != new_version):
-            time.sleep(0.2)
-        time.sleep(1)
+        _wait_for(lambda: versions.count(new_version) >= 10, 60, "10 answers from the new bundle")
     finally:
         stop.set()
         for t in threads:

@@ -4,6 +4,8 @@ and the plain grpc.aio server end to end (real gRPC client)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -15,11 +17,11 @@ from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 from seqguard_ray.core.bundle import FORMAT_VERSION, BundleError
 from seqguard_ray.core.detectors import DETECTORS
 from seqguard_ray.client import SeqGuardClient
-from seqguard_ray.core.events import EventsError
+from seqguard_ray.core.schema import EventsError
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
-from seqguard_ray.runtime.serving import (
-    Authenticator, InvalidArgument, Limits, ModelStore, ResourceExhausted, ScoringService, SeqBatch, Unauthenticated,
-    Unavailable, check_size, events_to_proto, load_token, parse_batch_request, parse_score_request,
+from seqguard_ray.runtime.serve import (
+    Authenticator, ContinuousBatcher, InvalidArgument, Limits, ModelStore, ResourceExhausted, ScoringService, SeqBatch,
+    Unauthenticated, Unavailable, check_size, events_to_proto, load_token, parse_batch_request, parse_score_request,
     requests_from_frame, status_for, token_digest,
 )
 
@@ -53,7 +55,7 @@ def test_proto_keeps_contract_names_and_numbers():
 
 
 # --------------------------------------------------------------------------- validation
-def test_parse_valid_request_defaults():
+def test_parse_fills_the_batch_paths_defaults_for_unset_action_and_value():
     r = req(2)
     r.events[0].value = 2.5
     r.events[1].action = ""
@@ -64,16 +66,16 @@ def test_parse_valid_request_defaults():
     assert b.ts.dtype == np.float64 and b.ts[0] == 1_700_000_000
 
 
-def test_parse_milliseconds_per_sequence():
+def test_parse_reads_milliseconds_per_sequence():
     b = parse_score_request(req(2, ts=1_700_000_000_123), Limits())
     assert b.ts[0] == pytest.approx(1_700_000_000.123)
 
 
 @pytest.mark.parametrize("mutate, field", [
     (lambda r: r.events[1].ClearField("item_id"), "events[1].item_id is empty"),
-    (lambda r: setattr(r.events[2], "ts", 0), "events[2].ts = 0"),
-    (lambda r: setattr(r.events[0], "ts", -5), "events[0].ts = -5"),
-    (lambda r: setattr(r.events[1], "ts", 5_000_000_000), "events[1].ts = 5000000000 is out of range"),
+    (lambda r: setattr(r.events[2], "ts", 0), "events[2].ts is missing (0)"),
+    (lambda r: setattr(r.events[0], "ts", -5), "events[0].ts is negative: got -5"),
+    (lambda r: setattr(r.events[1], "ts", 5_000_000_000), "events[1].ts is after the year 2100: got 5000000000"),
     (lambda r: setattr(r.events[0], "value", float("inf")), "events[0].value is infinite"),
     (lambda r: setattr(r.events[0], "action", "a" * 65), "events[0].action is longer"),
     (lambda r: setattr(r.events[0], "item_id", "x" * 300), "events[0].item_id is longer"),
@@ -83,11 +85,11 @@ def test_parse_milliseconds_per_sequence():
 def test_bad_input_names_the_field(mutate, field):
     r = req(3)
     mutate(r)
-    with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InvalidArgument, match=re.escape(field)):
         parse_score_request(r, Limits())
 
 
-def test_limits_events_and_sequences():
+def test_limits_reject_oversized_requests_naming_the_limit():
     lim = Limits(max_events_per_sequence=5, max_sequences_per_batch=2)
     with pytest.raises(InvalidArgument, match="events has 6 events, over the limit of 5"):
         parse_score_request(req(6), lim)
@@ -107,7 +109,7 @@ def test_limits_events_and_sequences():
         Limits.from_dict({"max_events": 3})
 
 
-def test_concat_and_to_log_keep_order():
+def test_concat_and_to_log_keep_sequences_apart_in_sent_order():
     a, b = parse_score_request(req(2, user="x"), Limits()), parse_score_request(req(3, user="x"), Limits())
     m, bounds = SeqBatch.concat([a, b, a])
     assert list(bounds) == [0, 1, 2, 3] and list(m.offsets) == [0, 2, 5, 7] and m.user_ids == ["x", "x", "x"]
@@ -117,7 +119,7 @@ def test_concat_and_to_log_keep_order():
 
 def test_to_log_sorts_each_sequence_like_the_batch_path():
     """Unsorted events with ties: the same per-sequence order, rows and arrays as from_frame."""
-    from seqguard_ray.core.events import from_frame
+    from seqguard_ray.core.schema import from_frame
 
     r = pb.ScoreRequest(user_id="u", events=[pb.Event(item_id=i, ts=t, action=a) for i, t, a in
                                               [("a", 30, "view"), ("b", 10, ""), ("c", 30, "buy"), ("d", 20, "view")]])
@@ -139,61 +141,90 @@ class _Parts:
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def test_continuous_batcher_merges_what_queues_while_busy():
-    from seqguard_ray.runtime.serving import ContinuousBatcher
+async def until(cond, timeout_s: float = 5.0) -> None:
+    """Let the event loop run until ``cond()`` holds; fail after ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0)
 
+
+class _GatedStages:
+    """A batcher's ``run``: records each merged batch's size, holds it until ``gate`` is set,
+    and fails batches of ``fail_size`` sequences."""
+
+    def __init__(self, fail_size: int = -1):
+        self.gate, self.sizes, self.running, self.peak, self.fail_size = asyncio.Event(), [], 0, 0, fail_size
+
+    async def __call__(self, merged, repair):
+        self.sizes.append(merged.n_seqs)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
+        if merged.n_seqs == self.fail_size:
+            raise ValueError("bad batch")
+        return _Parts()
+
+
+def _one():
+    return parse_score_request(req(2), Limits())
+
+
+def test_continuous_batcher_merges_what_queues_while_busy_and_a_failed_batch_fails_only_its_callers():
     async def main():
-        gate, sizes, running, peak = asyncio.Event(), [], [0], [0]
-
-        async def run(merged, repair):
-            sizes.append(merged.n_seqs)
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-            await gate.wait()
-            running[0] -= 1
-            if merged.n_seqs == 3:
-                raise ValueError("bad batch")
-            return _Parts()
-
-        one = parse_score_request(req(2), Limits())
+        run = _GatedStages(fail_size=3)
         b = ContinuousBatcher(run, max_batch=4, concurrency=2)
         first = []
-        for _ in range(2):                 # one at a time: two batches of one, nothing waits to fill
-            first.append(asyncio.ensure_future(b.submit(one)))
-            await asyncio.sleep(0.01)
-        rest = [asyncio.ensure_future(b.submit(one)) for _ in range(7)]
-        await asyncio.sleep(0.01)
-        assert sizes == [1, 1] and peak[0] == 2
-        gate.set()                         # the 7 that queued go as 4 + 3 (max_batch 4)
+        for k in range(2):                 # one at a time: two batches of one, nothing waits to fill
+            first.append(asyncio.ensure_future(b.submit(_one())))
+            await until(lambda: len(run.sizes) == k + 1)
+        rest = [asyncio.ensure_future(b.submit(_one())) for _ in range(7)]
+        await until(lambda: b._queue.qsize() == 7)
+        assert run.sizes == [1, 1] and run.peak == 2  # both slots busy: the 7 wait, unmerged yet
+        run.gate.set()                     # the 7 that queued go as 4 + 3 (max_batch 4)
         out = await asyncio.gather(*first, *rest, return_exceptions=True)
-        assert sizes == [1, 1, 4, 3]
+        assert run.sizes == [1, 1, 4, 3]
         assert out[:6] == [(0, 1), (0, 1), (0, 1), (1, 2), (2, 3), (3, 4)]
         assert all(isinstance(e, ValueError) for e in out[6:])  # a failed batch fails its callers only
-        assert await b.submit(one) == (0, 1)  # and the batcher goes on
-        b.close()
+        assert await b.submit(_one()) == (0, 1)  # and the batcher goes on
+        await b.aclose()
 
+    asyncio.run(main())
+
+
+def test_continuous_batcher_replaces_a_worker_whose_batch_was_cancelled():
+    async def main():
         async def cancelled(merged, repair):  # e.g. a stage call cancelled under the worker
             raise asyncio.CancelledError
 
         c = ContinuousBatcher(cancelled, concurrency=1)
         with pytest.raises(Unavailable, match="cancelled"):
-            await c.submit(one)
+            await c.submit(_one())
+        run = _GatedStages()
+        run.gate.set()
         c._run = run                       # the dead worker is replaced on the next submit
-        assert await c.submit(one) == (0, 1)
-        c.close()
+        assert await c.submit(_one()) == (0, 1)
+        await c.aclose()
 
-        gate.clear()                       # closing: the running batch and the queued requests
-        d = ContinuousBatcher(run, max_batch=1, concurrency=1)  # fail at once, none is left waiting
-        pending = [asyncio.ensure_future(d.submit(one)) for _ in range(3)]
-        await asyncio.sleep(0.01)
-        d.close()
+    asyncio.run(main())
+
+
+def test_continuous_batcher_close_fails_running_and_queued_requests_at_once():
+    async def main():
+        run = _GatedStages()               # the gate stays shut: the first batch never finishes
+        d = ContinuousBatcher(run, max_batch=1, concurrency=1)
+        pending = [asyncio.ensure_future(d.submit(_one())) for _ in range(3)]
+        await until(lambda: run.sizes == [1] and d._queue.qsize() == 2)
+        await d.aclose()
         out = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 1.0)
         assert [type(e) for e in out] == [Unavailable] * 3
         assert "cancelled" in str(out[0]) and all("shutting down" in str(e) for e in out[1:])
 
     asyncio.run(main())
     with pytest.raises(ValueError, match="max_batch"):
-        from seqguard_ray.runtime.serving import ContinuousBatcher
         ContinuousBatcher(lambda m, r: None, max_batch=0)
 
 
@@ -223,7 +254,7 @@ class RayActorError(Exception):
     (BackPressureError("queue full"), SC.RESOURCE_EXHAUSTED), (RayActorError("died"), SC.UNAVAILABLE),
     (asyncio.CancelledError(), SC.CANCELLED), (ZeroDivisionError("secret detail"), SC.INTERNAL),
 ])
-def test_status_for(exc, code):
+def test_status_for_maps_each_error_to_its_code_without_a_trace(exc, code):
     got, details = status_for(exc)
     assert got == code
     assert "Traceback" not in details
@@ -250,7 +281,7 @@ def test_status_for_unwraps_ray_task_error_cause():
 
 
 # --------------------------------------------------------------------------- auth
-def test_auth():
+def test_authenticator_accepts_only_the_bearer_token():
     a = Authenticator(token_digest("s3cret"))
     a.check([("authorization", "Bearer s3cret")])
     a.check([("Authorization", b"bearer s3cret")])
@@ -263,7 +294,7 @@ def test_auth():
         Authenticator("not-a-digest")
 
 
-def test_load_token(tmp_path):
+def test_load_token_reads_the_file_then_the_environment(tmp_path):
     f = tmp_path / "tok"
     f.write_text("abc\n")
     assert load_token(f) == "abc"
@@ -274,7 +305,7 @@ def test_load_token(tmp_path):
         load_token(tmp_path / "empty")
 
 
-def test_model_store_versions():
+def test_model_store_keeps_the_previous_version_for_in_flight_work():
     class M:
         def __init__(self, d):
             self.model_version = d.split("/")[-1]
@@ -292,6 +323,118 @@ def test_model_store_versions():
         s.get("v9", "x/v4")
 
 
+# --------------------------------------------------------------------------- one stage sequencing
+class _Scored:
+    """Stands in for a ScoredBatch / RepairedBatch (what the metrics read)."""
+
+    def __init__(self, n: int):
+        self.score, self.anomalous = np.full(n, 0.999), np.ones(n, bool)
+        self.anomaly_type, self.user_action = np.array(["bot"] * n, object), np.array(["quarantine"] * n, object)
+        self.scored = self
+
+
+def _recording_calls(seen: list):
+    """StageCalls whose stages record what they were handed, as Serve handles would receive it."""
+    from seqguard_ray.runtime.serve import StageCalls
+
+    async def stage(name, upstream, out):
+        seen.append((name, type(upstream).__name__))
+        if asyncio.iscoroutine(upstream):
+            await upstream
+        return out(upstream)
+
+    return StageCalls(encode=lambda b: stage("encode", b, lambda b: b),
+                      detect=lambda e: stage("detect", e, lambda e: _Scored(2)),
+                      repair=lambda s: stage("repair", s, lambda s: _Scored(2)))
+
+
+def test_run_stages_hands_each_stage_the_previous_output_unresolved_and_counts_results():
+    from seqguard_ray.runtime.serve import run_stages
+    from seqguard_ray.runtime.serve.metrics import InMemoryMetrics, REPAIR_ACTIONS, USER_SCORE
+
+    seen, m = [], InMemoryMetrics()
+    batch = _one()
+    asyncio.run(run_stages(_recording_calls(seen), batch, False, m))
+    asyncio.run(run_stages(_recording_calls(seen), batch, True, m))
+    # each stage gets its upstream's call as is (a DeploymentResponse with Serve), not its awaited value
+    assert seen == [("detect", "coroutine"), ("encode", "SeqBatch"),
+                    ("repair", "coroutine"), ("detect", "coroutine"), ("encode", "SeqBatch")]
+    assert m.observed[USER_SCORE.name] == [0.999] * 4
+    assert m.counters[(REPAIR_ACTIONS.name, (("action", "quarantine"),))] == 2  # only the repaired batch
+
+
+def test_in_process_backend_runs_the_engines_stages(engine, bundle):
+    """The in-process stage calls give what the stage functions give when chained by hand."""
+    from seqguard_ray.runtime.serve import InProcessBackend, detect_stage, encode_stage, repair_stage
+
+    batch = parse_score_request(req(5), Limits())
+    want = repair_stage(engine.policy, detect_stage(engine, encode_stage(engine, batch)))
+
+    async def main():
+        backend = InProcessBackend(engine, model_dir=str(bundle), batching=False)
+        try:
+            return await backend.repair(batch)
+        finally:
+            await backend.aclose()
+
+    got = asyncio.run(main())
+    np.testing.assert_allclose(got.scored.score, want.scored.score)
+    np.testing.assert_array_equal(got.keep, want.keep)
+    assert list(got.user_action) == list(want.user_action)
+
+
+def test_scoring_service_counts_every_answered_call_by_code():
+    from seqguard_ray.runtime.serve.metrics import InMemoryMetrics, REQUESTS
+
+    class NoModel:
+        async def model_info(self):
+            raise Unavailable("no model is loaded yet: retry shortly")
+
+    m = InMemoryMetrics()
+    svc = ScoringService(NoModel(), Authenticator(token_digest("t")), metrics=m)
+    ok = [("authorization", "Bearer t")]
+    asyncio.run(svc.call("ModelInfo", pb.ModelInfoRequest(), ok))
+    asyncio.run(svc.call("ModelInfo", pb.ModelInfoRequest(), []))
+    asyncio.run(svc.call("Score", pb.ScoreRequest(), ok))
+    assert m.counters == {(REQUESTS.name, (("code", "UNAVAILABLE"), ("rpc", "ModelInfo"))): 1,
+                          (REQUESTS.name, (("code", "UNAUTHENTICATED"), ("rpc", "ModelInfo"))): 1,
+                          (REQUESTS.name, (("code", "INVALID_ARGUMENT"), ("rpc", "Score"))): 1}
+
+
+# --------------------------------------------------------------------------- Serve app arguments (no Ray)
+def test_app_args_reject_unknown_deployments_and_bad_limits():
+    from seqguard_ray.runtime.serve.app import check_app_args
+
+    assert check_app_args({"model_dir": "m"}).model_dir == "m"
+    with pytest.raises(ValueError, match="unknown deployment name"):
+        check_app_args({"model_dir": "m", "deployments": {"Encodr": {}}})
+    with pytest.raises(ValueError, match="unknown limit"):
+        check_app_args({"model_dir": "m", "limits": {"max_events": 3}})
+
+
+def test_deployment_options_put_the_encoder_on_gpus_and_let_overrides_win():
+    from seqguard_ray.runtime.serve.app import DEPLOYMENT_NAMES, AppArgs, deployment_options
+
+    opts = deployment_options(AppArgs(model_dir="m", encoder_gpus=1,
+                                      deployments={"DetectorEnsemble": {"num_replicas": 3}}))
+    assert set(opts) == set(DEPLOYMENT_NAMES)
+    assert opts["Encoder"]["ray_actor_options"]["num_gpus"] == 1 and "autoscaling_config" in opts["Encoder"]
+    assert opts["DetectorEnsemble"]["num_replicas"] == 3 and "autoscaling_config" not in opts["DetectorEnsemble"]
+    assert all(o["user_config"] == {"model_dir": os.path.abspath("m")} for o in opts.values())
+    assert "ray_actor_options" not in deployment_options(AppArgs(model_dir="m", encoder_gpus=0))["Encoder"]
+
+
+def test_ingress_needs_a_token_unless_auth_is_off(tmp_path, monkeypatch):
+    from seqguard_ray.runtime.serve.app import AppArgs, ingress_kwargs
+
+    monkeypatch.delenv("SEQGUARD_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="no auth token"):
+        ingress_kwargs(AppArgs(model_dir="m"))
+    (tmp_path / "tok").write_text("s3cret\n")
+    assert ingress_kwargs(AppArgs(model_dir="m", token_file=str(tmp_path / "tok")))["token_sha256"] == token_digest("s3cret")
+    assert ingress_kwargs(AppArgs(model_dir="m", token_sha256="0" * 64, insecure_no_auth=True))["token_sha256"] is None
+
+
 # --------------------------------------------------------------------------- plain server, end to end
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
@@ -300,13 +443,13 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    from seqguard_ray.runtime.serving import load_engine
+    from seqguard_ray.runtime.serve import load_engine
     return load_engine(str(bundle), torch_threads=1)
 
 
 @pytest.fixture(scope="module")
 def plain(engine, bundle):
-    from seqguard_ray.runtime.grpc_server import InProcessBackend
+    from seqguard_ray.runtime.serve import InProcessBackend
 
     backend = InProcessBackend(engine, model_dir=str(bundle))
     srv = PlainServer(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(max_message_bytes=200_000)),
@@ -321,7 +464,7 @@ def client(plain):
         yield c
 
 
-def test_scores_equal_engine(client, engine):
+def test_batch_scores_over_grpc_equal_the_engines(client, engine):
     df = score_events()
     ref = engine.score(df)
     resp = client.score_frame(df)
@@ -338,7 +481,7 @@ def test_scores_equal_engine(client, engine):
     assert any(r.anomalous for r in resp.responses), "the test data should hold an anomalous user"
 
 
-def test_score_one_and_repair_equal_engine(client, engine):
+def test_score_one_and_repair_over_grpc_equal_the_engines(client, engine):
     df = score_events()
     ref = engine.score(df)
     flagged = ref.users.loc[ref.users["anomalous"], "user_id"]
@@ -358,7 +501,7 @@ def test_score_one_and_repair_equal_engine(client, engine):
     assert r.user_action == (acted["action"].iloc[0] if len(acted) else "pass")
 
 
-def test_model_info(client, engine):
+def test_model_info_reports_the_bundle_and_the_limits(client, engine):
     info = client.model_info()
     assert info.model_version == engine.model_version and info.format_version == FORMAT_VERSION
     assert info.max_message_bytes == 200_000 and "injection" in info.anomaly_types
@@ -370,7 +513,7 @@ def _code(fn):
     return e.value.code(), e.value.details()
 
 
-def test_error_codes(plain, client):
+def test_bad_calls_get_status_codes_that_name_the_problem(plain, client):
     target = f"127.0.0.1:{plain.port}"
     code, details = _code(lambda: SeqGuardClient(target, None, retries=0).model_info())
     assert code == SC.UNAUTHENTICATED and "missing" in details
@@ -386,26 +529,29 @@ def test_error_codes(plain, client):
     assert code == SC.RESOURCE_EXHAUSTED and ("over the limit" in details or "larger than max" in details)
 
 
-def test_unavailable_deadline_and_retries(bundle):
-    from seqguard_ray.runtime.grpc_server import InProcessBackend
+def test_no_model_loaded_answers_unavailable_after_bounded_retries(bundle):
+    from seqguard_ray.runtime.serve import InProcessBackend
 
-    srv = PlainServer(ScoringService(InProcessBackend(None, model_dir=str(bundle)), Authenticator(None)))
+    backend = InProcessBackend(None, model_dir=str(bundle))
+    srv = PlainServer(ScoringService(backend, Authenticator(None)), backend)
     try:
-        c = SeqGuardClient(f"127.0.0.1:{srv.port}", retries=2, backoff_s=0.01)
-        code, details = _code(lambda: c.score("u", [{"item_id": "a", "ts": 1_700_000_000}]))
-        assert code == SC.UNAVAILABLE and "no model" in details
-        assert c.attempts == 3  # bounded retries
+        with SeqGuardClient(f"127.0.0.1:{srv.port}", retries=2, backoff_s=0.01) as c:
+            code, details = _code(lambda: c.score("u", [{"item_id": "a", "ts": 1_700_000_000}]))
+            assert code == SC.UNAVAILABLE and "no model" in details
+            assert c.attempts == 3
     finally:
         srv.stop()
 
-    class Slow:
-        async def model_info(self):
-            await asyncio.sleep(5)
 
-    srv = PlainServer(ScoringService(Slow(), Authenticator(None), timeout_s=0.05))
+def test_a_call_over_the_server_timeout_answers_deadline_exceeded():
+    class Hangs:
+        async def model_info(self):
+            await asyncio.Event().wait()
+
+    srv = PlainServer(ScoringService(Hangs(), Authenticator(None), timeout_s=0.05))
     try:
-        code, _ = _code(lambda: SeqGuardClient(f"127.0.0.1:{srv.port}", retries=0).model_info())
-        assert code == SC.DEADLINE_EXCEEDED
+        with SeqGuardClient(f"127.0.0.1:{srv.port}", retries=0) as c:
+            assert _code(c.model_info)[0] == SC.DEADLINE_EXCEEDED
     finally:
         srv.stop()
 
@@ -422,17 +568,17 @@ def test_encoder_stage_warns_once_about_a_log_unlike_the_training_one(engine, ca
     """Requests without values for a model that learned from them are scored, and the server says
     why its scores may be off once, not per request."""
     from seqguard_ray.core import pipeline as engine_module
-    from seqguard_ray.runtime import serving
+    from seqguard_ray.runtime.serve import encode_stage
 
     monkeypatch.setattr(engine_module, "_WARNED_ONCE", set())
     assert engine.metrics.get("value_share", 0) >= 0.5  # the tiny bundle learned from values
     with caplog.at_level("WARNING", logger="seqguard_ray.core.pipeline"):
         for _ in range(3):
-            serving.encode_stage(engine, parse_score_request(req(4), Limits()))
+            encode_stage(engine, parse_score_request(req(4), Limits()))
     assert caplog.text.count("learned from a 'value' column") == 1
 
 
-def test_concurrent_clients_batch_and_agree(plain, engine):
+def test_concurrent_clients_get_the_engines_scores(plain, engine):
     df = score_events()
     ref = engine.score(df).users.set_index("user_id")["score"]
     # every column the engine saw, value included: dropping it changes the score (value is a feature)
@@ -449,7 +595,7 @@ def test_concurrent_clients_batch_and_agree(plain, engine):
         assert s == pytest.approx(ref[u], abs=1e-6)
 
 
-def test_concurrent_test_payload_dropped_event_value(plain, engine):
+def test_scores_over_grpc_follow_the_engine_with_and_without_values(plain, engine):
     """Regression: the concurrency test sent events without ``value`` and compared with scores of events with it.
 
     The server was right both times: over gRPC a sequence scores like the engine on the same columns, with
@@ -474,7 +620,7 @@ def test_concurrent_test_payload_dropped_event_value(plain, engine):
             assert got == pytest.approx(want, abs=1e-6)
 
 
-def test_cli_client_against_plain_server(plain, tmp_path, capsys, monkeypatch):
+def test_cli_client_score_repair_info_and_auth_failure(plain, tmp_path, capsys, monkeypatch):
     from seqguard_ray.cli.main import main
 
     df = score_events(n_users=2)
@@ -502,7 +648,7 @@ def test_serve_refuses_to_start_without_token(bundle, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("name", ["serve_local.yaml", "serve_gpu.yaml"])
-def test_serve_configs_validate(name):
+def test_serve_configs_validate_against_serve_and_app_args(name):
     from pathlib import Path
 
     import yaml
@@ -510,7 +656,7 @@ def test_serve_configs_validate(name):
     from ray.serve.schema import ServeDeploySchema
 
     from deployments import SERVICER
-    from deployments.app import DEPLOYMENT_NAMES, AppArgs
+    from seqguard_ray.runtime.serve.app import DEPLOYMENT_NAMES, AppArgs
 
     cfg = yaml.safe_load((Path(__file__).parent.parent / "deployments" / name).read_text())
     ServeDeploySchema.model_validate(cfg)

@@ -1,21 +1,29 @@
 import numpy as np
 import pytest
 
-from seqguard_ray.core.tokens import N_SPECIAL, UNK, Vocab, gap_buckets, owner_positions, windows
+from seqguard_ray.core.tokens import N_SPECIAL, UNK, Vocab, count_items, gap_buckets, owner_positions, windows
 
 
-def test_vocab_unknown_bucket_and_min_count():
-    v = Vocab.build(np.array(["a", "a", "b", "c", "c", "c"]), np.array(["view"] * 6), min_count=2)
-    assert v.items == ["c", "a"]
+def test_vocab_keeps_items_seen_min_count_times_by_frequency_and_buckets_the_rest():
+    v = Vocab(min_count=2).fit(np.array(["a", "a", "b", "c", "c", "c"]), np.array(["view"] * 6))
+    assert v.items_ == ["c", "a"] and v.item_counts_.tolist() == [3, 2] and v.n_items == 2 + N_SPECIAL
     ids = v.item_ids(np.array(["c", "a", "b", "never-seen"]))
     assert ids.tolist() == [N_SPECIAL, N_SPECIAL + 1, UNK, UNK]
-    assert Vocab.from_dict(v.to_dict()).items == v.items
-    with pytest.raises(ValueError, match="min_count"):
-        Vocab.build(np.array(["a"]), np.array(["v"]), min_count=0)
+    assert v.action_ids(np.array(["view", "buy"])).tolist() == [N_SPECIAL, UNK]
+    with pytest.raises(ValueError, match="min_count must be >= 1, got 0"):
+        Vocab(min_count=0).fit(np.array(["a"]), np.array(["v"]))
+
+
+def test_vocab_from_counts_of_parts_equals_vocab_of_the_whole():
+    items = np.array(["b", "a", "b", "c", "c", "c", "a", "d"])
+    whole = Vocab(min_count=2).fit(items, np.array(["view"] * 8))
+    uniq, counts = count_items(items)
+    parts = Vocab(min_count=2).fit_counts(uniq, counts, np.array(["view"]))
+    assert parts.items_ == whole.items_ == ["c", "a", "b"] and parts.item_counts_.tolist() == [3, 2, 2]
 
 
 def test_item_keys_tell_unknown_items_apart():
-    v = Vocab.build(np.array(["a", "a", "c", "c"]), np.array(["view"] * 4), min_count=2)
+    v = Vocab(min_count=2).fit(np.array(["a", "a", "c", "c"]), np.array(["view"] * 4))
     items = np.array(["c", "new1", "a", "new2", "new1", "b"])
     keys = Vocab.item_keys(items, v.item_ids(items))
     # known items keep their vocab id; each unknown item its own negative key, the same each time

@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from .common import check_out_dir, fpr, model_info, positive_int, share, summary_counts, train_config
+from .ray_commands import add_ray_args, choose_engine, score_on_ray, train_on_ray
+
 log = logging.getLogger("seqguard")
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
-
-
-def _fpr(s: str) -> float:
-    v = float(s)
-    if not 0 < v < 0.5:
-        raise argparse.ArgumentTypeError(f"must be in (0, 0.5), got {s}")
-    return v
-
-
-def _share(s: str) -> float:
-    v = float(s)
-    if not 0 <= v < 0.5:
-        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {s}")
-    return v
+def _add_on_bad_rows(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
+                   help="stop on unusable rows (default) or skip and report them")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .ray_commands import add_ray_args
     p = argparse.ArgumentParser(prog="seqguard", description="Catch and repair anomalous user behaviour sequences in recommender logs.")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,15 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the sequence encoder (self-supervised) and fit the calibrated detectors.")
     t.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL with user_id, item_id, ts")
     t.add_argument("--model", required=True, help="output model bundle directory")
-    t.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
+    t.add_argument("--epochs", type=positive_int, default=None, help="encoder epochs (default: sized to the data)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--target-fpr", type=_fpr, default=None, help="share of normal users flagged (default 0.01)")
-    t.add_argument("--trim-share", type=_share, default=None,
+    t.add_argument("--target-fpr", type=fpr, default=None, help="share of normal users flagged (default 0.01)")
+    t.add_argument("--trim-share", type=share, default=None,
                    help="share of training users presumed anomalous and left out of the normal references, "
                         "besides those whose items resemble nobody (default 0.05; 0 for a log known to be clean, "
                         "about the attacker share for a poisoned one; see docs/metrics.md)")
-    t.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
-                   help="stop on unusable rows (default) or skip and report them")
+    _add_on_bad_rows(t)
     add_ray_args(t, command="train")
 
     s = sub.add_parser("score", help="score and repair a behaviour log with a model bundle",
@@ -60,19 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="model bundle directory from `seqguard train`")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--report", default=None, help="also write an HTML report to this path")
-    s.add_argument("--on-bad-rows", choices=("error", "skip"), default="error",
-                   help="stop on unusable rows (default) or skip and report them")
+    _add_on_bad_rows(s)
     add_ray_args(s, command="score")
 
     d = sub.add_parser("demo", help="demo data -> train -> score -> repair -> report, all local",
                        description="Generate labelled demo data, train, score, repair and write a report.")
     d.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    d.add_argument("--users", type=_positive_int, default=1000, help="normal users to simulate (default 1000)")
-    d.add_argument("--epochs", type=_positive_int, default=None, help="encoder epochs (default: sized to the data)")
+    d.add_argument("--users", type=positive_int, default=1000, help="normal users to simulate (default 1000)")
+    d.add_argument("--epochs", type=positive_int, default=None, help="encoder epochs (default: sized to the data)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    from .serve_commands import add_parsers
-    add_parsers(sub)
+    from . import client_commands, serve_commands
+    serve_commands.add_parser(sub)
+    client_commands.add_parser(sub)
     return p
 
 
@@ -81,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from ..core.bundle import BundleError
-    from ..core.events import EventsError
+    from ..core.schema import EventsError
     try:
         cmds = {"train": cmd_train, "score": cmd_score, "demo": cmd_demo}
         return cmds[args.command](args) if args.command in cmds else args.handler(args)
@@ -93,76 +77,60 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _check_out_dir(path: str | Path, flag: str) -> None:
-    """Fail before the work, not after it, when an output directory cannot be created."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{flag} {p} exists and is not a directory")
-
-
-def train_config(args):
-    """The TrainConfig of `seqguard train`'s options (both engines); unset options keep its defaults."""
-    from ..core.pipeline import TrainConfig
-    given = {"epochs": args.epochs, "seed": args.seed, "target_fpr": args.target_fpr, "trim_share": args.trim_share}
-    return TrainConfig(**{k: v for k, v in given.items() if v is not None})
-
-
 def cmd_train(args) -> int:
-    from .ray_commands import choose_engine, cmd_train_ray
-    _check_out_dir(args.model, "--model")
-    if choose_engine(args) == "ray":
-        return cmd_train_ray(args)
-    from ..core.pipeline import SeqGuard
+    check_out_dir(args.model, "--model")
     cfg = train_config(args)
     t0 = time.perf_counter()
-    sg = SeqGuard(cfg).fit(args.events, on_bad_rows=args.on_bad_rows)
-    sg.save(args.model)
-    log.info("trained on %d events of %d users in %.1f s; bundle in %s",
+    on_ray = choose_engine(args) == "ray"
+    if on_ray:
+        sg = train_on_ray(args, cfg)
+    else:
+        from ..core.pipeline import SeqGuard
+        sg = SeqGuard(cfg).fit(args.events, on_bad_rows=args.on_bad_rows)
+        sg.save(args.model)
+    log.info("trained%s on %d events of %d users in %.1f s; bundle in %s", " on Ray" if on_ray else "",
              sg.metrics["train_events"], sg.metrics["train_users"], time.perf_counter() - t0, args.model)
     return 0
 
 
 def cmd_score(args) -> int:
-    from ..io.outputs import write_outputs
-    from .ray_commands import choose_engine, cmd_score_ray
-    _check_out_dir(args.out, "--out")
-    if choose_engine(args) == "ray":
-        return cmd_score_ray(args)
     from ..core.pipeline import SeqGuard
+
+    check_out_dir(args.out, "--out")
     t0 = time.perf_counter()
-    sg = SeqGuard.load(args.model)
-    result = sg.score(args.events, on_bad_rows=args.on_bad_rows)
-    summary = write_outputs(sg, result, args.out)
+    on_ray = choose_engine(args) == "ray"
+    if on_ray:
+        summary = score_on_ray(args)
+    else:
+        from ..io.outputs import write_outputs
+        sg = SeqGuard.load(args.model)
+        result = sg.score(args.events, on_bad_rows=args.on_bad_rows)
+        summary = write_outputs(sg, result, args.out)
     if args.report:
-        from ..report.html import write_report
-        write_report(args.report, users=result.users, events=result.events, repair_summary=_ints(summary),
-                     model_info=_model_info(sg))
-    log.info("scored %d events of %d users in %.1f s: %d flagged %s; outputs in %s",
+        from ..report import write_report
+        if on_ray:
+            from ..io.outputs import read_output
+            log.info("report: reading the outputs back (the report needs them in memory)")
+            sg, users, events = SeqGuard.load(args.model), read_output(args.out, "users"), read_output(args.out, "events")
+        else:
+            users, events = result.users, result.events
+        write_report(args.report, users=users, events=events, repair_summary=summary_counts(summary),
+                     model_info=model_info(sg))
+    log.info("scored%s %d events of %d users in %.1f s: %d flagged %s; outputs in %s", " on Ray:" if on_ray else "",
              summary["events_in"], summary["users"], time.perf_counter() - t0, summary["users_flagged"],
              summary["by_type"], args.out)
     return 0
-
-
-def _ints(summary: dict) -> dict[str, int]:
-    return {k: v for k, v in summary.items() if isinstance(v, int)}
-
-
-def _model_info(sg) -> dict:
-    return {"model version": getattr(sg, "model_version", "in memory"), "threshold": sg.user_detectors.threshold_,
-            "target FPR": sg.config.target_fpr, "training users flagged": sg.metrics.get("train_flagged_share"),
-            "training events": sg.metrics.get("train_events"),
-            "training users": sg.metrics.get("train_users"), "encoder epochs": sg.metrics.get("epochs"),
-            "final loss": sg.metrics.get("final_loss")}
 
 
 def cmd_demo(args) -> int:
     import numpy as np
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from ..synth.generator import ATTACK_FAMILY, generate, write_events
-    from ..core.pipeline import SeqGuard, TrainConfig
+    from ..synth import ATTACK_FAMILY, generate, write_events
+    from ..core.config import TrainConfig
+    from ..core.pipeline import SeqGuard
     from ..io.outputs import write_outputs
-    from ..report.html import write_report
+    from ..report import write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,8 +148,8 @@ def cmd_demo(args) -> int:
     labels = data.user_type.reindex(result.users["user_id"].to_numpy()).fillna("normal")
     y = (labels.to_numpy() != "normal")
     ev_labels = data.event_injected[result.events["row"].to_numpy()]
-    write_report(out / "report.html", users=result.users, events=result.events, repair_summary=_ints(summary),
-                 user_labels=labels, event_labels=ev_labels, model_info=_model_info(sg),
+    write_report(out / "report.html", users=result.users, events=result.events, repair_summary=summary_counts(summary),
+                 user_labels=labels, event_labels=ev_labels, model_info=model_info(sg),
                  title="seqguard demo", label_types=ATTACK_FAMILY)
     s = result.users["score"].to_numpy()
     attacked = np.isin(result.events["user_id"].to_numpy(), result.users["user_id"].to_numpy()[y])

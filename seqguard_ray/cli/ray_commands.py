@@ -1,4 +1,5 @@
-"""The Ray side of ``seqguard train`` / ``seqguard score``: engine choice and the two commands.
+"""The Ray side of ``seqguard train`` / ``seqguard score``: the Ray options, the engine choice, and
+the two jobs on Ray (the commands themselves, shared by both engines, are in cli.main).
 
 ``--engine auto`` (the default) picks Ray when an address is given (``--address`` or
 ``RAY_ADDRESS``) or the input is large, else the in-process engine: Ray costs 15-45 s of fixed
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from .common import positive_int
 
 log = logging.getLogger("seqguard")
 
@@ -23,8 +26,6 @@ AUTO_RAY_TEXT_BYTES = 200 << 20
 
 def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
     """Add --engine / --address (and per-command Ray knobs) to a subcommand parser."""
-    from .main import _positive_int
-
     g = p.add_argument_group("Ray")
     g.add_argument("--engine", choices=("auto", "ray", "local"), default="auto",
                    help="auto (default): Ray when --address/RAY_ADDRESS is set or the input is large "
@@ -32,15 +33,15 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS; none = start a local Ray)")
     if command == "train":
-        g.add_argument("--workers", type=_positive_int, default=2, help="Ray Train workers (default 2)")
+        g.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (default 2)")
         g.add_argument("--resume", action="store_true", help="resume from the last checkpoint of an earlier run")
         g.add_argument("--checkpoint-dir", default=None,
                        help="checkpoint storage (default MODEL.train next to the bundle; shared or s3:// on a cluster)")
     else:
-        g.add_argument("--concurrency", type=_positive_int, default=None,
+        g.add_argument("--concurrency", type=positive_int, default=None,
                        help="encoder actors (default: one per GPU, else one per core on one node and one per "
                             "2 CPUs across nodes; never more than the input's buckets of ~20k events)")
-        g.add_argument("--batch-size", type=_positive_int, default=None,
+        g.add_argument("--batch-size", type=positive_int, default=None,
                        help="windows per encoder forward pass (default: the bundle's)")
 
 
@@ -48,9 +49,11 @@ def input_size(path: str | Path) -> tuple[int | None, int, int]:
     """(events from Parquet metadata or None, number of files, bytes) without reading data."""
     import pyarrow.parquet as pq
 
+    from ..core.readers import PARQUET_SUFFIXES
+
     p = Path(path)
     files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p] if p.exists() else []
-    pq_files = [f for f in files if f.suffix in {".parquet", ".pq"}]
+    pq_files = [f for f in files if f.suffix in PARQUET_SUFFIXES]
     n = None
     if pq_files:
         try:
@@ -72,58 +75,37 @@ def choose_engine(args) -> str:
     return "local"
 
 
-def _ray_session(args):
-    from ..runtime.ray_batch import ensure_ray
+@contextmanager
+def ray_session(address: str | None):
+    """Ray for one command: the cluster at ``address`` / RAY_ADDRESS, or a local Ray started (and
+    stopped) here."""
     import ray
 
-    started = ensure_ray(args.address)
+    from ..runtime.ray.cluster import ensure_ray
+
+    started = ensure_ray(address)
     log.info("Ray: %s (%s)", "started locally" if started else "connected", ray.cluster_resources())
-    return started
-
-
-def cmd_train_ray(args) -> int:
-    import ray
-
-    from .main import train_config
-    from ..runtime.ray_train import RayTrainOptions, fit
-
-    cfg = train_config(args)
-    t0 = time.perf_counter()
-    started = _ray_session(args)
     try:
-        sg = fit(args.events, args.model, cfg, on_bad_rows=args.on_bad_rows,
-                 options=RayTrainOptions(num_workers=args.workers, resume=args.resume,
-                                         checkpoint_dir=args.checkpoint_dir))
+        yield
     finally:
         if started:
             ray.shutdown()
-    log.info("trained on Ray: %d events of %d users in %.1f s; bundle in %s",
-             sg.metrics["train_events"], sg.metrics["train_users"], time.perf_counter() - t0, args.model)
-    return 0
 
 
-def cmd_score_ray(args) -> int:
-    import ray
+def train_on_ray(args, cfg):
+    """`seqguard train` on Ray: the fitted SeqGuard, its bundle saved to ``args.model``."""
+    from ..runtime.ray.train import RayTrainOptions, fit
 
-    from ..runtime.ray_batch import BatchOptions, read_output, score
+    with ray_session(args.address):
+        return fit(args.events, args.model, cfg, on_bad_rows=args.on_bad_rows,
+                   options=RayTrainOptions(num_workers=args.workers, resume=args.resume,
+                                           checkpoint_dir=args.checkpoint_dir))
 
-    t0 = time.perf_counter()
-    started = _ray_session(args)
-    try:
-        summary = score(args.model, args.events, args.out, on_bad_rows=args.on_bad_rows,
-                        options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size))
-    finally:
-        if started:
-            ray.shutdown()
-    if args.report:
-        from .main import _ints, _model_info
-        from ..core.pipeline import SeqGuard
-        from ..report.html import write_report
 
-        log.info("report: reading the outputs back (the report needs them in memory)")
-        write_report(args.report, users=read_output(args.out, "users"), events=read_output(args.out, "events"),
-                     repair_summary=_ints(summary), model_info=_model_info(SeqGuard.load(args.model)))
-    log.info("scored on Ray: %d events of %d users in %.1f s: %d flagged %s; outputs in %s",
-             summary["events_in"], summary["users"], time.perf_counter() - t0, summary["users_flagged"],
-             summary["by_type"], args.out)
-    return 0
+def score_on_ray(args) -> dict:
+    """`seqguard score` on Ray: outputs written to ``args.out``; returns the summary."""
+    from ..runtime.ray.batch import BatchOptions, score
+
+    with ray_session(args.address):
+        return score(args.model, args.events, args.out, on_bad_rows=args.on_bad_rows,
+                     options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size))

@@ -1,4 +1,4 @@
-"""``seqguard serve`` and ``seqguard client``: registered on the main parser by :func:`add_parsers`.
+"""``seqguard serve``: registered on the main parser by :func:`add_parser`.
 
 ``seqguard serve --model DIR`` runs the Ray Serve application on an embedded local Ray (or on
 ``$RAY_ADDRESS``), prints where it listens and blocks until Ctrl-C. ``--no-ray`` runs the same API
@@ -7,7 +7,6 @@ on a plain in-process grpc.aio server instead.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -16,23 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+from .common import positive_int
+
 log = logging.getLogger("seqguard")
 
 APP_NAME = "seqguard"
 ROUTE_PREFIX = "/seqguard"
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
-
-
-def add_parsers(sub) -> None:
-    """Add the ``serve`` and ``client`` subcommands; each sets ``handler`` (call ``args.handler(args)``)."""
-    from ..client import add_client_arguments, cmd_client
-    from ..runtime.serving import Limits
+def add_parser(sub) -> None:
+    """Add the ``serve`` subcommand; it sets ``handler`` (call ``args.handler(args)``)."""
+    from ..runtime.serve.limits import Limits
 
     d = Limits()
     s = sub.add_parser("serve", help="online scoring over gRPC (Ray Serve)",
@@ -45,30 +38,18 @@ def add_parsers(sub) -> None:
                                                   "scaling and app args; CLI flags win over its args")
     s.add_argument("--token-file", default=None, help="file holding the bearer token (default: $SEQGUARD_TOKEN)")
     s.add_argument("--insecure-no-auth", action="store_true", help="serve without a token (only behind an authenticating proxy)")
-    s.add_argument("--max-events-per-sequence", type=_positive_int, default=d.max_events_per_sequence)
-    s.add_argument("--max-sequences-per-batch", type=_positive_int, default=d.max_sequences_per_batch)
-    s.add_argument("--max-message-bytes", type=_positive_int, default=d.max_message_bytes)
+    s.add_argument("--max-events-per-sequence", type=positive_int, default=d.max_events_per_sequence)
+    s.add_argument("--max-sequences-per-batch", type=positive_int, default=d.max_sequences_per_batch)
+    s.add_argument("--max-message-bytes", type=positive_int, default=d.max_message_bytes)
     s.add_argument("--request-timeout", type=float, default=30.0, help="seconds per call before DEADLINE_EXCEEDED (default 30)")
     s.add_argument("--throughput-optimized", action="store_true",
                    help="embedded Ray only: set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for Ray's processes (user code and "
                         "handle routing on each replica's own event loop; see docs/serving.md). On a cluster, "
                         "export it on every node before `ray start`")
     s.add_argument("--no-ray", action="store_true", help="run a plain in-process grpc.aio server instead of Ray Serve")
-    s.add_argument("--max-batch", type=_positive_int, default=64,
+    s.add_argument("--max-batch", type=positive_int, default=64,
                    help="--no-ray only: requests merged into one engine call (1 = no batching; default 64)")
     s.set_defaults(handler=cmd_serve)
-
-    c = sub.add_parser("client", help="call a running seqguard server",
-                       description="Call a seqguard gRPC server and print the response as JSON.")
-    csub = c.add_subparsers(dest="client_command", required=True, metavar="CLIENT_COMMAND")
-    for name, help_ in (("score", "score every user of an events file (one ScoreBatch call)"),
-                        ("repair", "score and repair one user's events"), ("info", "model version and limits")):
-        p = csub.add_parser(name, help=help_)
-        add_client_arguments(p)
-        if name != "info":
-            p.add_argument("--events", required=True, help="Parquet, CSV or JSONL with item_id, ts[, user_id, action, value]")
-            p.add_argument("--user", default=None, help="only this user (or: the user id for a file without user_id)")
-        p.set_defaults(handler=cmd_client)
 
 
 def _limits(args) -> dict:
@@ -77,7 +58,7 @@ def _limits(args) -> dict:
 
 
 def _token_digest(args) -> str | None:
-    from ..runtime.serving import load_token, token_digest
+    from ..runtime.serve.auth import load_token, token_digest
 
     if args.insecure_no_auth:
         log.warning("serving WITHOUT auth (--insecure-no-auth): anyone who can reach port %d can call it", args.grpc_port)
@@ -99,8 +80,8 @@ def cmd_serve(args) -> int:
 
 
 def _serve_plain(args, digest, version) -> int:
-    from ..runtime.grpc_server import InProcessBackend, create_server
-    from ..runtime.serving import Authenticator, Limits, ScoringService
+    from ..runtime.serve import Authenticator, InProcessBackend, Limits, ScoringService
+    from ..runtime.serve.grpc_server import create_server
 
     async def main() -> None:
         backend = InProcessBackend.from_dir(args.model, batching=args.max_batch > 1, max_batch=args.max_batch)
@@ -114,7 +95,7 @@ def _serve_plain(args, digest, version) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.stop(grace=2.0)
-        backend.close()
+        await backend.aclose()
 
     asyncio.run(main())
     print("stopped", flush=True)
@@ -127,7 +108,7 @@ def _read_config(path: str | None) -> tuple[dict, dict]:
         return {}, {}
     import yaml
 
-    from deployments.app import serve_options
+    from ..runtime.serve.app import serve_options
 
     cfg = yaml.safe_load(Path(path).read_text()) or {}
     apps = cfg.get("applications") or []
@@ -145,10 +126,8 @@ def _serve_ray(args, digest, version) -> int:
     from ray import serve
     from ray.serve.config import gRPCOptions, HTTPOptions
 
-    from deployments import SERVICER
-    from deployments.app import AppArgs, deploy
-
-    from ..runtime.ray_batch import ensure_ray
+    from ..runtime.ray.cluster import ensure_ray
+    from ..runtime.serve.app import SERVICER, AppArgs, deploy
 
     cfg_args, overrides = _read_config(args.config)
     cfg_args.pop("model_dir", None)

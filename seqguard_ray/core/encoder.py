@@ -4,7 +4,7 @@ An event is the sum of an item, an action and a time-gap embedding (positions ar
 BERT). Training masks whole events and predicts their item, action and gap bucket. At scoring
 time every event is masked once (``n_mask_groups`` passes, each masking every k-th event) and its
 surprisal ``-log p(item, action, gap | context)`` is read off; the sequence embedding is the mean
-of the unmasked last hidden states.
+of the unmasked last hidden states. :class:`Encoder` is the pipeline's stage around the model.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 
-from .tokens import MASK, N_GAP_BUCKETS, PAD
+from .features import Seqs
+from .results import Encoded
+from .stage import check_is_fitted
+from .tokens import MASK, N_GAP_BUCKETS, PAD, gap_buckets, owner_positions, windows
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +188,8 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
     if not groups:
         return out, torch.zeros(B, model.config.hidden_size, device=items.device)
     emb = None
-    # Small batches run several passes in one forward call (pass g of a call is rows g*B:(g+1)*B):
-    # fixed per-call costs dominate there (one request: 6.9 -> 3.7 ms). Large batches run one pass
-    # per call, which measured faster (200k events: 1.8 vs 2.2 s on one thread).
+    # Small batches run several passes in one forward call (pass g of a call is rows g*B:(g+1)*B),
+    # where fixed per-call costs dominate; large batches run one pass per call, which is faster there.
     per_call = max(1, _STACK_ROWS // B)
     for c in range(0, len(groups), per_call):
         masked = torch.stack(groups[c:c + per_call])  # (G, B, T), disjoint passes
@@ -237,3 +240,139 @@ def iter_window_batches(tokens: dict[str, np.ndarray], starts: np.ndarray, lengt
         out = batch_windows(tokens, starts[b], lengths[b], max_len)
         out["window"] = torch.from_numpy(b)
         yield out
+
+
+def token_arrays(seqs: Seqs) -> dict[str, np.ndarray]:
+    """The encoder's inputs for every event: ``items``, ``actions``, ``gaps`` (N,) int64 ids."""
+    return {"items": seqs.item, "actions": seqs.action, "gaps": gap_buckets(seqs.ts, seqs.offsets)}
+
+
+def _progress(it, **kw):
+    from tqdm.auto import tqdm
+    return tqdm(it, disable=not log.isEnabledFor(logging.INFO), **kw)
+
+
+class Encoder:
+    """The encoder stage: ``fit`` trains a :class:`SeqGuardEncoder` self-supervised on the
+    sequences; ``transform`` gives per-event surprisal and per-user embeddings.
+
+    Parameters (see :class:`~seqguard_ray.core.config.TrainConfig`, which holds them): ``max_len``,
+    ``context`` (windows), ``hidden_size``, ``num_layers``, ``num_heads`` (the model), ``epochs``,
+    ``target_steps``, ``batch_size``, ``lr``, ``seed`` (training), ``score_batch_size``.
+    Fitted: ``model_`` (a SeqGuardEncoder) and, after :meth:`fit`, ``history_`` (per-epoch metrics).
+    """
+
+    def __init__(self, *, max_len: int = 128, context: int = 16, hidden_size: int = 64, num_layers: int = 2,
+                 num_heads: int = 2, epochs: int | None = None, target_steps: int = 300, batch_size: int = 64,
+                 lr: float = 2e-3, seed: int = 0, score_batch_size: int = 128) -> None:
+        self.max_len = max_len
+        self.context = context
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.epochs = epochs
+        self.target_steps = target_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.score_batch_size = score_batch_size
+
+    def model_config(self, n_items: int, n_actions: int) -> SeqGuardConfig:
+        """The model's config for a vocabulary of ``n_items`` item and ``n_actions`` action ids."""
+        return SeqGuardConfig(n_items=n_items, n_actions=n_actions, hidden_size=self.hidden_size,
+                              num_layers=self.num_layers, num_heads=self.num_heads,
+                              intermediate_size=2 * self.hidden_size, max_len=self.max_len)
+
+    def init_model(self, n_items: int, n_actions: int) -> SeqGuardEncoder:
+        """A freshly initialised model (torch seeded with ``seed``), kept as ``model_``."""
+        if not 0 <= 2 * self.context < self.max_len:
+            raise ValueError(f"need 0 <= 2*context < max_len, got context={self.context!r}, max_len={self.max_len!r}")
+        torch.manual_seed(self.seed)
+        self.model_ = SeqGuardEncoder(self.model_config(n_items, n_actions))
+        return self.model_
+
+    def windows(self, seqs: Seqs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(W,) starts, lengths and owned offsets of the encoder windows (see tokens.windows)."""
+        return windows(seqs.offsets, max_len=self.max_len, context=self.context)
+
+    def epochs_for(self, n_windows: int) -> int:
+        """Epochs to train: ``epochs``, or enough for about ``target_steps`` optimiser steps (2..40)."""
+        if self.epochs is not None:
+            return self.epochs
+        steps = max(1, math.ceil(n_windows / self.batch_size))
+        return int(min(40, max(2, math.ceil(self.target_steps / steps))))
+
+    def fit(self, seqs: Seqs, *, n_items: int, n_actions: int) -> Encoder:
+        """Initialise a model for the vocabulary sizes and train it on ``seqs``."""
+        self.init_model(n_items, n_actions)
+        self.history_ = self.train(seqs)
+        return self
+
+    def train(self, seqs: Seqs) -> list[dict]:
+        """Train ``model_`` in this process (Ray Train runs :func:`train_encoder` on its workers)."""
+        check_is_fitted(self, ["model_"])
+        starts, lengths, _ = self.windows(seqs)
+        tok = token_arrays(seqs)
+        epochs = self.epochs_for(len(starts))
+        steps = max(1, math.ceil(len(starts) / self.batch_size))
+        bar = _progress(range(epochs), desc="train encoder", unit="epoch")
+        it = iter(bar)
+
+        def make_batches(epoch):
+            next(it, None)
+            return iter_window_batches(tok, starts, lengths, max_len=self.max_len, batch_size=self.batch_size,
+                                       shuffle=True, seed=self.seed + epoch)
+
+        def report(epoch, m):
+            bar.set_postfix(loss=f"{m['loss']:.3f}")
+
+        history = train_encoder(self.model_, make_batches, epochs=epochs, lr=self.lr, seed=self.seed,
+                                steps_per_epoch=steps, on_epoch_end=report)
+        bar.close()
+        return history
+
+    def transform(self, seqs: Seqs) -> Encoded:
+        """Fill ``seqs.surprisal`` (N, 3) and compute user embeddings (U, H): each user's the
+        length-weighted mean of its windows' embeddings."""
+        check_is_fitted(self, ["model_"])
+        starts, lengths, own = self.windows(seqs)
+        tok = token_arrays(seqs)
+        H = self.model_.config.hidden_size
+        win_sur = np.zeros((len(starts), self.max_len, 3), np.float32)
+        win_emb = np.zeros((len(starts), H), np.float32)
+        device = next(self.model_.parameters()).device
+        for batch in iter_window_batches(tok, starts, lengths, max_len=self.max_len,
+                                         batch_size=self.score_batch_size, shuffle=False):
+            w = batch.pop("window").numpy()
+            s, e = surprisal(self.model_, **{k: v.to(device) for k, v in batch.items()})
+            win_sur[w, : s.shape[1]] = s.cpu().numpy()
+            win_emb[w] = e.cpu().numpy()
+        win, pos = owner_positions(starts, lengths, own, len(seqs.ts))
+        seqs.surprisal = win_sur[win, pos]
+        win_user = np.searchsorted(seqs.offsets, starts, side="right") - 1
+        user_emb = np.zeros((seqs.n_users, H), np.float64)
+        np.add.at(user_emb, win_user, win_emb * lengths[:, None])
+        user_emb /= np.maximum(np.diff(seqs.offsets), 1)[:, None]
+        return Encoded(seqs, user_emb.astype(np.float32))
+
+    def params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("max_len", "context", "hidden_size", "num_layers", "num_heads", "epochs",
+                                              "target_steps", "batch_size", "lr", "seed", "score_batch_size")}
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays: the model's weights (state dict as numpy); meta: ``config`` (the model's) and the parameters."""
+        check_is_fitted(self, ["model_"])
+        arrays = {k: v.detach().cpu().numpy() for k, v in self.model_.state_dict().items()}
+        return arrays, {**self.params(), "config": self.model_.config.to_dict()}
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Encoder:
+        """ValueError when the weights do not fit the config."""
+        enc = cls(**{k: v for k, v in meta.items() if k != "config"})
+        enc.model_ = SeqGuardEncoder(SeqGuardConfig(**meta["config"]))
+        weights = {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
+        missing, unexpected = enc.model_.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"encoder weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        enc.model_.eval()
+        return enc

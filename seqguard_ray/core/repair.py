@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from .results import RepairResult, ScoreResult
 
 # The documented set of anomaly types (users.parquet anomaly_type).
 ANOMALY_TYPES = {
@@ -69,8 +74,43 @@ class RepairPolicy:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         self.actions = {**_default_actions(), **self.actions}
 
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """No arrays; meta: the fields (what a bundle's ``repair_policy`` holds)."""
+        return {}, asdict(self)
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> RepairPolicy:
+        return cls(**meta)
+
+    def repair(self, result: ScoreResult) -> RepairResult:
+        """Apply the policy to a scored log: the surviving events (input order, every input column
+        and a ``weight``), one action row per user acted on, and a summary of counts."""
+        log_, s = result.log, result.scored
+        keep, weight, _, user_action = self.decide(log_.offsets, s)
+        repaired = log_.frame.loc[keep].copy()
+        repaired["weight"] = weight[keep]
+        repaired = repaired.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+        dropped = np.add.reduceat((~keep).astype(np.int64), log_.offsets[:-1]) if log_.n_events else np.zeros(0, int)
+        acted = np.flatnonzero(user_action != "pass")
+        actions = pd.DataFrame({
+            "user_id": log_.frame["user_id"].to_numpy()[log_.offsets[:-1]][acted],
+            "anomaly_type": s.anomaly_type[acted].astype(str),
+            "action": user_action[acted].astype(str),
+            "events_dropped": dropped[acted],
+        })
+        summary = {
+            "events_in": int(log_.n_events), "events_kept": int(keep.sum()), "events_dropped": int((~keep).sum()),
+            "events_downweighted": int(((weight < 1) & keep).sum()),
+            "users_quarantined": int((user_action == "quarantine").sum()),
+            "histories_cut": int(((user_action == "cut") & (dropped > 0)).sum()),
+            "users_with_events_dropped": int(((user_action == "drop_events") & (dropped > 0)).sum()),
+            # flagged, but odd only as histories of their length are: given doubtful_action instead of their type's
+            "users_length_doubt": int((s.length_doubt & (user_action == self.doubtful_action)).sum()),
+        }
+        return RepairResult(repaired, actions, summary)
+
     def decide(self, offsets: np.ndarray, scored) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`apply` to a detector stage's output (engine.Scored or serving.ScoredBatch)."""
+        """:meth:`apply` to a detector stage's output (results.Scored, or the serving path's batch)."""
         return self.apply(offsets, scored.anomaly_type, scored.event_score, scored.event_anomalous, scored.length_doubt)
 
     def apply(self, offsets: np.ndarray, anomaly_type: np.ndarray, event_score: np.ndarray,

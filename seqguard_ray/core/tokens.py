@@ -1,10 +1,14 @@
-"""Events -> token ids: item vocabulary (+ unknown bucket), action ids, log-bucketed time gaps."""
+"""Events -> token ids: the item vocabulary (+ unknown bucket) and action ids (:class:`Vocab`),
+log-bucketed time gaps, and the encoder windows a long history is cut into."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+
+from .stage import check_is_fitted
 
 PAD, MASK, UNK = 0, 1, 2
 N_SPECIAL = 3
@@ -21,43 +25,69 @@ def gap_buckets(ts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return b
 
 
-@dataclass
-class Vocab:
-    """Item and action vocabularies learned from training data.
+def count_items(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) the distinct item strings, sorted, and (K,) how often each occurs. The counts of a log's
+    parts (Ray blocks), added up per item, are the whole log's (see :meth:`Vocab.fit_counts`)."""
+    return np.unique(np.asarray(item).astype(str), return_counts=True)
 
-    Items seen fewer than ``min_count`` times share the unknown bucket, so that bucket is
-    trained and new items at scoring time get a meaningful id.
+
+class Vocab:
+    """The item and action vocabularies: fit on a training log, transform events to token ids.
+
+    Items seen fewer than ``min_count`` times share the unknown bucket, so that bucket is trained
+    and new items at scoring time get a meaningful id.
+
+    Parameters: ``min_count`` (int, default 2), ``max_items`` (int, default 200_000: the most
+    frequent items kept). Fitted: ``items_`` (item strings in id order, ids from N_SPECIAL),
+    ``actions_`` (action strings in id order, ids from N_SPECIAL), ``item_counts_`` (training
+    count of each item).
     """
 
-    items: list[str]          # item strings in id order, ids start at N_SPECIAL
-    actions: list[str]        # action strings in id order, ids start at N_SPECIAL
-    item_counts: np.ndarray   # (len(items),) training count of each item
+    def __init__(self, *, min_count: int = 2, max_items: int = 200_000) -> None:
+        self.min_count = min_count
+        self.max_items = max_items
 
-    def __post_init__(self) -> None:
-        self._item_ix = {s: i + N_SPECIAL for i, s in enumerate(self.items)}
-        self._action_ix = {s: i + N_SPECIAL for i, s in enumerate(self.actions)}
+    def fit(self, item: np.ndarray, action: np.ndarray) -> Vocab:
+        """item (N,), action (N,): a training log's events (any types; compared as strings)."""
+        return self.fit_counts(*count_items(item), action)
 
-    @classmethod
-    def build(cls, item: np.ndarray, action: np.ndarray, *, min_count: int = 2, max_items: int = 200_000) -> Vocab:
-        if min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {min_count}")
-        uniq, counts = np.unique(item.astype(str), return_counts=True)
-        keep = counts >= min_count
+    def fit_counts(self, uniq: np.ndarray, counts: np.ndarray, action: np.ndarray) -> Vocab:
+        """Fit from item counts: ``uniq`` (K,) distinct item strings, sorted, seen ``counts`` (K,)
+        times, and the actions in ``action``; what :meth:`fit` learns from a log whose
+        :func:`count_items` they are (e.g. the counts of a log's Ray blocks, added up)."""
+        for name in ("min_count", "max_items"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v!r}")
+        uniq, counts = np.asarray(uniq), np.asarray(counts)
+        keep = counts >= self.min_count
         uniq, counts = uniq[keep], counts[keep]
-        order = np.argsort(-counts, kind="stable")[:max_items]
-        actions = sorted(set(action.astype(str).tolist()))
-        return cls(uniq[order].tolist(), actions, counts[order].astype(np.int64))
+        order = np.argsort(-counts, kind="stable")[: self.max_items]
+        self.items_ = uniq[order].tolist()
+        self.actions_ = sorted(set(np.asarray(action).astype(str).tolist()))
+        self.item_counts_ = counts[order].astype(np.int64)
+        self._index()
+        return self
+
+    def _index(self) -> None:
+        self._item_ix = {s: i + N_SPECIAL for i, s in enumerate(self.items_)}
+        self._action_ix = {s: i + N_SPECIAL for i, s in enumerate(self.actions_)}
 
     @property
     def n_items(self) -> int:
         """Size of the item id space, specials included."""
-        return len(self.items) + N_SPECIAL
+        check_is_fitted(self, ["items_"])
+        return len(self.items_) + N_SPECIAL
 
     @property
     def n_actions(self) -> int:
-        return len(self.actions) + N_SPECIAL
+        """Size of the action id space, specials included."""
+        check_is_fitted(self, ["actions_"])
+        return len(self.actions_) + N_SPECIAL
 
     def item_ids(self, item: np.ndarray) -> np.ndarray:
+        """(N,) int64 vocab ids; UNK for items outside the vocabulary."""
+        check_is_fitted(self, ["items_"])
         get = self._item_ix.get
         return np.fromiter((get(s, UNK) for s in item), dtype=np.int64, count=len(item))
 
@@ -73,15 +103,31 @@ class Vocab:
         return keys
 
     def action_ids(self, action: np.ndarray) -> np.ndarray:
+        """(N,) int64 action ids; UNK for actions the vocabulary never saw."""
+        check_is_fitted(self, ["actions_"])
         get = self._action_ix.get
         return np.fromiter((get(s, UNK) for s in action), dtype=np.int64, count=len(action))
 
-    def to_dict(self) -> dict:
-        return {"items": self.items, "actions": self.actions, "item_counts": self.item_counts.tolist()}
+    def transform(self, item: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Events -> (N,) item ids, (N,) action ids and (N,) item keys (see :meth:`item_keys`)."""
+        ids = self.item_ids(item)
+        return ids, self.action_ids(action), self.item_keys(item, ids)
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Array ``item_counts``; meta ``items``, ``actions`` and the parameters."""
+        check_is_fitted(self, ["items_"])
+        return ({"item_counts": self.item_counts_},
+                {"items": self.items_, "actions": self.actions_, "min_count": self.min_count, "max_items": self.max_items})
 
     @classmethod
-    def from_dict(cls, d: dict) -> Vocab:
-        return cls(list(d["items"]), list(d["actions"]), np.asarray(d["item_counts"], dtype=np.int64))
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Vocab:
+        v = cls(min_count=meta.get("min_count", 2), max_items=meta.get("max_items", 200_000))
+        v.items_, v.actions_ = list(meta["items"]), list(meta["actions"])
+        v.item_counts_ = np.asarray(arrays["item_counts"], dtype=np.int64)
+        if v.item_counts_.shape != (len(v.items_),):
+            raise ValueError(f"the vocabulary has {len(v.items_)} items and {v.item_counts_.shape} counts")
+        v._index()
+        return v
 
 
 def windows(offsets: np.ndarray, *, max_len: int, context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

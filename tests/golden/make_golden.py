@@ -17,14 +17,20 @@ SEED = 7
 USERS = 150
 
 
+def config():
+    from seqguard_ray import TrainConfig
+
+    return TrainConfig(epochs=2, seed=SEED, hidden_size=32, num_layers=1, num_heads=2, max_len=64, context=8)
+
+
 def main() -> None:
-    from seqguard_ray import SeqGuard, TrainConfig
-    from seqguard_ray.cli import write_outputs
-    from seqguard_ray.synth.generator import AttackMix, generate, write_events
+    from seqguard_ray import SeqGuard
+    from seqguard_ray.io.outputs import write_outputs
+    from seqguard_ray.synth import AttackMix, generate, write_events
 
     data = generate(n_users=USERS, seed=SEED, mix=AttackMix.all(0.03))
     write_events(data.events, HERE / "events.parquet")
-    cfg = TrainConfig(epochs=2, seed=SEED, hidden_size=32, num_layers=1, num_heads=2, max_len=64, context=8)
+    cfg = config()
     shutil.rmtree(HERE / "model", ignore_errors=True)
     SeqGuard(cfg).fit(HERE / "events.parquet").save(HERE / "model")
     sg = SeqGuard.load(HERE / "model")

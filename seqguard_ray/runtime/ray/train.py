@@ -1,17 +1,18 @@
 """Training on Ray: Ray Data reads and shards the log, Ray Train (TorchTrainer, DDP) trains the encoder.
 
 ```
-read + validate (ray_batch.read_validated)           Ray tasks, one per Parquet row group
-  -> vocabulary    map_batches: item/action counts per block; the driver merges the counts
-  -> windows       group by user bucket -> tokenize -> encoder windows (padded int32 rows),
+read + validate (batch.read_validated)               Ray tasks, one per Parquet row group
+  -> vocabulary    map_batches: core.tokens.count_items per block; the driver adds the counts
+                   up and fits the Vocab with Vocab.fit_counts (as Vocab.fit does on a whole log)
+  -> windows       group by user bucket -> the engine's tokenize + windows -> padded int32 rows,
                    materialized once and re-read every epoch
-  -> TorchTrainer  each worker: get_dataset_shard("train") -> the core loop model.train_encoder
+  -> TorchTrainer  each worker: get_dataset_shard("train") -> the core loop encoder.train_encoder
                    on a DDP-wrapped SeqGuardEncoder; a checkpoint per epoch; resume from the last
-  -> encode        the trained encoder on the batch pipeline's actor pool (ray_batch.EncodeStage)
-  -> detectors     the driver fits ItemStats and the detectors on compact arrays
-                   (ids, times, values, surprisal: ~50 bytes an event; embeddings per user)
+  -> encode        the trained encoder on the batch pipeline's actor pool (stages.EncodeStage)
+  -> detectors     the driver fits ItemStats and the detectors (SeqGuard.fit_detectors) on
+                   compact arrays (ids, times, values, surprisal; an embedding per user)
 ```
-The result is the same model bundle as ``SeqGuard.fit``.
+The result is the same kind of model bundle as ``SeqGuard.fit``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,25 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from ..core.pipeline import Encoded, SeqGuard, TrainConfig
-from ..core.events import from_frame
-from ..core.features import ItemStats, Seqs
-from .ray_batch import BatchOptions, encode_dataset, encoded_from_table, read_validated
-from ..core.tokens import Vocab, gap_buckets, windows
+from ...core.schema import from_frame
+from ...core.config import TrainConfig
+from ...core.encoder import batch_windows, token_arrays
+from ...core.features import Seqs
+from ...core.pipeline import SeqGuard
+from ...core.results import Encoded
+from ...core.tokens import Vocab, count_items
+from ...io.read_plan import count_rows
+from .batch import BatchOptions, encode_dataset, read_validated
+from .cluster import cluster_gpus
+from .payload import load_payload, partial_payload
+from .stages import encoded_from_table
 
 log = logging.getLogger(__name__)
 
@@ -53,59 +62,64 @@ class RayTrainOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# vocabulary from partial counts
+# vocabulary and windows: the engine's own functions, per block
 
 
-def _block_counts(table: pa.Table) -> dict[str, np.ndarray]:
+def block_counts(table: pa.Table) -> dict[str, np.ndarray]:
+    """A block's item counts (``kind`` "item") and distinct actions (``kind`` "action", count 0)."""
     lg = from_frame(table.drop_columns(["_in_row", "_bucket"]).to_pandas(), source="block")
-    items, n = np.unique(lg.item.astype(str), return_counts=True)
+    items, n = count_items(lg.item)
     acts = np.unique(lg.action.astype(str))
     return {"kind": np.array(["item"] * len(items) + ["action"] * len(acts)),
             "key": np.concatenate([items, acts]).astype(object),
             "count": np.concatenate([n, np.zeros(len(acts), np.int64)])}
 
 
-def build_vocab(ds, *, min_count: int, max_items: int = 200_000) -> Vocab:
-    """The same Vocab as ``Vocab.build`` on the whole log, from per-block counts merged here."""
-    counts: dict[str, int] = {}
-    actions: set[str] = set()
-    for b in ds.map_batches(_block_counts, batch_size=None, batch_format="pyarrow", num_cpus=0.25).iter_batches(
-            batch_size=None, batch_format="numpy"):
-        for kind, key, c in zip(b["kind"], b["key"], b["count"]):
-            if kind == "item":
-                counts[key] = counts.get(key, 0) + int(c)
-            else:
-                actions.add(key)
-    uniq = np.array(sorted(counts), dtype=str)
-    n = np.array([counts[k] for k in uniq.tolist()], np.int64)
-    keep = n >= min_count
-    uniq, n = uniq[keep], n[keep]
-    order = np.argsort(-n, kind="stable")[:max_items]
-    return Vocab(uniq[order].tolist(), sorted(actions), n[order].astype(np.int64))
+def build_vocab(ds, *, min_count: int) -> Vocab:
+    """The Vocab that ``Vocab.fit`` gives on the whole log, from per-block counts added up here."""
+    blocks = ds.map_batches(block_counts, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+    return vocab_from_blocks(blocks.iter_batches(batch_size=None, batch_format="numpy"), min_count=min_count)
 
 
-# ---------------------------------------------------------------------------------------------
-# windows
+def vocab_from_blocks(blocks: Iterable[dict[str, np.ndarray]], *, min_count: int) -> Vocab:
+    """The whole log's Vocab from its blocks' counts (:func:`block_counts`)."""
+    keys, counts, actions = [], [], set()
+    for b in blocks:
+        is_item = b["kind"] == "item"
+        keys.append(b["key"][is_item].astype(str))
+        counts.append(b["count"][is_item].astype(np.int64))
+        actions.update(b["key"][~is_item].tolist())
+    uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    total = np.zeros(len(uniq), np.int64)
+    np.add.at(total, inv.ravel(), np.concatenate(counts))
+    return Vocab(min_count=min_count).fit_counts(uniq, total, np.array(sorted(actions)))
 
 
-def bucket_windows(table: pa.Table, vocab: dict, max_len: int, context: int) -> dict[str, np.ndarray]:
-    """Bucket of whole users -> encoder windows: items/actions/gaps (W, max_len) int32 + length (W,)."""
-    vocab_ = Vocab.from_dict(vocab)
+def bucket_windows(table: pa.Table, payload: dict) -> dict[str, np.ndarray]:
+    """Bucket of whole users -> encoder windows as the in-process trainer cuts them: items, actions,
+    gaps (W, max_len) int32 (padded) and length (W,) int32. ``payload``: :func:`partial_payload`."""
+    sg = load_payload(payload)
     lg = from_frame(table.drop_columns(["_bucket"]).to_pandas().sort_values("_in_row", kind="stable"),
                     source="bucket")
-    tok = {"items": vocab_.item_ids(lg.item), "actions": vocab_.action_ids(lg.action),
-           "gaps": gap_buckets(lg.ts, lg.offsets)}
-    starts, lengths, _ = windows(lg.offsets, max_len=max_len, context=context)
-    idx = starts[:, None] + np.arange(max_len)[None, :]  # (W, T)
-    valid = np.arange(max_len)[None, :] < lengths[:, None]
-    idx = np.where(valid, idx, 0)
-    out = {k: np.where(valid, v[idx], 0).astype(np.int32) for k, v in tok.items()}
+    seqs = sg.tokenize(lg)
+    starts, lengths, _ = sg.encoder.windows(seqs)
+    T = sg.encoder.max_len
+    out = {k: v.numpy().astype(np.int32) for k, v in batch_windows(token_arrays(seqs), starts, lengths, T).items()}
+    out = {k: np.pad(v, ((0, 0), (0, T - v.shape[1]))) for k, v in out.items()}  # (W, T): one width for every block
     out["length"] = lengths.astype(np.int32)
     return out
 
 
+def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False):
+    """The training windows of a :func:`batch.read_validated` dataset, materialized; and their number."""
+    extra = {"scheduling_strategy": "SPREAD"} if spread else {}
+    win = ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
+        bucket_windows, fn_args=(partial_payload(sg, encoder=False),), batch_format="pyarrow", num_cpus=0.25, **extra).materialize()
+    return win, win.count()
+
+
 # ---------------------------------------------------------------------------------------------
-# the Ray Train loop: plain PyTorch (model.train_encoder) + shard + checkpoints
+# the Ray Train loop: plain PyTorch (encoder.train_encoder) + shard + checkpoints
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -114,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from ..core.encoder import SeqGuardConfig, SeqGuardEncoder, train_encoder
+    from ...core.encoder import SeqGuardConfig, SeqGuardEncoder, train_encoder
 
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
@@ -151,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
             yield {k: torch.from_numpy(b[k][:, :T].astype(np.int64)).to(device) for k in ("items", "actions", "gaps")}
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
-        report = {**metrics, "worker_nodes": nodes}
+        report = {**metrics, "worker_nodes": nodes, "start_epoch": start_epoch}
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -173,29 +187,31 @@ def _run_dir(model_dir: str | Path, opts: RayTrainOptions) -> tuple[str, Path]:
 
 def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str | Path,
                       opts: RayTrainOptions) -> tuple[list[dict], dict]:
-    """Run TorchTrainer over the windows dataset; load the trained weights into ``sg.model``."""
+    """Run TorchTrainer over the windows dataset; load the trained weights into ``sg.model`` (an
+    initialised model: its config is the one trained).
+
+    Returns the last epoch's loss as a one-entry history, and what the run did: ``start_epoch``
+    (0, or the epoch a resumed run continued at), ``last_epoch``, nodes, timing, checkpoint dir.
+    """
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
 
-    from ..core.encoder import SeqGuardEncoder
-    from .ray_batch import cluster_gpus
-
-    c = sg.config
+    e = sg.encoder
     use_gpu = opts.use_gpu if opts.use_gpu is not None else cluster_gpus() >= opts.num_workers
     storage, run_dir = _run_dir(model_dir, opts)
     if not opts.resume and "://" not in storage and run_dir.exists():
         shutil.rmtree(run_dir)
-    epochs = sg.epochs_for(n_windows)
     per_worker = math.ceil(n_windows / opts.num_workers)
-    config = {"encoder_config": sg._model_config().to_dict(), "seed": c.seed, "lr": c.lr, "batch_size": c.batch_size,
-              "epochs": epochs, "steps_per_epoch": max(1, math.ceil(per_worker / c.batch_size))}
+    config = {"encoder_config": sg.model.config.to_dict(), "seed": e.seed, "lr": e.lr, "batch_size": e.batch_size,
+              "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size))}
     resources = {"CPU": opts.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=opts.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy="SPREAD" if opts.spread else "PACK"),
+        # a run of the same name and storage continues from its last checkpoint (Ray Train V2)
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=storage,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": windows_ds},
@@ -206,86 +222,70 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
         raise RuntimeError(f"Ray Train finished without a checkpoint (run dir {run_dir})")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-    sg.model = SeqGuardEncoder(sg._model_config())
     sg.model.load_state_dict(state["model"])
     m = dict(result.metrics or {})
     info = {"ray_train_s": round(time.perf_counter() - t0, 2), "ray_train_workers": opts.num_workers,
             "ray_train_use_gpu": bool(use_gpu), "worker_nodes": m.get("worker_nodes", []),
-            "checkpoint_run_dir": str(run_dir), "last_epoch": int(state["epoch"])}
-    history = [{"epoch": int(state["epoch"]), "loss": float(m["loss"]) if "loss" in m else None}]
-    return history, info
+            "checkpoint_run_dir": str(run_dir), "start_epoch": int(m.get("start_epoch", 0)),
+            "last_epoch": int(state["epoch"])}
+    e.history_ = [{"epoch": int(state["epoch"]), "loss": float(m["loss"]) if "loss" in m else None}]
+    return e.history_, info
 
 
 # ---------------------------------------------------------------------------------------------
 # fit
 
 
-def _partial_payload(sg: SeqGuard) -> dict:
-    return {"train_config": asdict(sg.config), "vocab": sg.vocab.to_dict(),
-            "encoder_config": sg.model.config.to_dict(),
-            "encoder_state": {k: v.detach().cpu().numpy() for k, v in sg.model.state_dict().items()}}
+def _concat_seqs(parts: list[Seqs]) -> Seqs:
+    """The users of several Seqs, one after another."""
+    lens = np.concatenate([np.diff(s.offsets) for s in parts])
+
+    def cat(f: str) -> np.ndarray:
+        return np.concatenate([getattr(s, f) for s in parts])
+
+    return Seqs(offsets=np.r_[0, np.cumsum(lens)].astype(np.int64), ts=cat("ts"), item=cat("item"),
+                action=cat("action"), value=cat("value"), surprisal=cat("surprisal"), key=cat("item_key"))
 
 
-def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, int, set]:
-    """Driver: concatenate encoded blocks into one compact Seqs + user embeddings (no frames kept)."""
-    parts, embs, n_users, nodes = [], [], 0, set()
+def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set]:
+    """Driver: the encoded blocks as one compact Encoded (no frames kept), and the encoder nodes."""
+    parts, embs, nodes = [], [], set()
     for table in enc_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         if table.num_rows == 0:
             continue
         nodes.update(table.column("_encode_node").unique().to_pylist())
-        lg, enc = encoded_from_table(sg, table)
+        _, enc = encoded_from_table(sg, table)
         parts.append(enc.seqs)
         embs.append(enc.user_emb)
-        n_users += enc.seqs.n_users
     if not parts:
         raise ValueError("no events to train on")
-    lens = np.concatenate([np.diff(s.offsets) for s in parts])
-    seqs = Seqs(np.r_[0, np.cumsum(lens)].astype(np.int64), *(np.concatenate([getattr(s, f) for s in parts])
-                for f in ("ts", "item", "action", "value", "surprisal", "item_key")))
-    return Encoded(seqs, np.concatenate(embs)), n_users, nodes
+    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes
 
 
 def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
         on_bad_rows: str = "error", options: RayTrainOptions | None = None) -> SeqGuard:
     """Train on Ray and save the bundle to ``model_dir``; returns the fitted SeqGuard."""
     import ray
-    import torch
 
     opts = options or RayTrainOptions()
     sg = SeqGuard(config or TrainConfig())
     c = sg.config
     t0 = time.perf_counter()
-    torch.manual_seed(c.seed)
-    ds, units, n_buckets, n_rows = read_validated(events, on_bad_rows=on_bad_rows,
-                                                  events_per_bucket=opts.events_per_bucket)
+    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket)
     sg.vocab = build_vocab(ds, min_count=c.min_item_count)
-    log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items), len(sg.vocab.actions),
+    log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
              time.perf_counter() - t0)
-    extra = {"scheduling_strategy": "SPREAD"} if opts.spread else {}
-    win_ds = ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
-        bucket_windows, fn_args=(sg.vocab.to_dict(), c.max_len, c.context), batch_format="pyarrow",
-        num_cpus=0.25, **extra).materialize()
-    n_windows = win_ds.count()
-    from ..core.encoder import SeqGuardEncoder
-    sg.model = SeqGuardEncoder(sg._model_config())
+    win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread)
+    sg.encoder.init_model(sg.vocab.n_items, sg.vocab.n_actions)
     history, info = train_encoder_ray(sg, win_ds, n_windows, model_dir, opts)
     t_train = time.perf_counter() - t0
     del win_ds
-    payload_ref = ray.put(_partial_payload(sg))
-    enc_ds, _ = encode_dataset(ds, payload_ref, n_buckets,
+    enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread))
-    enc, n_users, enc_nodes = collect_encoded(sg, enc_ds)
-    if n_users < 5:
-        raise ValueError(f"need at least 5 users to train, got {n_users}")
-    sg.stats = ItemStats.fit(enc.seqs, sg.vocab.n_items, seed=c.seed, items=sg.vocab.items)
-    sg.fit_detectors(enc)
-    n_events = int(len(enc.seqs.ts))
-    sg.metrics.update({
-        "train_events": n_events, "train_users": int(n_users), "vocab_items": len(sg.vocab.items),
-        "epochs": info["last_epoch"] + 1, "final_loss": history[-1]["loss"],
-        "encoder_train_s": round(t_train, 2), "fit_s": round(time.perf_counter() - t0, 2),
-        "bad_rows_skipped": int(n_rows - n_events) if units[0].n_rows >= 0 else None,
-        "engine": "ray", "windows": int(n_windows), **info, "encode_nodes": sorted(enc_nodes),
-    })
+    enc, enc_nodes = collect_encoded(sg, enc_ds)
+    sg.fit_detectors(enc, history=history, t_train=t_train, bad_rows=count_rows(units) - len(enc.seqs.ts))
+    sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
+                       "engine": "ray", "windows": int(n_windows),
+                       **info, "encode_nodes": sorted(enc_nodes)})
     sg.save(model_dir)
     return sg

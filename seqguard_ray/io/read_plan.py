@@ -1,0 +1,95 @@
+"""A log read in parallel pieces: read units planned from file metadata, each read and validated on
+its own with the in-process reader and validator, its rows numbered as in the whole log, its
+users assigned to buckets that keep each user's history together (the Ray pipelines' input)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..core.readers import PARQUET_SUFFIXES, parquet_files, read_parquet, read_table
+from ..core.schema import EventsError, from_frame
+
+TEXT_BYTES_PER_EVENT = 40  # a CSV/JSONL event's size, to size buckets before the file is read
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """One read task: a Parquet row group (or a whole CSV/JSONL file) and its first input row."""
+
+    path: str
+    row_group: int  # -1 = the whole file
+    row0: int       # input row number of its first row (files in sorted order, as events.read_table)
+    n_rows: int     # -1 for a text file: known only once it is read
+    root: str = ""  # the events directory, whose Hive partition keys the file's rows carry; "" for a file
+
+
+def plan_reads(path: str | Path) -> list[ReadUnit]:
+    """Read units in input-row order, from file metadata only (no data is read here)."""
+    p = Path(path)
+    if not p.exists():
+        raise EventsError(f"events path does not exist: {p}")
+    if p.is_dir():
+        files, root = parquet_files(p), str(p.resolve())
+    else:
+        files, root = [p], ""
+    units, row0 = [], 0
+    for f in files:
+        if f.suffix in PARQUET_SUFFIXES:
+            try:
+                md = pq.ParquetFile(f).metadata
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise EventsError(f"cannot read events file {f}: {exc}") from exc
+            for g in range(md.num_row_groups):
+                n = md.row_group(g).num_rows
+                if n:  # an empty row group would be an empty log to the validator
+                    units.append(ReadUnit(str(f.resolve()), g, row0, n, root))
+                row0 += n
+        else:
+            # a text file's row count is known only after reading it, so it is one unit (convert
+            # large logs to Parquet for parallel reads)
+            units.append(ReadUnit(str(f.resolve()), -1, row0, -1))
+    if len(units) > 1 and any(u.n_rows < 0 for u in units):
+        raise EventsError(f"{p}: mixing text and Parquet files is not supported")
+    if not units or (units[0].n_rows >= 0 and row0 == 0):
+        raise EventsError(f"{p}: the log holds no events")
+    return units
+
+
+def estimate_rows(units: list[ReadUnit]) -> int:
+    """Input rows: exact for Parquet, estimated from the file size for a text file."""
+    if units[0].n_rows < 0:
+        return max(1, os.path.getsize(units[0].path) // TEXT_BYTES_PER_EVENT)
+    return sum(u.n_rows for u in units)
+
+
+def count_rows(units: list[ReadUnit]) -> int:
+    """Input rows, exactly (a text file is read to count them)."""
+    if units[0].n_rows < 0:
+        return read_table(units[0].path).num_rows
+    return sum(u.n_rows for u in units)
+
+
+def user_bucket(user: np.ndarray, n_buckets: int) -> np.ndarray:
+    """(N,) a stable bucket per normalised user id string (same on every process and node)."""
+    h = pd.util.hash_array(np.asarray(user, dtype=object))
+    return (h % np.uint64(n_buckets)).astype(np.int64)
+
+
+def read_unit(unit: dict, *, n_buckets: int, on_bad_rows: str) -> pa.Table:
+    """Read and validate one unit (a :class:`ReadUnit` as a dict); rows keep their input values
+    plus ``_in_row`` (the row number in the whole log) and ``_bucket``."""
+    path, g, row0 = unit["path"], int(unit["row_group"]), int(unit["row0"])
+    table = read_parquet(path, unit.get("root") or None, g) if g >= 0 else read_table(path)
+    src = path if g < 0 else f"{path} (row group {g}; row numbers below count from input row {row0})"
+    lg = from_frame(table.to_pandas(), on_bad_rows=on_bad_rows, source=src)
+    frame = lg.frame
+    frame["_in_row"] = frame.pop("_row").to_numpy() + row0
+    frame["_bucket"] = user_bucket(lg.user, n_buckets)
+    return pa.Table.from_pandas(frame, preserve_index=False)

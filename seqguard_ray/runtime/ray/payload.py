@@ -1,0 +1,51 @@
+"""The model travels to Ray workers as bytes in the object store, so no node needs the bundle on a
+shared disk: a saved bundle's files, or during training the parts fitted so far."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+
+def bundle_payload(model_dir: str | Path) -> dict[str, bytes]:
+    """A saved bundle's files by name."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        from ...core.bundle import BundleError
+        raise BundleError(f"model bundle directory does not exist: {d}")
+    return {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
+
+
+def partial_payload(sg, *, encoder: bool = True) -> dict:
+    """A SeqGuard in training: its config and vocabulary, and (``encoder``) its encoder if it has one."""
+    out = {"train_config": asdict(sg.config), "vocab": sg.vocab.to_state()}
+    if encoder and sg.model is not None:
+        out["encoder"] = sg.encoder.to_state()
+    return out
+
+
+def load_payload(payload):
+    """The SeqGuard of a :func:`bundle_payload` or a :func:`partial_payload` (or an ObjectRef of one)."""
+    import ray
+
+    if isinstance(payload, ray.ObjectRef):
+        payload = ray.get(payload)
+
+    from ...core.config import TrainConfig
+    from ...core.pipeline import SeqGuard
+
+    if "train_config" not in payload:
+        with tempfile.TemporaryDirectory(prefix="seqguard-bundle-") as tmp:
+            for name, data in payload.items():
+                (Path(tmp) / name).write_bytes(data)
+            return SeqGuard.load(tmp)
+
+    from ...core.encoder import Encoder
+    from ...core.tokens import Vocab
+
+    sg = SeqGuard(TrainConfig(**payload["train_config"]))
+    sg.vocab = Vocab.from_state(*payload["vocab"])
+    if "encoder" in payload:
+        sg.encoder = Encoder.from_state(*payload["encoder"])
+    return sg

@@ -1,0 +1,138 @@
+"""The Ray Data stages of scoring: actor classes that run the in-process engine's stages on blocks
+of whole users (``from_frame``, ``tokenize``, ``encode``, ``detect``, ``repair``, and the output
+writer of io.outputs), and the conversions between blocks and the engine's objects."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from ...core.schema import from_frame
+from ...io.outputs import write_scored
+from .cluster import node_id
+from .payload import load_payload
+
+SUR_COLS = ("_sur_item", "_sur_action", "_sur_gap")
+# helper columns that travel between stages and never reach an output
+HELPER_COLS = ("_in_row", "_bucket", "_n", "_emb", "_encode_node", *SUR_COLS)
+NO_SUMMARY = pa.table({"summary": pa.array([], pa.string())})   # what an empty block returns
+
+
+def encode_bucket(sg, table: pa.Table):
+    """(EventLog, Encoded) of one bucket of whole users; ``lg.frame`` keeps the input columns,
+    ``_in_row`` and ``_row`` (the row in this bucket)."""
+    df = table.to_pandas().drop(columns="_bucket").sort_values("_in_row", kind="stable")
+    lg = from_frame(df, on_bad_rows="error", source="bucket")
+    sg.check_log(lg, once=True)
+    return lg, sg.encode(sg.tokenize(lg))
+
+
+def encoded_from_table(sg, table: pa.Table):
+    """Rebuild (EventLog, Encoded) from an :class:`EncodeStage` block (whole users; any block order);
+    ``lg.frame`` as :func:`restore_input_rows` leaves it."""
+    from ...core.results import Encoded
+
+    emb_col = table.column("_emb")
+    lg = from_frame(table.drop_columns(["_emb"]).to_pandas(), on_bad_rows="error", source="encoded block")
+    n = np.diff(lg.offsets)
+    if not np.array_equal(lg.frame["_n"].to_numpy()[lg.offsets[:-1]], n):
+        raise RuntimeError("a block holds only part of a user's history: Ray Data split a group")
+    seqs = sg.tokenize(lg)
+    seqs.surprisal = np.stack([lg.frame[c].to_numpy(np.float32) for c in SUR_COLS], axis=1)  # (N, 3)
+    first = lg.frame["_row"].to_numpy()[lg.offsets[:-1]]  # block rows of each user's first event
+    H = sg.model.config.hidden_size
+    emb_rows = emb_col.take(pa.array(first)).combine_chunks() if len(first) else pa.array([], pa.list_(pa.float32()))
+    user_emb = np.asarray(emb_rows.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(first), H)
+    restore_input_rows(lg)
+    return lg, Encoded(seqs, user_emb)
+
+
+def restore_input_rows(lg) -> None:
+    """``lg.frame["_row"]`` becomes the input row number and the helper columns go: the frame the
+    engine's users_frame / events_frame / repair expect."""
+    lg.frame["_row"] = lg.frame["_in_row"].to_numpy()
+    lg.frame = lg.frame.drop(columns=[c for c in HELPER_COLS if c in lg.frame.columns])
+
+
+def detect_and_write(sg, lg, enc, out: str, *, encode_nodes: list[str], detect_node: str) -> pa.Table:
+    """Detectors + repair on one block of whole users; writes its parts of OUT; one summary row.
+    ``lg.frame["_row"]`` holds the input row numbers, which name the parts."""
+    from ...core.results import score_result
+
+    result = score_result(lg, sg.detect(enc))
+    part = f"part-{int(result.events['row'].iloc[0]):012d}.parquet"
+    summary = write_scored(sg, result, out, part=part)
+    summary.update(encode_nodes=list(encode_nodes), detect_nodes=[detect_node])
+    return pa.table({"summary": [json.dumps(summary)]})
+
+
+class EncodeStage:
+    """Actor: one bucket of events (whole users) -> the same events, sorted, with encoder outputs.
+
+    Adds ``_sur_item``, ``_sur_action``, ``_sur_gap`` (N,) float32, ``_n`` (the user's event count),
+    ``_emb`` (the user's embedding, (H,) float32, on the user's first event; null elsewhere) and
+    ``_encode_node``.
+    """
+
+    def __init__(self, payload: dict, *, score_batch_size: int | None = None, threads: int | None = None,
+                 pool_size: int = 1):
+        import torch
+
+        # torch threads: as asked, else this node's cores shared by the pool (OMP_NUM_THREADS is 1)
+        torch.set_num_threads(max(1, threads or (os.cpu_count() or 1) // max(1, pool_size)))
+        self.sg = load_payload(payload)
+        if score_batch_size:
+            self.sg.encoder.score_batch_size = score_batch_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.sg.model.to(self.device)
+        self.node_id = node_id()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        lg, enc = encode_bucket(self.sg, table)
+        frame = lg.frame.drop(columns="_row")
+        for j, c in enumerate(SUR_COLS):
+            frame[c] = enc.seqs.surprisal[:, j].astype(np.float32)
+        n = np.diff(lg.offsets)
+        frame["_n"] = np.repeat(n, n)
+        out = pa.Table.from_pandas(frame, preserve_index=False)
+        emb = [None] * len(frame)
+        for u, a in enumerate(lg.offsets[:-1].tolist()):
+            emb[a] = enc.user_emb[u]
+        out = out.append_column("_emb", pa.array(emb, type=pa.list_(pa.float32())))
+        return out.append_column("_encode_node", pa.array([self.node_id] * len(frame), pa.string()))
+
+
+class DetectStage:
+    """Actor: an encoded block -> detectors -> repair -> this block's Parquet parts; returns a summary row."""
+
+    def __init__(self, payload: dict, out: str):
+        self.sg = load_payload(payload)
+        self.out = out
+        self.node_id = node_id()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if table.num_rows == 0:
+            return NO_SUMMARY
+        enc_nodes = sorted(set(table.column("_encode_node").to_pylist()))
+        lg, enc = encoded_from_table(self.sg, table)
+        return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=enc_nodes, detect_node=self.node_id)
+
+
+class ScoreStage(EncodeStage):
+    """Actor (clusters without GPUs): one bucket -> encode -> detect -> repair -> its Parquet parts,
+    in one process: a separate detector pool would share the same cores and cost a table round
+    trip per block."""
+
+    def __init__(self, payload: dict, out: str, **kw):
+        super().__init__(payload, **kw)
+        self.out = out
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if table.num_rows == 0:
+            return NO_SUMMARY
+        lg, enc = encode_bucket(self.sg, table)
+        restore_input_rows(lg)
+        return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=[self.node_id], detect_node=self.node_id)

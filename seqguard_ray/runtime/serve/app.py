@@ -1,0 +1,173 @@
+"""The Ray Serve application's arguments and plan, and its declarative deploy: everything about
+the app but the deployment classes, which live in the top-level ``deployments`` package (named
+here only by Serve import path, never imported).
+
+    deploy(AppArgs(model_dir="model", token_sha256=token_digest(tok)))
+
+or, with Serve's own tooling, ``serve deploy deployments/serve_local.yaml``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .auth import load_token, token_digest
+from .limits import Limits
+
+log = logging.getLogger(__name__)
+
+# The generated gRPC servicer adder that Serve's proxy registers (a Serve config's grpc_servicer_functions).
+SERVICER = "seqguard_ray.proto.seqguard.v1.seqguard_pb2_grpc.add_SeqGuardServicer_to_server"
+# The app builder, as Serve imports it on every node.
+BUILDER = "deployments.app:build_app"
+DEPLOYMENT_NAMES = ("SeqGuardIngress", "Encoder", "DetectorEnsemble", "RepairPolicy")
+
+# Per-stage defaults for one machine; the YAML profiles (and `deployments` below) override them.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "SeqGuardIngress": {"num_replicas": 1},
+    "Encoder": {"autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2,
+                                       "target_ongoing_requests": 2, "upscale_delay_s": 5, "downscale_delay_s": 30,
+                                       "metrics_interval_s": 2, "look_back_period_s": 10}},
+    "DetectorEnsemble": {"autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2,
+                                                "target_ongoing_requests": 2, "upscale_delay_s": 5,
+                                                "downscale_delay_s": 30, "metrics_interval_s": 2,
+                                                "look_back_period_s": 10}},
+    "RepairPolicy": {"num_replicas": 1},
+}
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``deployments.app:build_app`` (also the ``args:`` of a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str                                    # model bundle directory, readable on every node
+    token_sha256: Optional[str] = None                # sha256 hex of the bearer token (token_digest)
+    token_file: Optional[str] = None                  # or a file holding the token (read where the app is built)
+    insecure_no_auth: bool = False                    # serve without auth (only behind something that authenticates)
+    limits: dict[str, int] = Field(default_factory=dict)  # Limits fields
+    timeout_s: Optional[float] = 30.0                 # server-side limit per call -> DEADLINE_EXCEEDED
+    max_batch_size: int = 32                          # most requests the ingress merges into one stage call
+    max_concurrent_batches: int = 2                   # merged batches in the stages at once (per ingress replica)
+    encoder_gpus: Optional[float] = None              # GPUs per Encoder replica; None: 1 if the cluster has GPUs
+    deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-deployment .options() overrides
+
+
+def check_app_args(args: AppArgs | dict) -> AppArgs:
+    """``args`` validated (a dict is parsed): fails where the app is built, not in a replica."""
+    if isinstance(args, dict):
+        args = AppArgs.model_validate(args)
+    unknown = set(args.deployments) - set(DEPLOYMENT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown deployment name(s) {sorted(unknown)}; known: {list(DEPLOYMENT_NAMES)}")
+    Limits.from_dict(args.limits)
+    return args
+
+
+def ingress_kwargs(args: AppArgs) -> dict[str, Any]:
+    """Keyword arguments of the SeqGuardIngress deployment; the token is read here, at build time."""
+    digest = args.token_sha256
+    if digest is None and not args.insecure_no_auth:
+        token = load_token(args.token_file)
+        if token is None:
+            raise ValueError("no auth token: set SEQGUARD_TOKEN, token_file or token_sha256 "
+                             "(or insecure_no_auth: true behind an authenticating proxy)")
+        digest = token_digest(token)
+    if args.insecure_no_auth:
+        digest = None
+        log.warning("serving WITHOUT auth: anyone who can reach the gRPC port can call it")
+    return {"token_sha256": digest, "limits": args.limits, "timeout_s": args.timeout_s,
+            "max_batch_size": args.max_batch_size, "max_concurrent_batches": args.max_concurrent_batches}
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    try:
+        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    except Exception:  # noqa: BLE001 - no cluster to ask: plan for CPU
+        return False
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    if "num_replicas" in over and "autoscaling_config" not in over:
+        out.pop("autoscaling_config", None)
+    if "autoscaling_config" in over and "num_replicas" not in over:
+        out.pop("num_replicas", None)
+    return out
+
+
+def deployment_options(args: AppArgs) -> dict[str, dict[str, Any]]:
+    """Each deployment's ``.options()``: defaults <- Encoder GPUs <- ``args.deployments``; every
+    stage gets ``user_config = {"model_dir": ...}`` so a new bundle rolls out in place."""
+    gpus = args.encoder_gpus if args.encoder_gpus is not None else (1.0 if _cluster_has_gpus() else 0.0)
+    user_config = {"model_dir": os.path.abspath(args.model_dir)}
+    extra = {"Encoder": {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}}} if gpus else {}
+    out = {}
+    for name in DEPLOYMENT_NAMES:
+        o = _merge(_merge(_DEFAULTS[name], extra.get(name, {})), args.deployments.get(name, {}))
+        o.setdefault("logging_config", {"enable_access_log": False})  # per-request log lines cost CPU
+        out[name] = {**o, "user_config": user_config, "max_surge_percent": 100}
+    return out
+
+
+def serve_options(deployments: list[dict]) -> dict[str, dict]:
+    """A Serve config file's ``deployments:`` list as ``AppArgs.deployments`` overrides."""
+    out = {}
+    for d in deployments or []:
+        d = dict(d)
+        name = d.pop("name")
+        out[name] = d
+    return out
+
+
+def deploy(args: AppArgs, *, name: str = "seqguard", route_prefix: str = "/seqguard", blocking: bool = True,
+           timeout_s: float = 300.0) -> None:
+    """Deploy (or update) the app declaratively, as ``serve deploy`` does, on a started Serve.
+    Like ``serve deploy``, this replaces the cluster's set of declaratively deployed apps.
+
+    Unlike ``serve.run(build_app(...))``, a later call that changes only ``model_dir`` is a
+    lightweight update: replicas load the new bundle in place (``reconfigure``), no restart.
+    """
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    client = serve_start()
+    before = _last_deployed(name)
+    app = ServeApplicationSchema(name=name, route_prefix=route_prefix, import_path=BUILDER, args=args.model_dump())
+    client.deploy_apps(ServeDeploySchema(applications=[app]), _blocking=False)
+    if blocking:
+        _wait_running(name, timeout_s, before)
+
+
+def _last_deployed(name: str) -> float | None:
+    from ray import serve
+
+    st = serve.status().applications.get(name)
+    return st.last_deployed_time_s if st else None
+
+
+def _wait_running(name: str, timeout_s: float, before: float | None) -> None:
+    """Wait until the app is RUNNING with the config applied after ``before`` (its previous
+    ``last_deployed_time_s``), not still with the old one (Serve's own wait stops at 60 s)."""
+    from ray import serve
+
+    t0 = time.time()
+    while True:
+        st = serve.status().applications.get(name)
+        fresh = st is not None and st.last_deployed_time_s != before
+        status = str(st.status) if fresh else ""
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED"):
+            raise RuntimeError(f"Serve application {name!r} failed to deploy: {st.message}")
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"Serve application {name!r} is not running after {timeout_s:.0f}s (status {status})")
+        time.sleep(0.5)

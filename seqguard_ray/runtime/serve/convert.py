@@ -1,0 +1,228 @@
+"""Protobuf <-> domain conversion: protobuf types stop here.
+
+Server side: requests are validated and parsed into :class:`SeqBatch` columns (errors name the
+field and the bad value), stage results become response messages. Client side: frames and
+event dicts become request messages, ids printed as the batch path prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...core.validate import (
+    DEFAULT_ACTION,
+    action_checks,
+    first_failure,
+    id_checks,
+    shown,
+    to_seconds,
+    ts_checks,
+    value_checks,
+)
+from ...proto.seqguard.v1 import seqguard_pb2 as pb
+from .batches import RepairedBatch, ScoredBatch, SeqBatch
+from .errors import InvalidArgument, ResourceExhausted
+from .limits import Limits
+from .stages import ModelInfo
+
+
+# --------------------------------------------------------------------------- proto -> domain
+def parse_score_request(req: pb.ScoreRequest, limits: Limits, where: str = "") -> SeqBatch:
+    """Validate one ScoreRequest with the batch path's checks (:mod:`seqguard_ray.core.validate`);
+    errors name the field (``events[3].item_id``) and the bad value."""
+    evs = req.events
+    n = len(evs)
+
+    def fail(path: str, reason: str, v: object) -> None:
+        raise InvalidArgument(f"{where}{path}{reason}" + ("" if isinstance(v, str) and not v else f": got {shown(v)}"))
+
+    bad = first_failure(id_checks("user_id", np.array([req.user_id], dtype=object)))
+    if bad:
+        fail("", bad[1], req.user_id)
+    if n == 0:
+        raise InvalidArgument(f"{where}events is empty: send at least one event")
+    if n > limits.max_events_per_sequence:
+        raise InvalidArgument(f"{where}events has {n} events, over the limit of {limits.max_events_per_sequence} per sequence")
+    item = np.array([e.item_id for e in evs], dtype=object)
+    ts_raw = np.fromiter((e.ts for e in evs), dtype=np.int64, count=n)
+    action = np.array([e.action or DEFAULT_ACTION for e in evs], dtype=object)
+    value = np.fromiter((e.value if e.HasField("value") else np.nan for e in evs), dtype=np.float64, count=n)
+    # the batch path's unit rule, applied per sequence (milliseconds when most values are above 1e11)
+    ts, other_unit = to_seconds(ts_raw)
+    # proto3 sends an unset ts as 0
+    unset = [(ts_raw == 0, "ts is missing (0): send Unix time in seconds or milliseconds")]
+    for raw, checks in ((item, id_checks("item_id", item)), (ts_raw, unset + ts_checks(ts, other_unit)),
+                        (value, value_checks(value)), (action, action_checks(action))):
+        bad = first_failure(checks)
+        if bad:
+            fail(f"events[{bad[0]}].", bad[1], raw[bad[0]])
+    return SeqBatch([req.user_id], np.array([0, n], np.int64), item, ts, action, value)
+
+
+def parse_batch_request(req: pb.ScoreBatchRequest, limits: Limits) -> SeqBatch:
+    n = len(req.requests)
+    if n == 0:
+        raise InvalidArgument("requests is empty: send at least one ScoreRequest")
+    if n > limits.max_sequences_per_batch:
+        raise InvalidArgument(f"requests has {n} sequences, over the limit of {limits.max_sequences_per_batch} per batch")
+    return SeqBatch.concat([parse_score_request(r, limits, f"requests[{i}].") for i, r in enumerate(req.requests)])[0]
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Handed to the service in place of a request whose bytes are not the expected message."""
+
+    message_type: str
+    reason: str
+
+
+def lenient_deserializer(message_cls) -> Callable[[bytes], Any]:
+    """``message_cls.FromString``, but bytes that do not parse become an :class:`UndecodableRequest`
+    (answered INVALID_ARGUMENT) instead of an exception inside grpc (answered UNKNOWN)."""
+    from google.protobuf.message import DecodeError
+
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return UndecodableRequest(message_cls.DESCRIPTOR.full_name, str(exc).split(": ")[-1])
+    return parse
+
+
+def check_size(req, limits: Limits) -> None:
+    size = req.ByteSize()
+    if size > limits.max_message_bytes:
+        raise ResourceExhausted(f"request is {size} bytes, over the limit of {limits.max_message_bytes}")
+
+
+# --------------------------------------------------------------------------- domain -> proto
+def score_responses(batch: SeqBatch, sb: ScoredBatch) -> list[pb.ScoreResponse]:
+    """One ScoreResponse per sequence; per-event fields in the order the events were sent."""
+    inv = sb.input_order()
+    ev_score = sb.event_score[inv].astype(np.float64).tolist()
+    ev_anom = sb.event_anomalous[inv].astype(bool).tolist()
+    off = batch.offsets.tolist()
+    out = []
+    for r in range(batch.n_seqs):
+        a, b = off[r], off[r + 1]
+        out.append(pb.ScoreResponse(
+            user_id=batch.user_ids[r], score=float(sb.score[r]), anomalous=bool(sb.anomalous[r]),
+            anomaly_type=str(sb.anomaly_type[r]), event_scores=ev_score[a:b], reasons=[str(x) for x in sb.reasons[r]],
+            event_anomalous=ev_anom[a:b], model_version=sb.model_version, threshold=sb.threshold,
+            detector_scores=dict(zip(sb.detector_names, sb.detector_scores[r].astype(float).tolist())),
+        ))
+    return out
+
+
+def repair_response(req: pb.ScoreRequest, batch: SeqBatch, rb: RepairedBatch) -> pb.RepairResponse:
+    """The repair of one sequence: survivors (in sent order) with weights, and every event's action."""
+    inv = rb.scored.input_order()
+    keep = rb.keep[inv]
+    weight = rb.weight[inv]
+    actions = rb.event_action[inv]
+    kept_idx = np.flatnonzero(keep).tolist()
+    return pb.RepairResponse(
+        score=score_responses(batch, rb.scored)[0],
+        events=[req.events[i] for i in kept_idx], weights=weight[kept_idx].astype(float).tolist(),
+        actions=[str(a) for a in actions], user_action=str(rb.user_action[0]), kept=keep.astype(bool).tolist(),
+    )
+
+
+def score_batch_response(batch: SeqBatch, sb: ScoredBatch) -> pb.ScoreBatchResponse:
+    return pb.ScoreBatchResponse(responses=score_responses(batch, sb))
+
+
+def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse:
+    from ... import __version__
+    from ...core.repair import ANOMALY_TYPES
+
+    return pb.ModelInfoResponse(
+        model_version=info.model_version, format_version=info.format_version, threshold=info.threshold,
+        target_fpr=info.target_fpr, server_version=__version__,
+        max_events_per_sequence=limits.max_events_per_sequence, max_sequences_per_batch=limits.max_sequences_per_batch,
+        max_message_bytes=limits.max_message_bytes, anomaly_types=list(ANOMALY_TYPES),
+        repair_actions=[f"{t}={a}" for t, a in info.repair_actions.items()],
+    )
+
+
+_EMPTY = {"Score": pb.ScoreResponse, "ScoreBatch": pb.ScoreBatchResponse, "Repair": pb.RepairResponse,
+          "ModelInfo": pb.ModelInfoResponse}
+
+
+def empty_response(rpc: str) -> Any:
+    """The empty response message of ``rpc``, sent along with a non-OK status."""
+    return _EMPTY[rpc]()
+
+
+# --------------------------------------------------------------------------- frames -> proto (clients)
+def _is_null(v) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and np.isnan(v))
+
+
+def _id_text(v) -> str:
+    """An id as the batch path prints it: integers (and integral floats) without decimals."""
+    if _is_null(v):
+        raise ValueError("is null")
+    if isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"ids must be integers or strings, not bool ({v!r})")
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return str(v)
+
+
+def _ts_int(v) -> int:
+    import pandas as pd
+
+    if _is_null(v) or v is pd.NaT:
+        raise ValueError("is null")
+    if isinstance(v, (pd.Timestamp, np.datetime64)):
+        return int(pd.Timestamp(v).value // 1_000_000)  # milliseconds
+    return int(v)
+
+
+def events_to_proto(records: Iterable[dict]) -> list[pb.Event]:
+    """Events from dicts with item_id, ts and optional action, value (None/NaN = unset).
+
+    Raises ValueError naming the event and field (``events[3].ts``) for a value that cannot be sent.
+    """
+    out = []
+    for i, r in enumerate(records):
+        name = "item_id"
+        try:
+            ev = pb.Event(item_id=_id_text(r["item_id"]))
+            name = "ts"
+            ev.ts = _ts_int(r["ts"])
+            name = "action"
+            if not _is_null(r.get("action")):
+                ev.action = str(r["action"])
+            name = "value"
+            if not _is_null(r.get("value")):
+                ev.value = float(r["value"])
+        except KeyError:
+            raise ValueError(f"events[{i}] has no {name}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"events[{i}].{name} = {r.get(name)!r} cannot be sent: {exc}") from None
+        out.append(ev)
+    return out
+
+
+def requests_from_frame(df) -> list[pb.ScoreRequest]:
+    """One ScoreRequest per user of a frame with user_id, item_id, ts[, action, value], in first-seen order."""
+    missing = [c for c in ("user_id", "item_id", "ts") if c not in df.columns]
+    if missing:
+        raise ValueError(f"events need columns user_id, item_id, ts; missing {missing}")
+    cols = [c for c in ("item_id", "ts", "action", "value") if c in df.columns]
+    reqs = []
+    for uid, g in df.groupby("user_id", sort=False, dropna=False):
+        try:
+            user_id = _id_text(uid)
+        except ValueError as exc:
+            raise ValueError(f"user_id {exc} in {len(g)} row(s)") from None
+        reqs.append(pb.ScoreRequest(user_id=user_id, events=events_to_proto(g[cols].to_dict("records"))))
+    return reqs

@@ -1,0 +1,180 @@
+"""The SeqGuard rpcs over a backend that runs the stages, for every front end.
+
+:class:`ScoringService` does what does not depend on the transport: auth, limits, conversion,
+status codes, request counting. A :class:`Backend` runs the stages: :class:`StagedBackend` over any
+:class:`~seqguard_ray.runtime.serve.stages.StageCalls` (the Ray Serve ingress gives it deployment
+handles), :class:`InProcessBackend` in this process (the plain grpc.aio server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from .auth import Authenticator
+from .batches import RepairedBatch, ScoredBatch, SeqBatch
+from .batching import ContinuousBatcher
+from .convert import (
+    UndecodableRequest,
+    check_size,
+    empty_response,
+    model_info_response,
+    parse_batch_request,
+    parse_score_request,
+    repair_response,
+    score_batch_response,
+    score_responses,
+)
+from .errors import InvalidArgument, Unavailable, status_for
+from .limits import Limits
+from .metrics import NullMetrics, ServingMetrics
+from .stages import ModelInfo, StageCalls, load_engine, local_stage_calls, run_stages
+
+
+class Backend(Protocol):
+    """How a front end runs the stages: in process, or through Ray Serve deployment handles."""
+
+    async def score(self, batch: SeqBatch) -> ScoredBatch: ...
+
+    async def repair(self, batch: SeqBatch) -> RepairedBatch: ...
+
+    async def model_info(self) -> ModelInfo: ...
+
+
+class StagedBackend:
+    """A :class:`Backend` over ``calls``: concurrent requests are merged by a
+    :class:`ContinuousBatcher` (unless ``batching`` is off) and each merged batch goes through
+    :func:`run_stages`. ``info`` describes the bundle served; its owner sets it once one is loaded.
+    """
+
+    def __init__(self, calls: StageCalls, *, info: ModelInfo | None = None, batching: bool = True,
+                 max_batch: int = 64, concurrency: int = 1, metrics: ServingMetrics | None = None):
+        self.calls = calls
+        self.info = info
+        self.batching = batching
+        self.metrics = metrics or NullMetrics()
+        self._batcher = ContinuousBatcher(self._run, max_batch=max_batch, concurrency=concurrency,
+                                          on_batch=self.metrics.batched)
+
+    async def _run(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
+        return await run_stages(self.calls, batch, repair, self.metrics)
+
+    async def _submit(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
+        return await (self._batcher.submit(batch, repair) if self.batching else self._run(batch, repair))
+
+    async def score(self, batch: SeqBatch) -> ScoredBatch:
+        return await self._submit(batch, False)
+
+    async def repair(self, batch: SeqBatch) -> RepairedBatch:
+        return await self._submit(batch, True)
+
+    async def model_info(self) -> ModelInfo:
+        if self.info is None:
+            raise Unavailable("no model is loaded yet: retry shortly")
+        return self.info
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, once the batcher's workers have stopped."""
+        await self._batcher.aclose()
+        self.close()
+
+
+class InProcessBackend(StagedBackend):
+    """Runs the three stages in this process, on one worker thread (the engine is not shared
+    between threads). With ``batching``, requests that arrive while a batch runs are merged into
+    the next engine call (up to ``max_batch`` requests). ``sg=None``: no model yet (UNAVAILABLE).
+    """
+
+    def __init__(self, sg=None, *, model_dir: str = "", batching: bool = True, max_batch: int = 64,
+                 metrics: ServingMetrics | None = None):
+        self.sg = sg
+        self.model_dir = str(model_dir)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqguard-engine")
+        super().__init__(local_stage_calls(self._engine, self._pool, self.model_dir), batching=batching,
+                         max_batch=max_batch, metrics=metrics)
+
+    @classmethod
+    def from_dir(cls, model_dir: str, *, torch_threads: int | None = 1, **kw) -> InProcessBackend:
+        return cls(load_engine(model_dir, torch_threads=torch_threads), model_dir=model_dir, **kw)
+
+    def _engine(self):
+        if self.sg is None:
+            raise Unavailable("no model is loaded yet: retry shortly")
+        return self.sg
+
+    async def _submit(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
+        self._engine()  # fail before queueing
+        return await super()._submit(batch, repair)
+
+    async def model_info(self) -> ModelInfo:
+        if self.info is None:
+            self._engine()
+            self.info = ModelInfo.from_dir(self.model_dir)
+        return self.info
+
+    def close(self) -> None:
+        super().close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Reply:
+    """A response message, or the status to send instead (then ``message`` is an empty one)."""
+
+    message: Any
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    details: str = ""
+
+
+@dataclass
+class ScoringService:
+    """The SeqGuard rpcs over a :class:`Backend`: auth, limits, conversion, status codes, and
+    one ``metrics.request`` per answered call."""
+
+    backend: Backend
+    auth: Authenticator
+    limits: Limits = field(default_factory=Limits)
+    timeout_s: float | None = None   # server-side limit on one call (None: no limit)
+    metrics: ServingMetrics = field(default_factory=NullMetrics)
+
+    async def call(self, rpc: str, request, metadata: Iterable[tuple[str, Any]] | None) -> Reply:
+        reply = await self._reply(rpc, request, metadata)
+        self.metrics.request(rpc, reply.code.name)
+        return reply
+
+    async def _reply(self, rpc: str, request, metadata: Iterable[tuple[str, Any]] | None) -> Reply:
+        try:
+            self.auth.check(metadata)
+            if isinstance(request, UndecodableRequest):
+                raise InvalidArgument(f"the request is not a valid {request.message_type} message ({request.reason})")
+            check_size(request, self.limits)
+            work = self._run(rpc, request)
+            msg = await (asyncio.wait_for(work, self.timeout_s) if self.timeout_s else work)
+            return Reply(msg)
+        except BaseException as exc:  # noqa: BLE001 - every error becomes a status, never a trace
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            code, details = status_for(exc)
+            return Reply(empty_response(rpc), code, details)
+
+    async def _run(self, rpc: str, request) -> Any:
+        if rpc == "Score":
+            batch = parse_score_request(request, self.limits)
+            return score_responses(batch, await self.backend.score(batch))[0]
+        if rpc == "ScoreBatch":
+            batch = parse_batch_request(request, self.limits)
+            return score_batch_response(batch, await self.backend.score(batch))
+        if rpc == "Repair":
+            batch = parse_score_request(request, self.limits)
+            return repair_response(request, batch, await self.backend.repair(batch))
+        if rpc == "ModelInfo":
+            return model_info_response(await self.backend.model_info(), self.limits)
+        raise InvalidArgument(f"unknown method {rpc}")

@@ -1,0 +1,201 @@
+"""The three serving stages (encode, detect, repair), their one sequencing, and the models a
+serving process holds.
+
+Each stage is one function over core objects; the in-process server and the Ray Serve
+deployments call the same functions, and :func:`run_stages` is the one place that chains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from .batches import EncodedBatch, RepairedBatch, ScoredBatch, SeqBatch
+from .errors import Unavailable
+from .metrics import NullMetrics, ServingMetrics
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- stage functions
+def encode_stage(sg, batch: SeqBatch, model_dir: str = "") -> EncodedBatch:
+    """Tokenize and encode (the Encoder deployment's work). ``sg`` is a loaded SeqGuard."""
+    log_ = batch.to_log()
+    sg.check_log(log_, once=True)
+    enc = sg.encode(sg.tokenize(log_))
+    return EncodedBatch(enc, log_.frame["_row"].to_numpy(), getattr(sg, "model_version", ""),
+                        getattr(sg, "model_dir", model_dir))
+
+
+def detect_stage(sg, eb: EncodedBatch) -> ScoredBatch:
+    """Score with the calibrated ensemble (the DetectorEnsemble deployment's work)."""
+    from ...core.detectors import DETECTORS
+
+    s = sg.detect(eb.encoded)
+    return ScoredBatch(eb.encoded.seqs.offsets, eb.order, s.score, s.anomalous, s.anomaly_type, s.reasons,
+                       s.event_score, s.event_anomalous, s.detector_scores, s.length_doubt, tuple(DETECTORS),
+                       float(sg.user_detectors.threshold_), eb.model_version, eb.model_dir)
+
+
+def repair_stage(policy, sb: ScoredBatch) -> RepairedBatch:
+    """Apply the repair policy (the RepairPolicy deployment's work)."""
+    keep, weight, ev_action, user_action = policy.decide(sb.offsets, sb)
+    return RepairedBatch(sb, keep, weight, ev_action, user_action)
+
+
+# --------------------------------------------------------------------------- sequencing
+@dataclass(frozen=True)
+class StageCalls:
+    """How a front end calls the three stages.
+
+    Each call takes the previous stage's output as that stage returned it (the value, or an
+    awaitable of it) and returns an awaitable of its own. With Ray Serve these are deployment
+    handle calls: a ``DeploymentResponse`` handed on unresolved sends the data from replica to
+    replica, not through the ingress.
+    """
+
+    encode: Callable[[SeqBatch], Awaitable[EncodedBatch]]
+    detect: Callable[[Any], Awaitable[ScoredBatch]]
+    repair: Callable[[Any], Awaitable[RepairedBatch]]
+
+
+async def run_stages(calls: StageCalls, batch: SeqBatch, repair: bool,
+                     metrics: ServingMetrics | None = None) -> ScoredBatch | RepairedBatch:
+    """Encode -> detect [-> repair] one batch and count what came out; a RepairedBatch when ``repair``."""
+    metrics = metrics or NullMetrics()
+    scored = calls.detect(calls.encode(batch))
+    if not repair:
+        sb = await scored
+        metrics.scored(sb.score, sb.anomalous, sb.anomaly_type)
+        return sb
+    rb = await calls.repair(scored)
+    metrics.scored(rb.scored.score, rb.scored.anomalous, rb.scored.anomaly_type)
+    metrics.repaired(rb.user_action)
+    return rb
+
+
+def local_stage_calls(engine: Callable[[], Any], pool: Executor, model_dir: str = "") -> StageCalls:
+    """StageCalls that run each stage in this process on ``pool``. ``engine()`` returns the loaded
+    SeqGuard (or raises :class:`Unavailable`); it is not thread-safe, so give ``pool`` one thread."""
+
+    async def hop(fn: Callable[[Any], Any], upstream: Any) -> Any:
+        x = await upstream if inspect.isawaitable(upstream) else upstream
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, x)
+
+    return StageCalls(encode=lambda b: hop(lambda x: encode_stage(engine(), x, model_dir), b),
+                      detect=lambda e: hop(lambda x: detect_stage(engine(), x), e),
+                      repair=lambda s: hop(lambda x: repair_stage(engine().policy, x), s))
+
+
+# --------------------------------------------------------------------------- models in a replica
+class ModelStore:
+    """The bundle a stage serves, plus recently replaced ones, keyed by model version.
+
+    During a rollout, upstream stages may still send work encoded with the previous bundle: a
+    stage looks the version up here (loading it from ``model_dir`` if needed), so stages never mix
+    two bundles in one request.
+    """
+
+    def __init__(self, loader: Callable[[str], Any], *, keep: int = 2):
+        self._loader = loader
+        self._keep = keep
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._current: str | None = None
+        self._lock = threading.Lock()
+
+    def load(self, model_dir: str) -> Any:
+        """Load ``model_dir`` and make it current (blocking; run it off the event loop)."""
+        with self._lock:
+            m = self._loader(str(model_dir))
+            self._put(m)
+            self._current = m.model_version
+            log.info("serving model %s from %s", m.model_version, model_dir)
+            return m
+
+    def _put(self, m) -> None:
+        self._models[m.model_version] = m
+        self._models.move_to_end(m.model_version)
+        for old in [v for v in self._models if v not in (m.model_version, self._current)]:
+            if len(self._models) <= self._keep:
+                break
+            del self._models[old]
+
+    @property
+    def current(self) -> Any:
+        if self._current is None:
+            raise Unavailable("no model is loaded yet: retry shortly")
+        return self._models[self._current]
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def get(self, version: str, model_dir: str) -> Any:
+        m = self._models.get(version)
+        if m is not None:
+            return m
+        with self._lock:
+            m = self._models.get(version)
+            if m is None:
+                m = self._loader(str(model_dir))
+                if m.model_version != version:
+                    raise Unavailable(f"model {version} is no longer available (bundle {model_dir} now holds {m.model_version}): retry")
+                self._put(m)
+            return m
+
+
+@dataclass
+class PolicyModel:
+    """What the repair stage needs from a bundle: only its policy (no weights are loaded)."""
+
+    policy: Any
+    model_version: str
+
+
+def load_policy(model_dir: str) -> PolicyModel:
+    from ...core.bundle import read_manifest
+    from ...core.repair import RepairPolicy
+
+    m = read_manifest(model_dir)
+    return PolicyModel(RepairPolicy(**m["repair_policy"]), m["model_version"])
+
+
+def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int | None = None):
+    """A SeqGuard from a bundle for a serving process (encoder on ``device``, few torch threads)."""
+    import torch
+
+    from ...core.pipeline import SeqGuard
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    sg = SeqGuard.load(model_dir)
+    if device and device != "cpu":
+        sg.model.to(device)
+    sg.model_dir = str(model_dir)
+    return sg
+
+
+@dataclass
+class ModelInfo:
+    """ModelInfo fields that come from the bundle."""
+
+    model_version: str
+    format_version: str
+    threshold: float
+    target_fpr: float
+    repair_actions: dict[str, str]
+
+    @classmethod
+    def from_dir(cls, model_dir: str) -> ModelInfo:
+        from ...core.bundle import read_manifest
+
+        m = read_manifest(model_dir)
+        return cls(m["model_version"], str(m["format_version"]), float(m["detectors"]["threshold"]),
+                   float(m["detectors"]["target_fpr"]), dict(m["repair_policy"]["actions"]))
