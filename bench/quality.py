@@ -13,6 +13,7 @@ log without attackers sees (the calibration check).
     python bench/quality.py --data movielens --holdout --json quality.json
     python bench/quality.py --data both --train clean
     python bench/quality.py --data both --all-types
+    python bench/quality.py --campaigns --data gen --settings small_group_5,bandwagon_50_week  # bench/campaign_sweep.py
 """
 
 from __future__ import annotations
@@ -282,7 +283,20 @@ def main() -> None:
     ap.add_argument("--train", choices=("poisoned", "clean"), default="poisoned",
                     help="train on the poisoned log (default) or on the same log before the attacks")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--campaigns", action="store_true",
+                    help="run the campaign sweep instead (bench/campaign_sweep.py): every named campaign setting")
+    ap.add_argument("--settings", help="with --campaigns: a comma-separated subset of the settings")
+    ap.add_argument("--fresh", action="store_true", help="with --campaigns: retrain the cached model bundles")
     args = ap.parse_args()
+    if args.campaigns:
+        import logging
+
+        from campaign_sweep import run as run_campaigns
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("campaign_sweep").setLevel(logging.INFO)
+        run_campaigns(args.data, settings=args.settings, users=args.users, seed=args.seed, json_path=args.json,
+                      fresh=args.fresh)
+        return
     datasets = ("gen", "movielens") if args.data == "both" else (args.data,)
     results = []
     for data in datasets:
