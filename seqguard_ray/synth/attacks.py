@@ -361,11 +361,19 @@ class Injector:
             raise AssertionError(kind)
         self.targets.update(int(t) for t in targets)
 
-        # interactions in random order; fillers follow the log's funnel, targets get every action
+        self.add_profile(u, parts, targets, target_kind, len(st.actions), st.t_min, st.t_max)
+
+    def add_profile(self, u: int, parts: list[tuple[np.ndarray, str]], targets: np.ndarray, target_kind: str,
+                    target_depth: int, lo: float, hi: float) -> None:
+        """One fake profile's events: ``parts`` (items, value kind) in random order following the
+        log's funnel, then ``targets`` at ``target_depth`` actions with ``target_kind`` values;
+        times spread over [lo, hi]."""
+        st, rng = self.st, self.rng
         inter = np.concatenate([p[0] for p in parts] + [targets]).astype(np.int64)
-        kinds_i = np.concatenate([np.full(len(p[0]), p[1]) for p in parts] + [np.full(len(targets), target_kind)])
+        kinds_i = np.concatenate([np.full(len(p[0]), p[1], dtype=object) for p in parts]
+                                 + [np.full(len(targets), target_kind, dtype=object)])
         depth = st.depth(rng, len(inter))
-        depth[len(inter) - len(targets):] = len(st.actions)
+        depth[len(inter) - len(targets):] = target_depth
         order = rng.permutation(len(inter))
         items, act = expand_funnel(inter[order], depth[order])
         kinds = np.repeat(kinds_i[order], depth[order])
@@ -373,4 +381,4 @@ class Injector:
         for kd in np.unique(kinds):
             m = kinds == kd
             value[m] = st.values(rng, str(kd), items[m], act[m])
-        self._add(u, items, act, st.timeline(rng, len(items), st.t_min, st.t_max), value)
+        self._add(u, items, act, st.timeline(rng, len(items), lo, hi), value)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .assemble import assemble
 from .attacks import Injector
-from .logstats import LogStats, expand_funnel, normalize_log
+from .logstats import LogStats, normalize_log
 from .mix import LabeledEvents
 
 CAMPAIGN = "campaign"  # user_type of every campaign member
@@ -308,17 +308,5 @@ def _add_profile(inj: Injector, u: int, parts: list[tuple[np.ndarray, str]], tar
                  lo: int, hi: int) -> None:
     """Events of one account: other items follow the log's funnel; pushed targets get every action
     at the top value, nuked ones the weakest action at the bottom value; times in [lo, hi]."""
-    st, rng = inj.st, inj.rng
-    inter = np.concatenate([p[0] for p in parts] + [targets]).astype(np.int64)
-    kinds_i = np.concatenate([np.full(len(p[0]), p[1], dtype=object) for p in parts]
-                             + [np.full(len(targets), "high" if goal == "push" else "low", dtype=object)])
-    depth = st.depth(rng, len(inter))
-    depth[len(inter) - len(targets):] = len(st.actions) if goal == "push" else 1
-    order = rng.permutation(len(inter))
-    items, act = expand_funnel(inter[order], depth[order])
-    kinds = np.repeat(kinds_i[order], depth[order])
-    value = np.empty(len(items))
-    for kd in np.unique(kinds):
-        m = kinds == kd
-        value[m] = st.values(rng, str(kd), items[m], act[m])
-    inj._add(u, items, act, st.timeline(rng, len(items), lo, hi), value)
+    push = goal == "push"
+    inj.add_profile(u, parts, targets, "high" if push else "low", len(inj.st.actions) if push else 1, lo, hi)
