@@ -26,8 +26,11 @@ def score_events(n_users: int = 12, seed: int = 7) -> pd.DataFrame:
     """Demo events (integer item ids, some attacked users) to score."""
     from seqguard_ray.synth import generate
 
-    ev = generate(n_users=40, seed=seed).events
-    users = ev["user_id"].drop_duplicates().to_numpy()[:n_users]
+    data = generate(n_users=40, seed=seed)
+    ev = data.events
+    attacked = set(data.user_type.index[data.user_type.isin(["bot", "replay", "click_farm", "takeover"])])
+    order = ev["user_id"].drop_duplicates()
+    users = [*order[order.isin(attacked)][: n_users // 3], *order[~order.isin(attacked)]][:n_users]
     return ev[ev["user_id"].isin(users)][["user_id", "item_id", "ts", "action", "value"]].reset_index(drop=True)
 
 

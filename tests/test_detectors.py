@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from seqguard_ray.core.calibration import Calibrator, combine
+from seqguard_ray.core.calibration import BUDGET, Calibrator, combine
 from seqguard_ray.core.detectors import DETECTORS, knn_distance
 from seqguard_ray.core.ensemble import UserDetectors, decisive
 from seqguard_ray.core.event_detector import EventDetector, ResidualCheck
@@ -29,32 +29,35 @@ def test_user_detectors_find_planted_outliers_and_respect_fpr():
     outliers = rng.normal(size=(40, 6)) + np.array([5, 0, 0, -5, 0, 0])
     X = np.vstack([normal, outliers])  # a poisoned training set
     det = UserDetectors(target_fpr=0.01, seed=0).fit(X)
-    assert det.n_trimmed_ >= 30  # the planted group is left out of the reference
+    assert det.n_trimmed_ >= 30  # the planted group is left out of the calibration
     test_normal = rng.normal(size=(2000, 6))
     s_norm, per = det.score(test_normal)
     s_out, _ = det.score(outliers + 0.1)
     assert per.shape == (2000, len(DETECTORS))
     assert ((s_norm >= 0) & (s_norm <= 1)).all()
-    # Known trade-off: leaving the top trim_share out of the references (robustness to poisoned
-    # logs) costs calibration on a clean population: the FPR lands near target + trim_share.
+    # new normal users are flagged within 2x the budget (1.5% measured; it was about
+    # target_fpr + trim_share when the threshold was the trimmed calibration's own)
     fpr = (s_norm >= det.threshold_).mean()
-    assert fpr <= det.target_fpr + det.trim_share + 0.01
+    assert fpr <= 2 * det.target_fpr
     assert (s_out >= det.threshold_).mean() > 0.9
     y = np.r_[np.zeros(2000), np.ones(40)]
     assert roc_auc_score(y, np.r_[s_norm, s_out]) > 0.99
 
 
-def test_trim_share_is_the_clean_log_knob():
-    # on a clean population a trim costs about trim_share extra false positives;
-    # trim_share=0 (a log known to be clean) brings the flagged share back near target_fpr
+def test_trim_share_costs_a_clean_log_less_than_its_share():
+    """The trim makes the references robust; the threshold is the null of every training user, so
+    a trim of 5% no longer adds 5% of a clean population to the flagged (0.9% without a trim,
+    3.0% with one, measured; 6% when the threshold was the trimmed calibration's own). What it
+    still adds: the trimmed users lie beyond their detectors' calibration, which makes the
+    combined score's tail heavier than the null's exponential extrapolation (docs/decisions.md)."""
     rng = np.random.default_rng(1)
     X, test = rng.normal(size=(3000, 6)), rng.normal(size=(3000, 6))
     flagged = {}
     for trim in (0.0, 0.05):
         det = UserDetectors(target_fpr=0.01, trim_share=trim, seed=0).fit(X)
         flagged[trim] = (det.score(test)[0] >= det.threshold_).mean()
-    assert flagged[0.0] <= 0.025
-    assert flagged[0.05] > flagged[0.0] + 0.01
+    assert flagged[0.0] <= 2 * 0.01
+    assert flagged[0.05] <= 0.01 + 0.05 / 2
 
 
 def test_user_detectors_refuse_bad_args_and_unfitted_use():
@@ -338,7 +341,7 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
     """Partial copies look ordinary to the combined detectors; the part_copy detector flags them on
     its own share of the false-positive budget, copies in the training log do not calibrate it, and
     a log where nobody shows any evidence leaves it silent."""
-    from seqguard_ray.core.detectors import DECISIVE_SHARE, DETECTORS, PART_COPY_CERTAIN
+    from seqguard_ray.core.detectors import DETECTORS, PART_COPY_CERTAIN
 
     rng = np.random.default_rng(13)
     feats = rng.standard_normal((1000, 6))
@@ -348,7 +351,7 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
     score, p = det.score(feats)
     assert (score[:20] >= det.threshold_).all()
     assert (p[:20, DETECTORS.index("part_copy")] > 1 - 1e-4).all()
-    assert (decisive(p, ("part_copy",)) >= det.threshold_)[20:].mean() <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert (decisive(p, ("part_copy",)) >= det.threshold_)[20:].mean() <= 3 * BUDGET["part_copy"] * det.target_fpr
     assert det.calibrators_["part_copy"].reference_.max() < PART_COPY_CERTAIN
     assert (p[20:, DETECTORS.index("part_copy")][feats[20:, 5] == 0] == 0).all()
     assert det.ensemble_columns == [0, 1, 2, 3, 4]
@@ -365,7 +368,7 @@ def test_part_copy_detector_flags_partial_copies_alone_and_is_calibrated_without
 def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
     """A copied account looks ordinary to the combined detectors; the copy detector flags it on its
     own share of the false-positive budget, and copies in the training log do not calibrate it."""
-    from seqguard_ray.core.detectors import COPY_CERTAIN, DECISIVE_SHARE, DETECTORS
+    from seqguard_ray.core.detectors import COPY_CERTAIN, DETECTORS
 
     rng = np.random.default_rng(9)
     feats = rng.standard_normal((1000, 6))
@@ -376,7 +379,7 @@ def test_copy_detector_flags_copies_alone_and_is_calibrated_without_them():
     assert (score[:30] >= det.threshold_).all()
     assert (p[:30, DETECTORS.index("copy")] > 1 - 1e-4).all()
     copy_only = (decisive(p) >= det.threshold_)[30:]
-    assert copy_only.mean() <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert copy_only.mean() <= 3 * BUDGET["copy"] * det.target_fpr
     assert det.calibrators_["copy"].reference_.max() < -np.log1p(-COPY_CERTAIN)
     # the copy column is the copy detector's alone: the kNN reference and the forest never see it
     assert det.detectors_["knn"].ref_.shape[1] == 5 and det.ensemble_columns == [0, 1, 2, 3, 4]
@@ -387,7 +390,7 @@ def test_replay_detector_flags_replays_alone_and_judges_what_is_left():
     combined detectors; the replay detector flags them, is calibrated without the replays in the
     training log, and, unlike the copy detector, still judges a part of a history (the replay must
     be gone from it). Where many people replay (a habit, e.g. playlists) everyone calibrates it."""
-    from seqguard_ray.core.detectors import DECISIVE_SHARE, DETECTORS, REPLAY_CERTAIN
+    from seqguard_ray.core.detectors import DETECTORS, REPLAY_CERTAIN
 
     rng = np.random.default_rng(3)
     feats = rng.standard_t(3, (1000, 30))                  # 29 heavy-tailed ordinary features ...
@@ -400,7 +403,7 @@ def test_replay_detector_flags_replays_alone_and_judges_what_is_left():
     assert (score[:20] >= det.threshold_).all() and (s_same[:20] >= same.threshold_).mean() < 0.5
     # on everyone else it adds at most a few times its share of the false-positive budget
     extra = (score[20:] >= det.threshold_).mean() - (s_same[20:] >= same.threshold_).mean()
-    assert extra <= 3 * DECISIVE_SHARE * det.target_fpr
+    assert extra <= 3 * BUDGET["replay"] * det.target_fpr
     assert det.calibrators_["replay"].reference_.max() < REPLAY_CERTAIN
     part, _ = det.score(feats[:20], whole=False)
     assert (part >= det.threshold_).all()                  # a part that still replays is still flagged

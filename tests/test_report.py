@@ -326,3 +326,102 @@ def test_histograms_count_every_finite_score(tmp_path, inputs):
     inj_counts = sum(c or 0 for c in trace(figs["fig-event-scores"], "injected events (label)")["y"])
     assert inj_counts == np.isfinite(events["event_score"].to_numpy()[injected]).sum()
     assert any(s.get("x0") == 0.6 for s in figs["fig-user-scores"][1]["shapes"])  # threshold line
+
+
+# --------------------------------------------------------------------------- campaigns section
+TARGETS = ["9001", "9002<i>"]  # one target id that needs escaping
+
+
+def with_campaign(inputs, n_members: int = 12, spread_s: int = 3600, seed: int = 4):
+    """``inputs`` plus a planted campaign: ``n_members`` users (u0 = EVIL among them), each with one
+    event on each target within ``spread_s`` seconds; returns users, events, items, campaigns."""
+    users, events, _, _ = inputs
+    rng = np.random.default_rng(seed)
+    members = list(users["user_id"].iloc[:n_members])
+    t0 = int(events["ts"].min()) + 600
+    rows = [(m, t, t0 + int(rng.integers(0, spread_s))) for m in members for t in TARGETS]
+    camp = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"]).assign(event_score=0.9, anomalous=True)
+    organic = pd.DataFrame({"user_id": users["user_id"].iloc[-5:].to_numpy(), "item_id": TARGETS[0],
+                            "ts": t0 + 10 * 86400, "event_score": 0.1, "anomalous": False})
+    events = pd.concat([events.assign(item_id=events["item_id"].astype(str)), camp, organic], ignore_index=True)
+    ids = pd.unique(events["item_id"])
+    sus = np.isin(ids, TARGETS)
+    items = pd.DataFrame({"item_id": ids, "campaign_score": np.where(sus, 0.97, 0.05), "suspicious": sus,
+                          "campaign_id": pd.array(np.where(sus, 0, -1), dtype="Int64").astype("Int64"),
+                          "reasons": np.where(sus, "pushed by campaign 0", "")})
+    items.loc[~sus, "campaign_id"] = pd.NA
+    campaigns = pd.DataFrame({"campaign_id": [0], "user_ids": [members], "target_item_ids": [TARGETS],
+                              "first_ts": [int(camp["ts"].min())], "last_ts": [int(camp["ts"].max())],
+                              "n_events": [len(camp)], "score": [0.97], "reasons": ["lockstep within 1h on 2 items"]})
+    return users, events, items, campaigns
+
+
+def test_campaigns_section_carries_the_members_and_targets(tmp_path, inputs):
+    users, events, items, campaigns = with_campaign(inputs)
+    page = write_report(tmp_path / "r.html", users=users, events=events, items=items, campaigns=campaigns).read_text()
+    own = own_html(page)
+    assert 'id="campaigns"' in own and "lockstep within 1h on 2 items" in own
+    assert EVIL not in own and "9002<i>" not in own and "9002&lt;i&gt;" in own
+    figs = figures(own)
+    members = campaigns["user_ids"][0]
+    drawn = [t for t in figs["fig-campaign-members-0"][0]]
+    ys = {y for t in drawn for y in t["y"]}
+    assert ys == {str(m).replace("<", "&lt;").replace(">", "&gt;") for m in members}
+    assert sum(len(t["x"]) for t in drawn) == campaigns["n_events"][0]  # one mark per campaign event
+    assert {t["name"] for t in drawn} == {"target 9001", "target 9002&lt;i&gt;"}
+    counts = figs["fig-campaign-targets-0"][0]
+    for tgt in ("9001", "9002&lt;i&gt;"):
+        camp = trace(figs["fig-campaign-targets-0"], f"target {tgt}: campaign's")
+        assert sum(v or 0 for v in camp["y"]) == len(members)
+        [total] = [t for t in counts if t["name"] == f"target {tgt}"]
+        assert sum(total["y"][:-1]) == (events["item_id"] == tgt.replace("&lt;", "<").replace("&gt;", ">")).sum()
+    normal = trace(figs["fig-campaign-targets-0"], "target 9001: normal level")  # the 5 organic events
+    assert normal["y"][0] > 0 and len(counts) == 6
+    sus = own.split("<h3>Suspicious items</h3>")[1].split("</table>")[0]
+    assert sus.count("<tr>") - 1 == 2 and "pushed by campaign 0" in sus
+
+
+def test_campaigns_section_is_bounded_and_says_so(tmp_path):
+    users, events, items, campaigns = with_campaign(make_inputs(n_users=300), n_members=200)
+    page = write_report(tmp_path / "r.html", users=users, events=events, items=items, campaigns=campaigns).read_text()
+    from seqguard_ray.report.campaigns import MAX_MEMBER_ROWS
+    ys = {y for t in figures(page)["fig-campaign-members-0"][0] for y in t["y"]}
+    assert len(ys) == MAX_MEMBER_ROWS and f"the {MAX_MEMBER_ROWS} earliest of 200 members" in page
+    assert "+194 more" in page  # member ids written out in the table: the first 6
+
+
+def test_campaigns_without_time_signal_or_campaigns(tmp_path, inputs):
+    users, events, items, campaigns = with_campaign(inputs)
+    page = write_report(tmp_path / "r.html", users=users, events=events.assign(ts=1_700_000_000), items=items,
+                        campaigns=campaigns).read_text()
+    assert "carry no time signal" in page and "fig-campaign-members-0" not in page
+    page = write_report(tmp_path / "r.html", users=users, events=events, items=items.assign(suspicious=False),
+                        campaigns=campaigns.iloc[:0]).read_text()
+    assert "found no campaign" in page and "No item is a suspicious campaign target" in page
+    page = write_report(tmp_path / "r.html", users=users, events=events).read_text()
+    assert 'id="campaigns"' not in page
+
+
+def test_campaigns_read_back_from_parquet(tmp_path, inputs):
+    """The CLI's Ray path reads OUT/items and OUT/campaigns back: list columns come as arrays."""
+    from types import SimpleNamespace
+
+    from seqguard_ray.io.outputs import read_output, write_campaigns
+
+    users, events, items, campaigns = with_campaign(inputs)
+    write_campaigns(SimpleNamespace(items=items, campaigns=campaigns), tmp_path)
+    items2, campaigns2 = read_output(tmp_path, "items"), read_output(tmp_path, "campaigns")
+    assert items2["campaign_id"].dtype == "Int64" and isinstance(campaigns2["user_ids"][0], np.ndarray)
+    page = write_report(tmp_path / "r.html", users=users, events=events, items=items2, campaigns=campaigns2).read_text()
+    assert "fig-campaign-members-0" in page and "9002&lt;i&gt;" in page
+
+
+def test_rejects_bad_campaign_frames(tmp_path, inputs):
+    users, events, items, campaigns = with_campaign(inputs)
+    with pytest.raises(ValueError, match="campaigns is missing required column.*'user_ids'"):
+        write_report(tmp_path / "r.html", users=users, events=events, campaigns=campaigns.drop(columns="user_ids"))
+    with pytest.raises(ValueError, match=r"items.campaign_score must lie in \[0, 1\]"):
+        write_report(tmp_path / "r.html", users=users, events=events, items=items.assign(campaign_score=2.0))
+    with pytest.raises(ValueError, match="campaigns.target_item_ids must hold a list of ids per row"):
+        write_report(tmp_path / "r.html", users=users, events=events,
+                     campaigns=campaigns.assign(target_item_ids="9001"))

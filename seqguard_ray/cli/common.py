@@ -4,7 +4,10 @@ output checks, and the numbers a report shows."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+log = logging.getLogger("seqguard")
 
 
 def positive_int(s: str) -> int:
@@ -42,6 +45,43 @@ def train_config(args):
     return TrainConfig(**{k: v for k, v in given.items() if v is not None})
 
 
+def read_allow_list(path: str | None):
+    """The ``AllowList`` of ``--allow-list FILE`` (None without one); a ValueError names the file
+    and what is wrong with it (the CLI's exit 2)."""
+    if path is None:
+        return None
+    from ..core.allowlist import AllowList
+    try:
+        allow = AllowList.read(path)
+    except ValueError as exc:  # every message names the file, not only the parse errors
+        raise ValueError(str(exc) if str(path) in str(exc) else f"the allow-list {path}: {exc}") from None
+    log.info("allow-list %s: %d users, %d items", path, len(allow.users), len(allow.items))
+    return allow
+
+
+def campaign_frames(result) -> tuple:
+    """(items, campaigns) frames of a ScoreResult, (None, None) when the campaign stage did not run."""
+    c = getattr(result, "campaigns", None)
+    return (None, None) if c is None else (c.items, c.campaigns)
+
+
+def campaign_lines(campaigns, k: int = 5, ids: int = 4) -> list[str]:
+    """Up to ``k`` campaigns (strongest first) as one line each, for a printout."""
+    if campaigns is None:
+        return []
+    top = campaigns.sort_values("score", ascending=False, kind="stable").head(k)
+    lines = []
+    for _, c in top.iterrows():
+        members, targets = list(c["user_ids"]), list(c["target_item_ids"])
+        more = f" +{len(members) - ids}" if len(members) > ids else ""
+        lines.append(f"campaign {c['campaign_id']}: score {c['score']:.3f}, {len(members)} members "
+                     f"({', '.join(map(str, members[:ids]))}{more}) on {len(targets)} target(s) "
+                     f"{', '.join(map(str, targets[:ids]))}{' ...' if len(targets) > ids else ''}; {c['n_events']} events")
+    if len(campaigns) > k:
+        lines.append(f"... and {len(campaigns) - k} more campaigns")
+    return lines
+
+
 def summary_counts(summary: dict) -> dict[str, int]:
     """The integer counts of a scoring summary (what the report's repair table shows)."""
     return {k: v for k, v in summary.items() if isinstance(v, int)}
@@ -53,4 +93,5 @@ def model_info(sg) -> dict:
             "target FPR": sg.config.target_fpr, "training users flagged": sg.metrics.get("train_flagged_share"),
             "training events": sg.metrics.get("train_events"),
             "training users": sg.metrics.get("train_users"), "encoder epochs": sg.metrics.get("epochs"),
-            "final loss": sg.metrics.get("final_loss")}
+            "final loss": sg.metrics.get("final_loss"),
+            "campaign stage": "on" if getattr(sg, "campaign_detector", None) is not None else "off"}

@@ -8,10 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-from .common import check_out_dir, fpr, model_info, positive_int, share, summary_counts, train_config
+from .common import (
+    campaign_frames,
+    campaign_lines,
+    check_out_dir,
+    fpr,
+    model_info,
+    positive_int,
+    read_allow_list,
+    share,
+    summary_counts,
+    train_config,
+)
 from .ray_commands import add_ray_args, choose_engine, score_on_ray, train_on_ray
 
 log = logging.getLogger("seqguard")
+DEMO_CAMPAIGN = "lockstep_new_accounts_hours"
 
 
 def _add_on_bad_rows(p: argparse.ArgumentParser) -> None:
@@ -39,11 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_args(t, command="train")
 
     s = sub.add_parser("score", help="score and repair a behaviour log with a model bundle",
-                       description="Write OUT/users.parquet, OUT/events.parquet and OUT/repaired.parquet.")
+                       description="Write OUT/users.parquet, OUT/events.parquet, OUT/repaired.parquet, "
+                                   "OUT/actions.parquet, OUT/summary.json and, when the model finds "
+                                   "campaigns, OUT/items.parquet and OUT/campaigns.parquet.")
     s.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL")
     s.add_argument("--model", required=True, help="model bundle directory from `seqguard train`")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--report", default=None, help="also write an HTML report to this path")
+    s.add_argument("--allow-list", default=None, metavar="FILE",
+                   help='JSON or YAML {"users": [...], "items": [...]}: users never flagged nor repaired, '
+                        "items never campaign targets (internal crawlers, QA accounts, a known launch)")
     _add_on_bad_rows(s)
     add_ray_args(s, command="score")
 
@@ -53,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--users", type=positive_int, default=1000, help="normal users to simulate (default 1000)")
     d.add_argument("--epochs", type=positive_int, default=None, help="encoder epochs (default: sized to the data)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--campaign", default=DEMO_CAMPAIGN, metavar="SETTING",
+                   help=f"a coordinated campaign injected into the demo log, a name in "
+                        f"seqguard_ray.synth.CAMPAIGN_SETTINGS (default {DEMO_CAMPAIGN}), or 'none'")
 
     from . import client_commands, serve_commands
     serve_commands.add_parser(sub)
@@ -97,14 +117,15 @@ def cmd_score(args) -> int:
     from ..core.pipeline import SeqGuard
 
     check_out_dir(args.out, "--out")
+    allow = read_allow_list(args.allow_list)  # a bad file fails before the work, not after it
     t0 = time.perf_counter()
     on_ray = choose_engine(args) == "ray"
     if on_ray:
-        summary = score_on_ray(args)
+        summary = score_on_ray(args, allow)
     else:
         from ..io.outputs import write_outputs
         sg = SeqGuard.load(args.model)
-        result = sg.score(args.events, on_bad_rows=args.on_bad_rows)
+        result = sg.score(args.events, on_bad_rows=args.on_bad_rows, allow=allow)
         summary = write_outputs(sg, result, args.out)
     if args.report:
         from ..report import write_report
@@ -112,31 +133,61 @@ def cmd_score(args) -> int:
             from ..io.outputs import read_output
             log.info("report: reading the outputs back (the report needs them in memory)")
             sg, users, events = SeqGuard.load(args.model), read_output(args.out, "users"), read_output(args.out, "events")
+            items, campaigns = read_output(args.out, "items"), read_output(args.out, "campaigns")
         else:
             users, events = result.users, result.events
+            items, campaigns = campaign_frames(result)
         write_report(args.report, users=users, events=events, repair_summary=summary_counts(summary),
-                     model_info=model_info(sg))
+                     model_info=model_info(sg), items=items, campaigns=campaigns)
     log.info("scored%s %d events of %d users in %.1f s: %d flagged %s; outputs in %s", " on Ray:" if on_ray else "",
              summary["events_in"], summary["users"], time.perf_counter() - t0, summary["users_flagged"],
              summary["by_type"], args.out)
+    if "campaigns" in summary:
+        log.info("campaigns: %d with %d members on %d suspicious items; %d campaign events removed",
+                 summary["campaigns"], summary["campaign_members"], summary["suspicious_items"],
+                 summary["campaign_events_removed"])
     return 0
+
+
+def demo_log(n_users: int, seed: int, campaign: str):
+    """The demo's labelled log: the generator's users and attacks, plus one coordinated campaign
+    (``campaign``: a CAMPAIGN_SETTINGS name, or "none"). Returns (LabeledEvents, the
+    LabeledCampaign or None)."""
+    import numpy as np
+
+    from ..synth import CAMPAIGN_SETTINGS, LabeledEvents, generate, inject_campaign
+
+    if campaign != "none" and campaign not in CAMPAIGN_SETTINGS:
+        raise ValueError(f"--campaign {campaign!r} is not a campaign setting; known: {sorted(CAMPAIGN_SETTINGS)} or 'none'")
+    data = generate(n_users=n_users, seed=seed)
+    if campaign == "none":
+        return data, None
+    planted = inject_campaign(data.events.assign(_row=np.arange(len(data.events))), campaign, seed=seed)
+    row = planted.events.pop("_row")  # the generator's row of each event; NaN for the campaign's
+    injected = planted.event_injected.copy()
+    old = row.notna().to_numpy()
+    injected[old] |= data.event_injected[row[old].astype(np.int64).to_numpy()]
+    user_type = data.user_type.reindex(planted.user_type.index).fillna(planted.user_type)
+    targets = np.union1d(data.target_items, planted.target_items)
+    return LabeledEvents(events=planted.events, event_injected=injected, user_type=user_type, target_items=targets), planted
 
 
 def cmd_demo(args) -> int:
     import numpy as np
+    import pandas as pd
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from ..synth import ATTACK_FAMILY, generate, write_events
     from ..core.config import TrainConfig
     from ..core.pipeline import SeqGuard
     from ..io.outputs import write_outputs
     from ..report import write_report
+    from ..synth import ATTACK_FAMILY, CAMPAIGN, write_events
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # One poisoned log, as in production: train on it, then score and repair that same log.
-    data = generate(n_users=args.users, seed=args.seed)
+    data, planted = demo_log(args.users, args.seed, args.campaign)
     write_events(data.events, out / "events.parquet")
     log.info("demo data: %d events of %d users, %d attacked (%s)", len(data.events), data.user_type.size,
              int((data.user_type != "normal").sum()), data.user_type[data.user_type != "normal"].value_counts().to_dict())
@@ -148,13 +199,26 @@ def cmd_demo(args) -> int:
     labels = data.user_type.reindex(result.users["user_id"].to_numpy()).fillna("normal")
     y = (labels.to_numpy() != "normal")
     ev_labels = data.event_injected[result.events["row"].to_numpy()]
+    items, campaigns = campaign_frames(result)
     write_report(out / "report.html", users=result.users, events=result.events, repair_summary=summary_counts(summary),
                  user_labels=labels, event_labels=ev_labels, model_info=model_info(sg),
-                 title="seqguard demo", label_types=ATTACK_FAMILY)
+                 title="seqguard demo", label_types={**ATTACK_FAMILY, CAMPAIGN: "shilling"}, items=items,
+                 campaigns=campaigns)
     s = result.users["score"].to_numpy()
     attacked = np.isin(result.events["user_id"].to_numpy(), result.users["user_id"].to_numpy()[y])
     print(f"users: {len(y)} ({y.sum()} attacked)  ROC-AUC {roc_auc_score(y, s):.3f}  PR-AUC {average_precision_score(y, s):.3f}")
     print(f"events in attacked users: PR-AUC {average_precision_score(ev_labels[attacked], result.events['event_score'].to_numpy()[attacked]):.3f}")
+    if campaigns is not None:
+        print(f"campaigns: {len(campaigns)} found, {summary['campaign_members']} members, "
+              f"{summary['suspicious_items']} suspicious items, {summary['campaign_events_removed']} campaign events removed")
+        for line in campaign_lines(campaigns):
+            print(f"  {line}")
+    if planted is not None:
+        found = result.users.set_index("user_id")["campaign_id"].reindex(planted.members).notna()
+        sus = result.campaigns.items.set_index("item_id")["suspicious"] if result.campaigns is not None else pd.Series()
+        hit = sus.reindex(planted.target_items).fillna(False).astype(bool)
+        print(f"planted campaign {planted.setting.name}: {found.sum()} of {len(found)} accounts found as members, "
+              f"{hit.sum()} of {len(hit)} targets ({', '.join(map(str, planted.target_items))}) found")
     print(f"repair: {summary}")
     print(f"done in {time.perf_counter() - t0:.0f} s: report {out / 'report.html'}, outputs in {out}/")
     return 0

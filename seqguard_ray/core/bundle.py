@@ -12,7 +12,10 @@ state.npz holds the arrays under the stage's prefix (:func:`~seqguard_ray.core.s
 ``vocab.*``, ``stats.*`` (ItemStats), ``event.*`` (EventDetector), ``user.*`` and ``short<i>.*``
 (LengthStrata: the main stratum's and each shorter one's UserDetectors), and the Explainer's
 ``event.residual_check`` and ``user.length_trend`` (names kept from format 11, so bundles of that
-format read unchanged). Nothing is unpickled. Loading checks the format version and every file's
+format read unchanged), and the campaign stage's ``campaigns.*`` (format 12; its scalars in the
+manifest's ``campaigns``) and the change-point stage's ``changepoint.*`` (format 12; manifest
+``changepoint``; absent: scored with the best taste segments, as format 11). A format-11 bundle loads with the campaign stage off
+(``config.campaigns`` False): it has no reference to calibrate one. Nothing is unpickled. Loading checks the format version and every file's
 hash, so a truncated or tampered bundle gets a clear :class:`BundleError`.
 """
 
@@ -21,11 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from .campaigns import CampaignDetector
+from .changepoint import ChangePoint
 from .config import TrainConfig
 from .encoder import Encoder
 from .event_detector import EventDetector
@@ -38,7 +43,8 @@ from .tokens import N_SPECIAL, Vocab
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "11"  # bump when an array name or manifest key changes meaning (history: docs/decisions.md)
+FORMAT_VERSION = "12"  # bump when an array name or manifest key changes meaning (history: docs/decisions.md)
+READABLE = ("11", FORMAT_VERSION)  # format 11: no campaign stage
 MANIFEST = "manifest.json"
 FILES = ("encoder.safetensors", "state.npz")
 
@@ -82,6 +88,14 @@ def save_bundle(sg, path: str | Path) -> Path:
         "event.residual_check": explained["residual_check"], "user.length_trend": explained["length_trend"],
         **nest("vocab", vocab),
     }
+    changepoint_meta = None  # format 12: the change-point stage (None: scored with taste segments)
+    if getattr(sg, "changepoint", None) is not None:
+        cp_arrays, changepoint_meta = sg.changepoint.to_state()
+        arrays.update(nest("changepoint", cp_arrays))
+    campaigns_meta = None
+    if sg.campaign_detector is not None:
+        campaign_arrays, campaigns_meta = sg.campaign_detector.to_state()
+        arrays.update(nest("campaigns", campaign_arrays))
     np.savez(out / "state.npz", **arrays)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -91,6 +105,8 @@ def save_bundle(sg, path: str | Path) -> Path:
         "repair_policy": sg.policy.to_state()[1],
         "detectors": {**strata_meta, "user_features": list(USER_FEATURES), "event_features": list(EVENT_FEATURES)},
         "explainer": explainer_meta,
+        "campaigns": campaigns_meta,
+        "changepoint": changepoint_meta,
         "vocab": vocab_meta,
         "metrics": {**sg.metrics, "feature_quantiles": explained["quantiles"]},
         "files": {f: _sha256(out / f) for f in FILES},
@@ -124,8 +140,9 @@ def read_manifest(path: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise BundleError(f"model bundle {p}: {MANIFEST} is not a JSON object")
     fv = manifest.get("format_version")
-    if fv != FORMAT_VERSION:
-        raise BundleError(f"model bundle {p} has format version {fv!r}; this seqguard reads version {FORMAT_VERSION!r}: retrain or use a matching seqguard")
+    if fv not in READABLE:
+        raise BundleError(f"model bundle {p} has format version {fv!r}; this seqguard reads versions "
+                          f"{', '.join(map(repr, READABLE))}: retrain or use a matching seqguard")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"model bundle {p}: {MANIFEST} has no 'files' checksums (got {type(files).__name__})")
@@ -148,8 +165,8 @@ def _restore(p: Path, stage, arrays, meta):
 
 def load_stages(path: str | Path) -> dict:
     """The fitted stages of a bundle written by :func:`save_bundle`: ``config``, ``policy``, ``vocab``,
-    ``encoder``, ``stats``, ``event_detector``, ``strata``, ``explainer``; its ``metrics`` and
-    ``model_version``."""
+    ``encoder``, ``stats``, ``event_detector``, ``strata``, ``explainer``, ``campaign_detector``, ``changepoint``
+    (None: no campaign stage); its ``metrics`` and ``model_version``."""
     from safetensors.numpy import load_file
 
     p = Path(path)
@@ -159,6 +176,14 @@ def load_stages(path: str | Path) -> dict:
         policy = RepairPolicy.from_state({}, m["repair_policy"])
         with np.load(p / "state.npz", allow_pickle=False) as npz:
             a = {k: npz[k] for k in npz.files}
+        campaign_detector = None
+        if m["format_version"] == "11":  # before the campaign stage: nothing calibrates one
+            log.info("model bundle %s has format 11: scoring without the campaign stage (retrain to add it)", p)
+            config = replace(config, campaigns=False)
+        elif config.campaigns:
+            if not isinstance(m.get("campaigns"), dict):
+                raise BundleError(f"model bundle {p} was trained with the campaign stage but holds no campaign state")
+            campaign_detector = _restore(p, CampaignDetector, unnest("campaigns", a), m["campaigns"])
         # the manifest is not covered by the checksums: its vocabulary must fit the checked arrays
         vm, enc = m["vocab"], m["encoder_config"]
         n_items = len(vm["items"]) + N_SPECIAL
@@ -191,7 +216,9 @@ def load_stages(path: str | Path) -> dict:
                                 {**config.encoder_params(), "config": enc}),
             "stats": _restore(p, ItemStats, unnest("stats", a), {"items": vocab.items_}),
             "event_detector": _restore(p, EventDetector, unnest("event", a), {"seed": config.seed}),
-            "strata": strata, "explainer": explainer,
+            "strata": strata, "explainer": explainer, "campaign_detector": campaign_detector,
+            "changepoint": (_restore(p, ChangePoint, unnest("changepoint", a), m["changepoint"])
+                            if isinstance(m.get("changepoint"), dict) else None),
             "metrics": m.get("metrics", {}), "model_version": m.get("model_version", ""),
         }
     except BundleError:

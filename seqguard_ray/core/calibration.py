@@ -5,6 +5,12 @@ score (any scale, higher = more anomalous) becomes one through :class:`Calibrato
 (extrapolated) tail probability among reference raw scores of the normal training population.
 :func:`combine` merges calibrated scores (n_samples, n_detectors) into one raw score, which is
 calibrated in turn; the decision threshold is then ``1 - target_fpr``.
+
+One false-positive budget: every signal that can flag a user on its own (the ensemble, each
+decisive detector, the campaign stage) spends its :data:`BUDGET` share of ``target_fpr``, measured
+against a null fitted to the log's own scores (:class:`NullCalibrator`: Efron's empirical null, the
+tail shape fitted on the bulk of the training users and extrapolated), so that a log without
+attacks sees about ``target_fpr`` of its users flagged however its scores are distributed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from .features import MAX_NATS
 from .stage import check_is_fitted
 
 MAX_REFERENCE = 20_000   # reference values kept per calibrator / feature-tail column
+# Shares of the one false-positive budget (TrainConfig.target_fpr) each signal that can flag a user
+# on its own may spend on a log without attacks; the ensemble's combination spends the rest
+# (:func:`ensemble_share`), so the shares add up to 1 (docs/decisions.md).
+BUDGET = {"copy": 0.1, "part_copy": 0.1, "replay": 0.1, "takeover": 0.1, "campaign": 0.2}
+# Quantiles of a log's own scores between which a null's tail is fitted: above the median (the
+# tail's shape) and below the top tenth (where a poisoned log's attackers are).
+NULL_BAND = (0.5, 0.9)
 
 
 def side_logp(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -105,6 +118,125 @@ class Calibrator:
             raise ValueError(f"a calibrator needs a non-empty 1-d reference, got shape {ref.shape}")
         cal.reference_ = np.sort(ref)
         return cal
+
+
+class NullCalibrator(Calibrator):
+    """Raw score -> [0, 1] against the null of a log's own scores (Efron's empirical null).
+
+    Fitted on every training user, attackers included: up to the ``band``'s upper quantile the
+    tail is the empirical share of users at or above a score; beyond it the tail decays
+    exponentially at the rate the band itself shows (log tail over score between its two
+    quantiles), so the top of the log, where a poisoned log's attackers lie, never sets its own
+    null, and a log whose bulk is spread (common near-copies, heavy users) widens the null to match.
+    A band without spread (most users tied) says nothing about a tail: beyond it every score is
+    extreme (tail e^-MAX_NATS).
+
+    Parameters: ``band`` (lo, hi) quantiles (default NULL_BAND), ``max_reference``.
+    Fitted: ``reference_`` (m,) sorted raw scores of the training users.
+    """
+
+    def __init__(self, *, band: tuple[float, float] = NULL_BAND, max_reference: int = MAX_REFERENCE) -> None:
+        super().__init__(max_reference=max_reference)
+        self.band = band
+
+    def fit(self, raw: np.ndarray) -> NullCalibrator:
+        """raw (n,): raw scores of all the training users (possibly poisoned)."""
+        lo, hi = self.band
+        if not 0 < lo < hi < 1:
+            raise ValueError(f"band must be two quantiles 0 < lo < hi < 1, got {self.band!r}")
+        super().fit(raw)
+        return self
+
+    def _knots(self) -> tuple[float, float, float]:
+        """The band's upper score, its empirical nats there, and the tail's scale (nats per score; 0: flat band)."""
+        ref = self.reference_
+        m = len(ref)
+        x_lo, x_hi = ref[int(round(self.band[0] * (m - 1)))], ref[int(round(self.band[1] * (m - 1)))]
+        n_lo, n_hi = side_logp(ref[:, None], np.array([[x_lo], [x_hi]]))[:, 0]
+        if x_hi - x_lo <= 1e-12 * max(1.0, abs(x_hi)) or n_hi <= n_lo:
+            return float(x_hi), float(n_hi), 0.0
+        return float(x_hi), float(n_hi), float((x_hi - x_lo) / (n_hi - n_lo))
+
+    def nats(self, raw: np.ndarray) -> np.ndarray:
+        """(n,) -log P_null(score >= raw): empirical up to the band, extrapolated beyond it."""
+        check_is_fitted(self, ["reference_"])
+        raw = np.asarray(raw, np.float64)
+        x_hi, n_hi, scale = self._knots()
+        out = side_logp(self.reference_[:, None], raw[:, None])[:, 0]
+        beyond = raw > x_hi
+        if scale > 0:
+            out = np.where(beyond, n_hi + (raw - x_hi) / scale, out)
+        else:
+            out = np.where(beyond, MAX_NATS, out)
+        return np.minimum(out, MAX_NATS)
+
+    def threshold(self, tail: float) -> float:
+        """The raw score at which the null's tail probability falls to ``tail`` (0 < tail < 1)."""
+        if not 0 < tail < 1:
+            raise ValueError(f"tail must be a probability in (0, 1), got {tail!r}")
+        check_is_fitted(self, ["reference_"])
+        x_hi, n_hi, scale = self._knots()
+        want = -np.log(tail)
+        if want > n_hi:
+            return x_hi + (want - n_hi) * scale if scale > 0 else x_hi
+        ref = self.reference_
+        inside = ref[self.nats(ref) >= want]
+        return float(inside[0]) if len(inside) else x_hi
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super().to_state()
+        return arrays, {**meta, "band": list(self.band)}
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> NullCalibrator:
+        band = tuple(float(b) for b in meta.get("band", NULL_BAND))
+        if len(band) != 2 or not 0 < band[0] < band[1] < 1:
+            raise ValueError(f"a null calibrator's band must be two quantiles 0 < lo < hi < 1, got {band!r}")
+        cal = cls(band=band, max_reference=meta.get("max_reference", MAX_REFERENCE))
+        cal.reference_ = Calibrator.from_state(arrays, meta).reference_
+        return cal
+
+
+def ensemble_share(campaign_share: float = BUDGET["campaign"]) -> float:
+    """The combination's share of the budget: what the decisive detectors and the campaign stage
+    (``campaign_share``; 0 when the stage is off) leave."""
+    rest = 1.0 - sum(v for k, v in BUDGET.items() if k != "campaign")
+    if not 0 <= campaign_share < rest:
+        raise ValueError(f"campaign_share must be in [0, {rest:g}) to leave the ensemble a share of the "
+                         f"false-positive budget, got {campaign_share!r}")
+    return rest - campaign_share
+
+
+def budget_share(signal: str) -> float:
+    """The share of the false-positive budget ``signal`` ("ensemble" or a key of BUDGET) may spend
+    by default."""
+    if signal == "ensemble":
+        return ensemble_share()
+    if signal not in BUDGET:
+        raise ValueError(f"no budget share for {signal!r}; the budget is split between {['ensemble', *BUDGET]}")
+    return BUDGET[signal]
+
+
+def threshold_for_share(raw: np.ndarray, share: float, target_fpr: float, *, band: tuple[float, float] = NULL_BAND) -> float:
+    """The raw-score threshold at which a signal spends ``share`` of the false-positive budget.
+
+    raw (n,): the signal's raw scores (higher = more anomalous) over the training users it judges,
+    attackers included; the threshold is where the null fitted to their bulk (:class:`NullCalibrator`)
+    leaves ``share * target_fpr`` of them above it: on a log without attacks about that share of its
+    users cross it, whatever the scores' distribution."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    if not 0 < target_fpr < 0.5:
+        raise ValueError(f"target_fpr must be in (0, 0.5), got {target_fpr!r}")
+    return NullCalibrator(band=band).fit(raw).threshold(share * target_fpr)
+
+
+def budget_scale(tail: np.ndarray, share: float, target_fpr: float) -> np.ndarray:
+    """(n,) a signal's tail probabilities under its null on the verdict scale: a score in [0, 1]
+    that crosses ``1 - target_fpr`` where the tail is ``share * target_fpr`` (1 - tail ** g), so the
+    signal spends ``share`` of the budget and keeps its ranking everywhere."""
+    g = np.log(target_fpr) / np.log(share * target_fpr)
+    return 1.0 - np.clip(tail, 0.0, 1.0) ** g
 
 
 def combine(p: np.ndarray) -> np.ndarray:

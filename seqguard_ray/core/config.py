@@ -25,6 +25,11 @@ class TrainConfig:
     # whose items resemble nobody (explain.resembles_nobody)
     trim_share: float = 0.05
     score_batch_size: int = 128  # windows per scoring batch
+    # the campaign stage (core/campaigns): groups of accounts pushing a few items; False: no stage
+    campaigns: bool = True
+    # share of the target false-positive rate the campaign stage spends: on a log without
+    # campaigns about campaign_share * target_fpr of users are flagged by membership alone
+    campaign_share: float = 0.2
 
     def __post_init__(self) -> None:
         checks = {
@@ -37,6 +42,7 @@ class TrainConfig:
             "min_item_count": self.min_item_count >= 1, "target_fpr": 0 < self.target_fpr < 0.5,
             "trim_share": 0 <= self.trim_share < 0.5,
             "score_batch_size": self.score_batch_size >= 1,
+            "campaigns": isinstance(self.campaigns, bool), "campaign_share": 0 < self.campaign_share < 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -21,13 +21,12 @@ from .stage import check_is_fitted
 # The ensemble's detectors, in the column order of its (n, len(DETECTORS)) score matrices.
 DETECTORS = ("iforest", "knn", "encoder", "copy", "part_copy", "replay")
 # Evidence that stands on its own, outside the combination: a copied account or a history that
-# replays its own stretches looks ordinary to every other detector. Each gets DECISIVE_SHARE of
-# the false-positive budget; the user score is the largest of the verdicts.
+# replays its own stretches looks ordinary to every other detector. Each spends its share of the
+# false-positive budget (calibration.BUDGET); the user score is the largest of the verdicts.
 DECISIVE = ("copy", "part_copy", "replay")
 # Decisive detectors that judge an account as a whole: what is left of a history once a part is
 # explained is no account (a replay, by contrast, must be gone from what is left).
 ACCOUNT = ("copy", "part_copy")
-DECISIVE_SHARE = 0.1
 # Item-set Jaccard similarity at which two histories are copies rather than shared taste: such
 # users do not calibrate the copy detector (people's largest: 0.84 on MovieLens-100k).
 COPY_CERTAIN = 0.8

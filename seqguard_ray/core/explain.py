@@ -15,6 +15,7 @@ import numpy as np
 from .detectors import ACCOUNT, DETECTORS
 from .ensemble import decisive
 from .event_detector import ResidualCheck
+from .changepoint import Changes
 from .features import EVENT_FEATURES, USER_FEATURES, ItemStats, Seqs, event_features, item_sets, prev_occurrences, user_features
 from .results import Scored
 from .stage import check_is_fitted
@@ -81,6 +82,10 @@ class Evidence:
     segments: np.ndarray  # (U, 2) each history's most changed stretch [a, b)
     score: np.ndarray     # (U,) user scores in [0, 1]
     per_det: np.ndarray   # (U, len(DETECTORS)) calibrated per-detector scores
+    # each history's located change point (ChangePoint) and its verdict on the score's scale (U,),
+    # already part of ``score``; None: the best taste ``segments`` stand in (format-11 bundles)
+    changes: Changes | None = None
+    change_score: np.ndarray | None = None
 
 
 class Explainer:
@@ -157,7 +162,25 @@ class Explainer:
         for u in flagged:
             reasons[u] = self._reasons(score[u], thr, per_det[u], uf[u], tails[u], nobody[u], copied[u], replayed[u]) + reasons[u]
         doubt = self._length_doubt(uf, n_ev, flagged[atype[flagged] != "takeover"], reasons, strata)
-        return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det, doubt)
+        start = self._takeovers(ev, thr, flagged, atype, ev_anom, reasons)
+        return Scored(score, anomalous, atype, reasons, ev_score, ev_anom, per_det, doubt, takeover_start=start)
+
+    @staticmethod
+    def _takeovers(ev: Evidence, thr: float, flagged: np.ndarray, atype: np.ndarray, ev_anom: np.ndarray,
+                   reasons) -> np.ndarray:
+        """(U,) each takeover's first event after its change point (-1 elsewhere); reasons say where
+        and what changed, for takeovers and for any flagged user the change point crossed."""
+        start = np.full(ev.seqs.n_users, -1, np.int64)
+        off = ev.seqs.offsets
+        for u in flagged:
+            taken = atype[u] == "takeover"
+            cut = np.flatnonzero(ev_anom[off[u]:off[u + 1]]) if taken else None
+            if taken:  # the stretch the explanation took: the change point's or the best taste segment
+                start[u] = cut[0]
+            if ev.changes is not None and (taken or ev.change_score[u] >= thr):
+                stretch = (int(cut[0]), int(cut[-1]) + 1) if taken else None
+                reasons[u].append(ev.changes.describe(u, ev.seqs.ts[off[u]:off[u + 1]], taken=taken, stretch=stretch))
+        return start
 
     def _localize(self, ev, strata, stats, n_items, known_actions, tails, flagged, copied, of_person, atype, ev_score,
                   ev_anom, reasons) -> None:
@@ -169,18 +192,22 @@ class Explainer:
         uix = seqs.user_index()
         in_flagged = np.isin(uix, flagged)
         replay = ev.ef[:, EVENT_FEATURES.index("replay")] > 0
-        seg_mask = np.zeros(len(local), bool)
+        # a takeover the change point flagged is one whenever what is left is normal, smallest or not;
+        # the best taste segment stays a candidate beside the change point's stretch (tried last)
+        by_change = np.zeros(seqs.n_users, bool) if ev.changes is None else ev.change_score >= thr
+        stretches = [ev.segments] + ([] if ev.changes is None else [np.stack([ev.changes.start, ev.changes.end], 1)])
+        seg_masks = [np.zeros(len(local), bool) for _ in stretches]
         for u in flagged:
-            a, b = ev.segments[u]
-            if b > a:
-                seg_mask[off[u] + a: off[u] + b] = True
+            for mask, pairs in zip(seg_masks, stretches):
+                a, b = pairs[u]
+                mask[off[u] + a: off[u] + b] = True
         doubtful = local >= self.doubtful_event
         candidates = [
             ("injection", local >= thr),
             ("injection", doubtful),
             ("injection", doubtful | on_targets(uix, seqs.item_key, doubtful & in_flagged)),
             ("replay", replay),
-            ("takeover", seg_mask),
+            *[("takeover", mask) for mask in seg_masks],
         ]
         per_item_push = 2 * max(1, known_actions)  # a push: more events per item than two passes down the action funnel
         best_set = {}
@@ -204,14 +231,17 @@ class Explainer:
             res_nobody = resembles_nobody(sub, sub_uf, n_items, training=False)[users]
             pushed = size >= per_item_push * distinct_items(uix, seqs.item_key, cand, seqs.n_users)
             for u, r, z, nobody in zip(users, res_score, res_z, res_nobody):
-                if r >= self.residual_normal:
-                    continue
-                # a set picked by oddness alone must leave ordinary events; a push of a few items
-                # is an explanation by its structure, unless what is left resembles nobody
-                if (z >= self.residual_z and not pushed[u]) or nobody:
+                if r >= self.residual_normal or (name == "takeover" and pushed[u]):
+                    continue  # (a stretch of many events on a few items is a push, not another person)
+                # a set picked by oddness alone must leave ordinary events; a push of a few items,
+                # or a stretch the change point flagged (the owner's events were scored in the
+                # intruder's context), is an explanation by its structure, unless what is left
+                # resembles nobody
+                structure = pushed[u] or (name == "takeover" and by_change[u])
+                if (z >= self.residual_z and not structure) or nobody:
                     if u not in still_odd or size[u] < still_odd[u][0]:
                         still_odd[u] = (size[u], r, z, nobody)
-                elif u not in best_set or size[u] < best_set[u][1]:
+                elif u not in best_set or size[u] < best_set[u][1] or (name == "takeover" and by_change[u]):
                     best_set[u] = (k, size[u], r)
         for u in flagged:
             a, b = off[u], off[u + 1]

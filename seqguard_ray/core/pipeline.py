@@ -6,7 +6,9 @@ same methods, one stage at a time.
 3. ``detect``: features (:class:`~.features.ItemStats`), local event scores (:class:`~.event_detector.EventDetector`),
    user scores (:class:`~.strata.LengthStrata` of :class:`~.ensemble.UserDetectors`), then types, reasons
    and event verdicts (:class:`~.explain.Explainer`)
-4. ``repair``: which events survive, with weights and a reason per action (:class:`~.repair.RepairPolicy`)
+4. ``find_campaigns`` / ``apply_campaigns``: over all users of the scored log at once, groups of
+   accounts pushing a few items (:class:`~.campaigns.CampaignDetector`), merged into the verdicts
+5. ``repair``: which events survive, with weights and a reason per action (:class:`~.repair.RepairPolicy`)
 
 Score convention: every score is in [0, 1], higher = more anomalous.
 """
@@ -20,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .allowlist import AllowList
 from .bundle import load_stages, save_bundle
+from .calibration import BUDGET, budget_scale, ensemble_share
+from .campaigns import CampaignDetector, apply_allow, apply_campaigns, detect_campaigns
+from .changepoint import ChangePoint
 from .config import TrainConfig
 from .encoder import Encoder, SeqGuardEncoder
 from .ensemble import UserDetectors
@@ -29,7 +35,7 @@ from .explain import Evidence, Explainer, resembles_nobody
 from .features import USER_FEATURES, ItemStats, Seqs, event_features, user_features
 from .readers import read_events
 from .repair import RepairPolicy
-from .results import Encoded, RepairResult, Scored, ScoreResult, score_result
+from .results import CampaignResult, Encoded, RepairResult, Scored, ScoreResult, score_result
 from .schema import EventLog, from_frame
 from .stage import NotFittedError, is_fitted
 from .strata import LengthStrata
@@ -69,7 +75,8 @@ class SeqGuard:
     ``config`` sets the stages' parameters when they are built (here, at :meth:`fit`,
     :meth:`fit_detectors` and :meth:`load`); the fitted stages are attributes: ``vocab``,
     ``encoder`` (its model is ``model``), ``stats``, ``event_detector``, ``strata`` (the main
-    stratum's ensemble is ``user_detectors``), ``explainer``; ``policy`` repairs.
+    stratum's ensemble is ``user_detectors``), ``explainer``, ``campaign_detector`` (None when
+    ``config.campaigns`` is off); ``policy`` repairs.
     """
 
     def __init__(self, config: TrainConfig | None = None, policy: RepairPolicy | None = None):
@@ -82,11 +89,15 @@ class SeqGuard:
         self.event_detector = EventDetector(seed=c.seed)
         self.strata = LengthStrata(detectors=self._user_detectors())
         self.explainer = Explainer()
+        self.campaign_detector: CampaignDetector | None = None
+        self.changepoint: ChangePoint | None = None  # None: a format-11 bundle (taste segments stand in)
         self.metrics: dict = {}
 
     def _user_detectors(self) -> UserDetectors:
         c = self.config
-        return UserDetectors(target_fpr=c.target_fpr, trim_share=c.trim_share, seed=c.seed,
+        # the ensemble spends what the decisive detectors and the campaign stage leave of the budget
+        share = ensemble_share(c.campaign_share if c.campaigns else 0.0)
+        return UserDetectors(target_fpr=c.target_fpr, share=share, trim_share=c.trim_share, seed=c.seed,
                              encoder_columns=_ENCODER_COLUMNS, copy_column=USER_FEATURES.index("copy_overlap"),
                              part_copy_column=USER_FEATURES.index("part_copy"),
                              replay_column=USER_FEATURES.index("replay_share"))
@@ -129,12 +140,31 @@ class SeqGuard:
         local = self.event_detector.score(ef)
         uf, segments = user_features(seqs, self.stats, ef, local)
         score, per_det = self.strata.score(uf, np.diff(seqs.offsets))
-        return self.explainer.explain(Evidence(seqs, ef, local, uf, segments, score, per_det), strata=self.strata,
+        changes = change_score = None
+        if self.changepoint is not None:  # a located change point flags on its own share of the budget
+            changes = self.changepoint.transform(seqs, self.stats, local)
+            change_score = budget_scale(np.exp(-changes.nats), BUDGET["takeover"], self.config.target_fpr)
+            score = np.maximum(score, change_score)
+        return self.explainer.explain(Evidence(seqs, ef, local, uf, segments, score, per_det, changes, change_score),
+                                      strata=self.strata,
                                       stats=self.stats, n_items=self.vocab.n_items,
                                       known_actions=len(self.vocab.actions_))
 
     def score_log(self, log_: EventLog) -> Scored:
         return self.detect(self.encode(self.tokenize(log_)))
+
+    def find_campaigns(self, log_: EventLog, scored: Scored, allow: AllowList | None = None) -> CampaignResult:
+        """The campaign stage over a whole scored log (every user's :meth:`detect` output, in the
+        log's user order): items pushed, by whom. Allowed users are never members, allowed items
+        never targets."""
+        if self.campaign_detector is None:
+            raise NotFittedError("this SeqGuard has no campaign stage: train with TrainConfig(campaigns=True)")
+        return detect_campaigns(self.campaign_detector, log_, scored.score, allow)
+
+    def apply_campaigns(self, log_: EventLog, scored: Scored, campaigns: CampaignResult) -> Scored:
+        """``scored`` with the campaign evidence merged in: members flagged, typed and given the
+        campaign's reason; their events on its targets marked for repair (``event_campaign``)."""
+        return apply_campaigns(log_.offsets, scored, campaigns, threshold=self.strata.threshold_)
 
     # ------------------------------------------------------------------ training
     def fit(self, events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error") -> SeqGuard:
@@ -175,15 +205,24 @@ class SeqGuard:
         presumed = resembles_nobody(seqs, uf, self.vocab.n_items)
         n_ev = np.diff(seqs.offsets)
         self.strata = LengthStrata(detectors=self._user_detectors()).fit(uf, n_ev, presumed)
-        normal = self.strata.score(uf, n_ev)[0] < self.strata.threshold_
+        train_score = self.strata.score(uf, n_ev)[0]
+        normal = train_score < self.strata.threshold_
         keep_ev = np.repeat(normal, n_ev)
         if keep_ev.sum() >= 100:  # the event reference from events of users the ensemble keeps as normal
             event_detector = EventDetector(seed=c.seed).fit(ef[keep_ev])
         self.event_detector = event_detector
         # the decisive detectors' copy and replay evidence does not drift with length
         drift = [j for j in range(len(USER_FEATURES)) if j not in self.strata.main_.decisive_columns]
-        self.explainer = Explainer().fit(event_detector.score(ef), seqs.offsets, uf, normal,
+        local = event_detector.score(ef)
+        self.explainer = Explainer().fit(local, seqs.offsets, uf, normal,
                                          main_stratum=self.strata.main_stratum_, drift_columns=drift)
+        self.changepoint = ChangePoint().fit(seqs, self.stats, local)  # its null: these histories' changes
+        self.campaign_detector = None
+        if c.campaigns:
+            _, codes = np.unique(seqs.item_key, return_inverse=True)
+            self.campaign_detector = CampaignDetector(target_fpr=c.target_fpr, share=c.campaign_share).fit(
+                seqs.offsets, codes.reshape(-1), seqs.ts, seqs.value, train_score, n_items=int(codes.max(initial=-1)) + 1)
+            self.metrics["campaign_train"] = self.campaign_detector.train_
         self.metrics.update({
             "train_events": len(seqs.ts), "train_users": int(seqs.n_users), "vocab_items": len(self.vocab.items_),
             "epochs": len(history), "final_loss": history[-1]["loss"] if history else None,
@@ -229,11 +268,21 @@ class SeqGuard:
                 _WARNED_ONCE.add(w)
         return out
 
-    def score(self, events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error") -> ScoreResult:
-        """Score a log: per-user and per-event results (events in input order)."""
+    def score(self, events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error",
+              allow: AllowList | None = None) -> ScoreResult:
+        """Score a log: per-user and per-event results (events in input order), and the campaigns
+        found across its users (``campaigns``: None when the stage is off). ``allow``: users never
+        flagged nor repaired, items never campaign targets (see :mod:`~.allowlist`)."""
         log_ = as_log(events, on_bad_rows=on_bad_rows)
         self.check_log(log_)
-        return score_result(log_, self.score_log(log_))
+        scored = self.score_log(log_)
+        campaigns = None
+        if self.campaign_detector is not None:
+            campaigns = self.find_campaigns(log_, scored, allow)
+            scored = self.apply_campaigns(log_, scored, campaigns)
+        if allow:
+            scored = apply_allow(log_.offsets, scored, allow.user_mask(log_.users))
+        return score_result(log_, scored, campaigns)
 
     def repair(self, result: ScoreResult) -> RepairResult:
         """Apply the repair policy to a scored log."""

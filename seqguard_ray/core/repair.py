@@ -31,6 +31,9 @@ ACTIONS = {
 }
 
 
+_CAMPAIGN_ACTIONS = ("drop_events", "downweight", "pass")
+
+
 def _default_actions() -> dict[str, str]:
     return {"normal": "pass", "bot": "quarantine", "shilling": "quarantine", "other": "quarantine",
             "injection": "drop_events", "replay": "drop_events", "takeover": "cut"}
@@ -51,6 +54,9 @@ class RepairPolicy:
             not hold at a typical history length (Scored.length_doubt: a heavy user odd only in
             the ways heavy users are); default "downweight": keep its events at lower weights
             rather than delete a real power user's history. None: its type's action.
+        campaign_action: what happens to a campaign's events on its targets (Scored.event_campaign),
+            whatever their user's own action: "drop_events" (default: undo the push),
+            "downweight" (keep them at ``anomalous_weight``) or "pass".
     """
 
     actions: dict[str, str] = field(default_factory=_default_actions)
@@ -58,6 +64,7 @@ class RepairPolicy:
     doubt_weight: float = 0.5
     anomalous_weight: float = 0.1
     doubtful_action: str | None = "downweight"
+    campaign_action: str = "drop_events"
 
     def __post_init__(self) -> None:
         unknown_types = set(self.actions) - set(ANOMALY_TYPES)
@@ -68,6 +75,9 @@ class RepairPolicy:
             raise ValueError(f"repair policy has unknown action(s) {bad}; known: {sorted(ACTIONS)}")
         if self.doubtful_action is not None and self.doubtful_action not in ACTIONS:
             raise ValueError(f"repair policy has unknown doubtful_action {self.doubtful_action!r}; known: {sorted(ACTIONS)}")
+        if self.campaign_action not in _CAMPAIGN_ACTIONS:
+            raise ValueError(f"repair policy has unknown campaign_action {self.campaign_action!r}; "
+                             f"known: {list(_CAMPAIGN_ACTIONS)}")
         for name in ("doubt_threshold", "doubt_weight", "anomalous_weight"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -87,6 +97,7 @@ class RepairPolicy:
         and a ``weight``), one action row per user acted on, and a summary of counts."""
         log_, s = result.log, result.scored
         keep, weight, _, user_action = self.decide(log_.offsets, s)
+        pushed = np.zeros(len(keep), bool) if s.event_campaign is None else np.asarray(s.event_campaign, bool)
         repaired = log_.frame.loc[keep].copy()
         repaired["weight"] = weight[keep]
         repaired = repaired.sort_values("_row").drop(columns="_row").reset_index(drop=True)
@@ -106,20 +117,26 @@ class RepairPolicy:
             "users_with_events_dropped": int(((user_action == "drop_events") & (dropped > 0)).sum()),
             # flagged, but odd only as histories of their length are: given doubtful_action instead of their type's
             "users_length_doubt": int((s.length_doubt & (user_action == self.doubtful_action)).sum()),
+            # a campaign's events on its targets that did not survive (any action took them)
+            "campaign_events_removed": int((pushed & ~keep).sum()),
         }
         return RepairResult(repaired, actions, summary)
 
     def decide(self, offsets: np.ndarray, scored) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`apply` to a detector stage's output (results.Scored, or the serving path's batch)."""
-        return self.apply(offsets, scored.anomaly_type, scored.event_score, scored.event_anomalous, scored.length_doubt)
+        """:meth:`apply` to a detector stage's output (results.Scored, or the serving path's batch),
+        with its campaign events (``event_campaign``) where it has them."""
+        return self.apply(offsets, scored.anomaly_type, scored.event_score, scored.event_anomalous, scored.length_doubt,
+                          getattr(scored, "event_campaign", None))
 
     def apply(self, offsets: np.ndarray, anomaly_type: np.ndarray, event_score: np.ndarray,
               event_anomalous: np.ndarray, length_doubt: np.ndarray | None = None,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              event_campaign: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Decide each event's fate.
 
         offsets (U + 1,), anomaly_type (U,) str, event_score (N,), event_anomalous (N,) bool,
-        length_doubt (U,) bool (default none): flagged users that get ``doubtful_action``.
+        length_doubt (U,) bool (default none): flagged users that get ``doubtful_action``;
+        event_campaign (N,) bool (default none): a campaign's events on its targets, which get
+        ``campaign_action`` whatever their user's action.
         Returns keep (N,) bool, weight (N,) float, event_action (N,) str reason, user_action (U,) str.
         """
         n = len(event_score)
@@ -159,5 +176,16 @@ class RepairPolicy:
             kept_doubt = doubt & keep[a:b]
             weight[a:b][kept_doubt] = np.minimum(weight[a:b][kept_doubt], self.doubt_weight)
             ev_action[a:b][kept_doubt] = f"down-weighted: doubtful event ({t})"
+        if event_campaign is not None and self.campaign_action != "pass":
+            push = np.asarray(event_campaign, bool)
+            if push.shape != (n,):
+                raise ValueError(f"event_campaign must be a bool per event ({n}), got shape {push.shape}")
+            push = push & keep
+            if self.campaign_action == "drop_events":
+                keep &= ~push
+                ev_action[push] = "dropped: a campaign's event on its target"
+            else:
+                weight[push] = np.minimum(weight[push], self.anomalous_weight)
+                ev_action[push] = "down-weighted: a campaign's event on its target"
         weight[~keep] = 0.0
         return keep, weight, ev_action, user_action

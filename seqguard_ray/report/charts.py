@@ -79,10 +79,11 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _layout(height: int, *, legend_rows: int = 0, **kw) -> dict:
+def _layout(height: int, *, legend_rows: int = 0, tick_rows: int = 1, **kw) -> dict:
     """Base layout, ``height`` px without the legend; the legend's rows get a bottom margin of their
-    own under the x-axis title (Plotly does not make room for a legend placed there)."""
-    foot = 21 * legend_rows
+    own under the x-axis title (Plotly does not make room for a legend placed there), and so does a
+    second row of tick labels (dates: the year under the first day)."""
+    foot = 21 * legend_rows + 16 * (tick_rows - 1)
     base = {"template": "none", "height": height + foot, "margin": {"l": 56, "r": 16, "t": 16, "b": 52 + foot},
             "font": _FONT, "paper_bgcolor": "#ffffff", "plot_bgcolor": "#fcfcfd", "hovermode": "closest",
             "legend": {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0, "x": 0,
@@ -205,4 +206,81 @@ def timeline_figure(ev: pd.DataFrame, n_total: int, *, height: int = 240) -> go.
         fig.add_trace(go.Scatter(x=flagged["pos"].tolist(), y=[1.08] * len(flagged), mode="markers", name="flagged event",
                                  marker={"symbol": "line-ns-open", "size": 10, "color": FLAG_COLOR, "line": {"width": 1.6}},
                                  hovertemplate="event #%{x} flagged<extra></extra>"))
+    return fig
+
+
+def members_figure(pts: pd.DataFrame, members: Sequence[str], colors: dict[str, str], *, date_axis: bool,
+                   height_per_row: int = 16) -> go.Figure:
+    """A campaign's members' events on its targets over time: one row per member (``members``,
+    top to bottom), one marker per event coloured by target.
+
+    ``pts``: one row per drawn event, columns member, item (both text), x (ISO date-time text
+    when ``date_axis``, else seconds) and when (text for hover); ``colors``: target -> colour.
+    """
+    fig = go.Figure(layout=_layout(
+        max(160, 40 + height_per_row * len(members)), legend_rows=(len(colors) + 3) // 4, tick_rows=1 + date_axis,
+        xaxis=_time_axis(date_axis),
+        yaxis={**_AXIS, "type": "category", "categoryorder": "array", "categoryarray": [e(m) for m in members],
+               "autorange": "reversed", "tickfont": {"size": 10, "color": "#6b7280"}, "automargin": True},
+    ))
+    for item, color in colors.items():
+        g = pts[pts["item"] == item]
+        if g.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=g["x"].tolist(), y=g["member"].map(e).tolist(), mode="markers", name=e(f"target {item}"),
+            marker={"color": color, "size": 7, "opacity": 0.85, "line": {"color": "#ffffff", "width": 0.5}},
+            customdata=np.c_[g["item"].map(e), g["when"]].tolist(),
+            hovertemplate="%{y} on item %{customdata[0]}<br>%{customdata[1]}<extra></extra>"))
+    return fig
+
+
+def _time_axis(date_axis: bool) -> dict:
+    # dates label themselves (and their second tick row would run into a title)
+    return {**_AXIS, "type": "date" if date_axis else "linear", "title": {"text": "" if date_axis else "ts (s)"}}
+
+
+@dataclass
+class TargetCounts:
+    """One target's events per time bin: all users' (``total``), the campaign members' (``campaign``)
+    and its normal level (mean per bin of the other users' events over the log); ``x`` are the
+    len(total) + 1 bin edges (ISO text or seconds), ``width`` a bin's width in axis units (ms on a
+    date axis, else seconds)."""
+
+    item: str
+    x: list
+    width: float
+    total: np.ndarray
+    campaign: np.ndarray
+    normal: float
+    color: str
+
+
+def target_counts_figure(targets: Sequence[TargetCounts], *, window: tuple | None, date_axis: bool, per: str,
+                         height: int = 300) -> go.Figure:
+    """Targets' event counts per ``per`` (hour / day / week) against their normal level: a line of
+    all events, bars of the campaign's, a dashed normal level; ``window`` (x0, x1) shades the
+    campaign's span. One legend entry per target (it toggles the target's three traces); the
+    styles are the caller's note to explain."""
+    fig = go.Figure(layout=_layout(
+        height, legend_rows=(len(targets) + 2) // 3, tick_rows=1 + date_axis, barmode="overlay", xaxis=_time_axis(date_axis),
+        yaxis={**_AXIS, "title": {"text": f"events per {per}"}, "rangemode": "tozero"},
+    ))
+    for t in targets:
+        name = e(f"target {t.item}")
+        total = [int(v) for v in t.total]
+        fig.add_trace(go.Scatter(x=t.x, y=total + total[-1:], mode="lines", name=name,
+                                 legendgroup=name, line={"color": t.color, "width": 1.6, "shape": "hv"},
+                                 hovertemplate=f"{name}<br>from %{{x}}: %{{y:,}} events<extra></extra>"))
+        fig.add_trace(go.Bar(x=t.x[:-1], y=[int(v) if v else None for v in t.campaign], name=f"{name}: campaign's",
+                             offset=0, width=t.width, legendgroup=name, showlegend=False,
+                             marker={"color": _rgba(t.color, 0.45), "line": {"color": t.color, "width": 1}},
+                             hovertemplate=f"{name}<br>from %{{x}}: %{{y:,}} by the campaign<extra></extra>"))
+        if len(t.x):
+            fig.add_trace(go.Scatter(x=[t.x[0], t.x[-1]], y=[round(t.normal, 4)] * 2, mode="lines",
+                                     name=f"{name}: normal level", legendgroup=name, showlegend=False,
+                                     line={"color": t.color, "width": 1.2, "dash": "dash"},
+                                     hovertemplate=f"{name}: normal level {t.normal:.2g} per {per}<extra></extra>"))
+    if window is not None:
+        fig.add_vrect(x0=window[0], x1=window[1], fillcolor="#d62728", opacity=0.07, line_width=0)
     return fig

@@ -9,6 +9,8 @@ import pandas as pd
 
 USER_COLUMNS = ("user_id", "score", "anomalous", "anomaly_type", "reasons")
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "event_score", "anomalous")
+ITEM_COLUMNS = ("item_id", "campaign_score", "suspicious", "campaign_id", "reasons")
+CAMPAIGN_COLUMNS = ("campaign_id", "user_ids", "target_item_ids", "first_ts", "last_ts", "n_events", "score", "reasons")
 NORMAL = "normal"
 
 
@@ -64,6 +66,64 @@ def check_events(events: pd.DataFrame) -> pd.DataFrame:
         "anomalous": events["anomalous"].fillna(False).astype(bool).to_numpy(),
     }
     return pd.DataFrame(cols).assign(ts=events["ts"].reset_index(drop=True))
+
+
+def id_text(values: pd.Series) -> np.ndarray:
+    """(N,) object ids as text, the way the readers read them: integral floats without decimals."""
+    if pd.api.types.is_float_dtype(values):
+        return np.array([str(int(x)) if np.isfinite(x) and x == int(x) else str(x)
+                         for x in values.to_numpy(np.float64)], dtype=object)
+    return values.astype(str).to_numpy(dtype=object)
+
+
+def _id_lists(values: pd.Series, field: str) -> list[list[str]]:
+    out = []
+    for i, ids in enumerate(values):
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise ValueError(f"{field} must hold a list of ids per row, row {i} holds {ids!r}")
+        out.append([str(v) for v in ids])
+    return out
+
+
+def check_items(items: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One row per item: item_id (str), campaign_score (float in [0, 1]), suspicious, campaign_id
+    (nullable Int64), reasons; None stays None."""
+    if items is None:
+        return None
+    _require(items, ITEM_COLUMNS, "items")
+    try:
+        cid = pd.array(items["campaign_id"], dtype="Int64")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"items.campaign_id must be integers or null: {exc}") from exc
+    return pd.DataFrame({
+        "item_id": id_text(items["item_id"]),
+        "campaign_score": _check_scores(items["campaign_score"], "items.campaign_score"),
+        "suspicious": items["suspicious"].fillna(False).astype(bool).to_numpy(),
+        "campaign_id": cid,
+        "reasons": items["reasons"].fillna("").astype(str).to_numpy(dtype=object),
+    })
+
+
+def check_campaigns(campaigns: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One row per campaign: campaign_id (int), user_ids and target_item_ids (lists of str),
+    first_ts / last_ts (as given), n_events (int), score (float in [0, 1]), reasons; None stays None."""
+    if campaigns is None:
+        return None
+    _require(campaigns, CAMPAIGN_COLUMNS, "campaigns")
+    c = campaigns.reset_index(drop=True)
+    try:
+        ids = c["campaign_id"].astype(np.int64).to_numpy()
+        n_events = c["n_events"].astype(np.int64).to_numpy()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"campaigns.campaign_id and campaigns.n_events must be integers: {exc}") from exc
+    return pd.DataFrame({
+        "campaign_id": ids,
+        "user_ids": _id_lists(c["user_ids"], "campaigns.user_ids"),
+        "target_item_ids": _id_lists(c["target_item_ids"], "campaigns.target_item_ids"),
+        "first_ts": c["first_ts"], "last_ts": c["last_ts"], "n_events": n_events,
+        "score": _check_scores(c["score"], "campaigns.score"),
+        "reasons": c["reasons"].fillna("").astype(str).to_numpy(dtype=object),
+    })
 
 
 def check_event_labels(labels: np.ndarray | None, n: int) -> np.ndarray | None:

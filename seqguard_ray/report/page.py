@@ -18,10 +18,25 @@ import numpy as np
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from .campaigns import campaigns_section
 from .fmt import e, fmt_int, type_colors
-from .inputs import align_user_labels, as_unit_float, check_event_labels, check_events, check_users
+from .inputs import (
+    align_user_labels,
+    as_unit_float,
+    check_campaigns,
+    check_event_labels,
+    check_events,
+    check_items,
+    check_users,
+)
 from .quality import quality_section
-from .sections import histogram_section, model_section, repair_section, summary_section, top_users_section
+from .sections import (
+    histogram_section,
+    model_section,
+    repair_section,
+    summary_section,
+    top_users_section,
+)
 from .timelines import timeline_section
 
 log = logging.getLogger(__name__)
@@ -39,6 +54,8 @@ def write_report(
     model_info: Mapping | None = None,
     max_timelines: int = 6,
     label_types: Mapping[str, str] | None = None,
+    items: pd.DataFrame | None = None,
+    campaigns: pd.DataFrame | None = None,
 ) -> Path:
     """Write a self-contained HTML report and return its path.
 
@@ -52,6 +69,12 @@ def write_report(
     ``model_info["event_threshold"]`` are drawn on the histograms when present.
     ``label_types``: true label -> the ``anomaly_type`` that counts as a match (e.g.
     ``"click_farm" -> "injection"``); labels not in it must match literally.
+    ``items`` / ``campaigns``: the campaign stage's frames (``OUT/items.parquet`` and
+    ``OUT/campaigns.parquet``: items with ``item_id``, ``campaign_score`` in [0, 1],
+    ``suspicious``, ``campaign_id``, ``reasons``; campaigns with ``campaign_id``, ``user_ids`` and
+    ``target_item_ids`` (lists), ``first_ts``, ``last_ts``, ``n_events``, ``score`` in [0, 1],
+    ``reasons``). With either, the report adds a "Campaigns" section: each campaign's members,
+    targets and time picture, and the suspicious items.
 
     Raises ``ValueError`` when a required column is missing, a score lies outside [0, 1],
     ``event_labels`` does not match ``events`` in length, or ``max_timelines`` is negative.
@@ -59,6 +82,7 @@ def write_report(
     users = check_users(users)
     events = check_events(events)
     ev_labels = check_event_labels(event_labels, len(events))
+    items, campaigns = check_items(items), check_campaigns(campaigns)
     u_labels = align_user_labels(user_labels, users)
     if not isinstance(max_timelines, (int, np.integer)) or max_timelines < 0:
         raise ValueError(f"max_timelines must be a non-negative int, got {max_timelines!r}")
@@ -72,6 +96,8 @@ def write_report(
     if u_labels is not None or ev_labels is not None:
         sections.append(("quality", "Detection quality",
                          quality_section(users, events, u_labels, ev_labels, colors, label_types or {})))
+    if items is not None or campaigns is not None:
+        sections.append(("campaigns", "Campaigns", campaigns_section(campaigns, items, events)))
     sections.append(("scores", "Score distributions",
                      histogram_section(users, events, u_labels, ev_labels, threshold, event_threshold, colors)))
     sections.append(("timelines", "Flagged user timelines",
