@@ -63,7 +63,8 @@ class Encoder(_Stage):
     """
 
     def __init__(self):
-        super().__init__(lambda d: load_engine(d, device=_device(), torch_threads=_torch_threads()))
+        # the campaign table is applied by the DetectorEnsemble: the encoder does not load it
+        super().__init__(lambda d: load_engine(d, device=_device(), torch_threads=_torch_threads(), campaigns=False))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def encode(self, batches: list[SeqBatch]) -> list[EncodedBatch]:
@@ -74,7 +75,8 @@ class Encoder(_Stage):
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, health_check_period_s=5)
 class DetectorEnsemble(_Stage):
-    """The calibrated detector ensemble: scores, verdicts, types, reasons, event scores."""
+    """The calibrated detector ensemble: scores, verdicts, types, reasons, event scores, and the
+    evidence of the campaign table published with the bundle (re-read when a new one is published)."""
 
     def __init__(self):
         super().__init__(lambda d: load_engine(d, torch_threads=_torch_threads()))

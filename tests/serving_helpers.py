@@ -34,6 +34,27 @@ def score_events(n_users: int = 12, seed: int = 7) -> pd.DataFrame:
     return ev[ev["user_id"].isin(users)][["user_id", "item_id", "ts", "action", "value"]].reset_index(drop=True)
 
 
+def campaign_out(tmp_path: Path, name: str, members, targets, *, cid=0, score=0.97):
+    """tmp_path/name as `seqguard score` writes its campaign tables: one campaign of ``members`` on
+    ``targets`` (ids as text), for `seqguard campaigns publish`."""
+    import pyarrow.parquet as pq
+
+    from seqguard_ray.io.outputs import campaigns_table, items_table
+
+    out = tmp_path / name
+    out.mkdir()
+    camps = pd.DataFrame({"campaign_id": [cid], "user_ids": [members], "target_item_ids": [targets],
+                          "first_ts": [1_600_000_000], "last_ts": [1_600_086_400], "n_events": [3 * len(members)],
+                          "score": [score], "reasons": [f"{len(members)} accounts on {len(targets)} target item(s)"]})
+    n = len(targets)
+    items = pd.DataFrame({"item_id": [*targets, "plain-item"], "campaign_score": [0.99] * n + [0.1],
+                          "suspicious": [True] * n + [False], "campaign_id": pd.array([cid] * n + [None], dtype="Int64"),
+                          "reasons": [f"target of campaign {cid}: 30 of its 40 adopters within a day"] * n + [""]})
+    pq.write_table(items_table(items), out / "items.parquet")
+    pq.write_table(campaigns_table(camps), out / "campaigns.parquet")
+    return out
+
+
 class PlainServer:
     """A plain grpc.aio server (no Ray) on its own event-loop thread."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import TOKEN, score_events, tiny_bundle
+from serving_helpers import TOKEN, campaign_out, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
 from seqguard_ray.runtime.serve import token_digest
@@ -316,11 +316,14 @@ def test_prometheus_endpoint_exports_seqguard_and_serve_metrics(app, served):
     assert not missing, (missing, names)
 
 
-def test_rolling_bundle_update_fails_no_request(app, bundles):
+def test_rolling_bundle_update_fails_no_request(app, bundles, tmp_path):
     from seqguard_ray.runtime.serve.app import deploy
     from seqguard_ray.core.bundle import read_manifest
+    from seqguard_ray.io.campaign_table import publish
 
     new_version = read_manifest(bundles[1])["model_version"]
+    # the new bundle comes with a campaign table: it rolls out with it
+    table = publish(campaign_out(tmp_path, "out", ["m1", "m2", "m3"], ["t1"]), bundles[1])["version"]
     versions, errors = [], []
     stop = threading.Event()
     threads = _score_in_background(app, 4, 3, stop, lambda u, r: versions.append(r.model_version), errors, retries=0)
@@ -334,4 +337,7 @@ def test_rolling_bundle_update_fails_no_request(app, bundles):
     assert not errors, errors[:3]          # no in-flight request failed, no retries used
     assert versions[-1] == new_version and len(set(versions)) == 2
     with _client(app) as c:
-        assert c.model_info().model_version == new_version
+        info = c.model_info()
+        member = c.score("m1", [{"item_id": "t1", "ts": 1_700_000_000 + 60 * i, "action": "view"} for i in range(3)])
+    assert info.model_version == new_version and (info.campaigns_version, info.campaign_members) == (table, 3)
+    assert member.campaign_id == 0 and member.campaigns_version == table and all(member.event_campaign)

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
+from serving_helpers import TOKEN, PlainServer, campaign_out, score_events, tiny_bundle
 
 from seqguard_ray.core.bundle import FORMAT_VERSION, BundleError
 from seqguard_ray.core.detectors import DETECTORS
@@ -47,6 +47,8 @@ def test_proto_keeps_contract_names_and_numbers():
         [("user_id", 1), ("score", 2), ("anomalous", 3), ("anomaly_type", 4), ("event_scores", 5), ("reasons", 6)]
     e = pb.Event.DESCRIPTOR.fields_by_name
     assert [e[n].number for n in ("item_id", "ts", "action", "value")] == [1, 2, 3, 4]
+    assert [f[n].number for n in ("campaign_id", "event_campaign", "targeted_campaigns", "campaigns_version")] == \
+        [11, 12, 13, 14]  # appended: the fields before them keep their numbers
     r = pb.RepairResponse.DESCRIPTOR.fields_by_name
     assert [r[n].number for n in ("score", "events", "weights", "actions")] == [1, 2, 3, 4]
     svc = pb.DESCRIPTOR.services_by_name["SeqGuard"]
@@ -629,7 +631,8 @@ def test_cli_client_score_repair_info_and_auth_failure(plain, tmp_path, capsys, 
     monkeypatch.setenv("SEQGUARD_TOKEN", TOKEN)
     t = f"127.0.0.1:{plain.port}"
     assert main(["client", "info", "--target", t]) == 0
-    assert '"model_version"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"model_version"' in out and '"campaigns_version"' in out
     assert main(["client", "score", "--target", t, "--events", str(f)]) == 0
     assert capsys.readouterr().out.count('"user_id"') == 2
     assert main(["client", "repair", "--target", t, "--events", str(f), "--user", str(df["user_id"].iloc[0])]) == 0
@@ -664,3 +667,199 @@ def test_serve_configs_validate_against_serve_and_app_args(name):
     app = cfg["applications"][0]
     AppArgs.model_validate(app["args"])
     assert {d["name"] for d in app["deployments"]} == set(DEPLOYMENT_NAMES)
+
+
+# --------------------------------------------------------------------------- published campaign tables
+@pytest.fixture(scope="module")
+def campaign_bundle(bundle, tmp_path_factory):
+    """A copy of the module's bundle with a campaign table published: members m1-m3 pushing t1, t2."""
+    import shutil
+
+    from seqguard_ray.io.campaign_table import publish
+
+    tmp = tmp_path_factory.mktemp("campaigns")
+    model = tmp / "model"
+    shutil.copytree(bundle, model)
+    meta = publish(campaign_out(tmp, "out_a", ["m1", "m2", "m3"], ["t1", "t2"]), model)
+    return model, meta, tmp
+
+
+@pytest.fixture(scope="module")
+def campaign_server(campaign_bundle):
+    from seqguard_ray.runtime.serve import InProcessBackend, load_engine
+
+    model = campaign_bundle[0]
+    backend = InProcessBackend(load_engine(str(model), torch_threads=1, campaigns_check_s=0.0), model_dir=str(model))
+    srv = PlainServer(ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits()), backend)
+    yield srv
+    srv.stop()
+
+
+def _pushed_events(n_target=3):
+    """A normal user's history from the demo log with ``n_target`` events on target t1 appended."""
+    df = score_events(n_users=12)
+    g = df[df["user_id"] == df["user_id"].iloc[-1]]
+    recs = g[["item_id", "ts", "action", "value"]].to_dict("records")
+    last = int(g["ts"].max())
+    return recs + [{"item_id": "t1", "ts": last + 60 * (i + 1), "action": "view", "value": 5.0} for i in range(n_target)]
+
+
+def test_a_published_campaign_reaches_members_and_names_targets_to_others(campaign_server, campaign_bundle, client):
+    _, meta, _ = campaign_bundle
+    recs = _pushed_events()
+    on_target = [r["item_id"] == "t1" for r in recs]
+    with SeqGuardClient(f"127.0.0.1:{campaign_server.port}", TOKEN, retries=0) as c:
+        member = c.score("m1", recs)
+        other = c.score("x1", recs)
+        rep = c.repair("m1", recs)
+        info = c.model_info()
+    # a member: flagged as the batch engine flags members, its events on the targets marked for repair
+    assert member.HasField("campaign_id") and member.campaign_id == 0
+    assert member.anomalous and member.anomaly_type != "normal"
+    assert any("member of campaign 0" in r and "t1, t2" in r for r in member.reasons)
+    assert list(member.event_campaign) == on_target and list(member.targeted_campaigns) == [0]
+    assert member.campaigns_version == meta["version"] and len(meta["version"]) == 12
+    assert not any(k for k, t in zip(rep.kept, on_target) if t)  # repair undoes the push
+    # a non-member on the same items: the evidence in its reasons, its verdict its own
+    base = client.score("x1", recs)  # the same model without a table
+    assert not other.HasField("campaign_id") and list(other.targeted_campaigns) == [0]
+    assert other.score == pytest.approx(base.score, abs=1e-9) and other.anomalous == base.anomalous
+    assert other.anomaly_type == base.anomaly_type and not any(other.event_campaign)
+    assert any("3 event(s) on item t1, a target of campaign 0" in r and "not one of them" in r for r in other.reasons)
+    assert list(other.reasons[:len(base.reasons)]) == list(base.reasons)
+    # a bundle without a table: no campaign field is set
+    assert not base.HasField("campaign_id") and base.campaigns_version == "" and len(base.event_campaign) == 0
+    assert (info.campaigns_version, info.campaigns, info.campaign_members, info.campaign_targets) == \
+        (meta["version"], 1, 3, 2)
+    assert client.model_info().campaigns_version == ""
+
+
+def test_publishing_a_new_table_while_serving_is_picked_up(campaign_server, campaign_bundle, capsys):
+    from seqguard_ray.cli.main import main
+    from seqguard_ray.io.campaign_table import publish
+
+    model, meta, tmp = campaign_bundle
+    recs = _pushed_events(2)
+    target = f"127.0.0.1:{campaign_server.port}"
+    try:
+        new = publish(campaign_out(tmp, "out_b", ["x1", "x2", "x3"], ["t1"], cid=4, score=0.9), model)
+        assert new["version"] != meta["version"]
+        with SeqGuardClient(target, TOKEN, retries=0) as c:
+            now_member, former = c.score("x1", recs), c.score("m1", recs)
+            info = c.model_info()
+        assert now_member.campaign_id == 4 and now_member.campaigns_version == new["version"]
+        assert not former.HasField("campaign_id") and list(former.targeted_campaigns) == [4]
+        assert (info.campaigns_version, info.campaign_members) == (new["version"], 3)
+        assert publish(tmp / "out_b", model)["version"] == new["version"]  # the same table: the same version
+    finally:  # back to the module's table, with the CLI
+        assert main(["campaigns", "publish", "--from", str(tmp / "out_a"), "--model", str(model)]) == 0
+    assert f'"version": "{meta["version"]}"' in capsys.readouterr().out
+    with SeqGuardClient(target, TOKEN, retries=0) as c:
+        assert c.score("m1", recs).campaign_id == 0
+
+
+def test_bad_campaign_tables_are_refused_naming_the_problem(campaign_bundle, tmp_path, monkeypatch, capsys):
+    import pickle
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqguard_ray.cli.main import main
+    from seqguard_ray.core.campaigns import published
+    from seqguard_ray.core.campaigns.published import CampaignTableError
+    from seqguard_ray.io.campaign_table import publish, read_current
+    from seqguard_ray.io.outputs import campaigns_table
+
+    model, meta, _ = campaign_bundle
+
+    def refused(out, match):
+        with pytest.raises(CampaignTableError, match=match):
+            publish(out, model)
+
+    refused(tmp_path / "nowhere", "campaigns.parquet does not exist")
+    out = campaign_out(tmp_path, "pickled", ["a", "b", "c"], ["t9"])
+    (out / "campaigns.parquet").write_bytes(pickle.dumps({"campaign_id": [0]}))
+    refused(out, "is not a Parquet file")
+
+    def edited(name, edit, table="campaigns.parquet"):
+        out = campaign_out(tmp_path, name, ["a", "b", "c"], ["t9"])
+        pq.write_table(edit(pq.read_table(out / table)), out / table)
+        return out
+
+    refused(edited("no_users", lambda t: t.drop_columns(["user_ids"])), r"missing column\(s\) \['user_ids'\]")
+    refused(edited("bad_score", lambda t: t.set_column(t.schema.get_field_index("score"), "score",
+                                                       pa.array([7.0]))), r"score must be in \[0, 1\]")
+    refused(edited("orphan", lambda t: t.set_column(t.schema.get_field_index("campaign_id"), "campaign_id",
+                                                    pa.array([3, None], pa.int64())), "items.parquet"),
+            r"names campaign\(s\) \[3\]")
+    two = campaign_out(tmp_path, "two", ["a", "b"], ["t9"])
+    camps = pq.read_table(two / "campaigns.parquet").to_pandas()
+    camps = pd.concat([camps, camps.assign(campaign_id=1, target_item_ids=[["t8"]])])
+    pq.write_table(campaigns_table(camps), two / "campaigns.parquet")
+    refused(two, "user a is in the user_ids of campaigns 0 and 1")
+    monkeypatch.setattr(published, "MAX_CAMPAIGNS", 0)
+    refused(campaign_out(tmp_path, "many", ["a"], ["t9"]), "over the limit of 0")
+    monkeypatch.undo()
+    assert read_current(model).version == meta["version"]  # nothing refused was published
+    # the CLI: exit status 2 and the problem, no trace
+    assert main(["campaigns", "publish", "--from", str(tmp_path / "pickled"), "--model", str(model)]) == 2
+    assert "is not a Parquet file" in capsys.readouterr().err
+
+
+def test_a_broken_table_fails_the_load_and_a_broken_swap_keeps_the_served_one(campaign_bundle, tmp_path, caplog):
+    import json
+    import shutil
+
+    from seqguard_ray.io.campaign_table import CampaignWatch
+    from seqguard_ray.runtime.serve import load_engine
+
+    model = tmp_path / "model"
+    shutil.copytree(campaign_bundle[0], model)
+    version = campaign_bundle[1]["version"]
+    watch = CampaignWatch(model, check_s=0.0)
+    pointer = model / "campaigns" / "CURRENT.json"
+    pointer.write_text(json.dumps({"version": "0123456789ab"}))
+    with caplog.at_level("ERROR"):
+        assert watch.current().version == version  # kept
+    assert "cannot be served" in caplog.text
+    with pytest.raises(BundleError, match="published campaign table cannot be served"):
+        load_engine(str(model))
+    pointer.write_text(json.dumps({"version": version}))
+    (model / "campaigns" / version / "items.parquet").write_bytes(b"PAR1 tampered PAR1")
+    with pytest.raises(BundleError, match="checksum"):
+        load_engine(str(model))
+
+
+def test_online_campaign_verdicts_equal_the_batch_engines(tiny_model, tiny_events, tmp_path):
+    """A log with a planted lockstep group scored in batch, its table published: members and
+    non-members scored online get the batch verdicts (the same apply_campaigns), non-members the
+    evidence only."""
+    from seqguard_ray.io.campaign_table import publish
+    from seqguard_ray.io.outputs import write_outputs
+    from seqguard_ray.runtime.serve import detect_stage, encode_stage, load_engine
+
+    rng = np.random.default_rng(1)
+    counts = tiny_events["item_id"].value_counts()
+    targets, popular = counts[counts == 2].index[:2].tolist(), counts.index[:8].to_numpy()
+    t0 = int(tiny_events["ts"].max()) - 86400
+    rows = [(f"bot{k}", int(item), t0 + int(rng.integers(0, 3600)), "click", 1.0)
+            for k in range(15) for item in targets + list(rng.choice(popular, 4, replace=False))]
+    log = pd.concat([tiny_events, pd.DataFrame(rows, columns=list(tiny_events.columns))], ignore_index=True)
+    model = tiny_model.save(tmp_path / "model")
+    res = tiny_model.score(log)
+    write_outputs(tiny_model, res, tmp_path / "out")
+    publish(tmp_path / "out", model)
+    users = res.users.set_index("user_id")
+    touched = log.loc[log["item_id"].isin(targets), "user_id"].unique().tolist()
+    batch = SeqBatch.concat([parse_score_request(r, Limits())
+                             for r in requests_from_frame(log[log["user_id"].isin(touched + ["u1"])])])[0]
+    eng = load_engine(str(model), torch_threads=1)
+    sb = detect_stage(eng, encode_stage(eng, batch))
+    assert sb.campaigns_version and (users.loc[touched, "campaign_id"].notna()).any()
+    for r, uid in enumerate(batch.user_ids):
+        u = users.loc[uid]
+        assert sb.score[r] == pytest.approx(u["score"], abs=1e-6), uid
+        assert (sb.anomalous[r], sb.anomaly_type[r]) == (u["anomalous"], u["anomaly_type"]), uid
+        assert sb.campaign_id[r] == (-1 if pd.isna(u["campaign_id"]) else u["campaign_id"]), uid
+        if sb.campaign_id[r] < 0 and sb.targeted[r]:
+            assert any("a target of campaign" in x for x in sb.reasons[r])

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a coordinated campaign injected into the demo log, a name in "
                         f"seqguard_ray.synth.CAMPAIGN_SETTINGS (default {DEMO_CAMPAIGN}), or 'none'")
 
-    from . import client_commands, serve_commands
+    from . import campaign_commands, client_commands, serve_commands
     serve_commands.add_parser(sub)
     client_commands.add_parser(sub)
+    campaign_commands.add_parser(sub)
     return p
 
 

@@ -72,7 +72,10 @@ def _token_digest(args) -> str | None:
 def cmd_serve(args) -> int:
     from ..core.bundle import read_manifest
 
+    from ..io.campaign_table import read_current
+
     manifest = read_manifest(args.model)  # a bad bundle fails here, before anything starts
+    read_current(args.model)              # and so does a bad campaign table published with it
     digest = _token_digest(args)
     if args.no_ray:
         return _serve_plain(args, digest, manifest["model_version"])

@@ -78,6 +78,8 @@ class EncodedBatch:
     order: np.ndarray          # (N,) sorted event position -> row in the SeqBatch
     model_version: str
     model_dir: str
+    user_ids: list[str] | None = None  # (R,) the callers' user ids (a published campaign's members)
+    items: np.ndarray | None = None    # (N,) object str item ids, sorted order (a campaign's targets)
 
     def split(self, bounds: np.ndarray) -> list[EncodedBatch]:
         """Per-part views for sequence bounds (P + 1,) (the parts were concatenated in order)."""
@@ -93,7 +95,9 @@ class EncodedBatch:
             seqs = Seqs(off[r0:r1 + 1] - e0, s.ts[e0:e1], s.item[e0:e1], s.action[e0:e1], s.value[e0:e1], s.surprisal[e0:e1],
                         None if s.key is None else s.key[e0:e1])
             out.append(EncodedBatch(Encoded(seqs, self.encoded.user_emb[r0:r1]), self.order[e0:e1] - e0,
-                                    self.model_version, self.model_dir))
+                                    self.model_version, self.model_dir,
+                                    None if self.user_ids is None else self.user_ids[r0:r1],
+                                    None if self.items is None else self.items[e0:e1]))
         return out
 
 
@@ -115,6 +119,11 @@ class ScoredBatch:
     threshold: float
     model_version: str
     model_dir: str
+    # a published campaign table's evidence (None / "": none is published)
+    event_campaign: np.ndarray | None = None  # (N,) bool: members' events on their campaign's targets
+    campaign_id: np.ndarray | None = None     # (R,) int64 each sequence's campaign, -1 = none
+    targeted: list[list[int]] | None = None   # (R,) campaigns whose targets each sequence has events on
+    campaigns_version: str = ""
 
     def input_order(self) -> np.ndarray:
         """(N,) for each input row, its sorted position."""
@@ -128,7 +137,10 @@ class ScoredBatch:
                        score=self.score[r0:r1], anomalous=self.anomalous[r0:r1], anomaly_type=self.anomaly_type[r0:r1],
                        reasons=self.reasons[r0:r1], event_score=self.event_score[e0:e1],
                        event_anomalous=self.event_anomalous[e0:e1], detector_scores=self.detector_scores[r0:r1],
-                       length_doubt=self.length_doubt[r0:r1])
+                       length_doubt=self.length_doubt[r0:r1],
+                       event_campaign=None if self.event_campaign is None else self.event_campaign[e0:e1],
+                       campaign_id=None if self.campaign_id is None else self.campaign_id[r0:r1],
+                       targeted=None if self.targeted is None else self.targeted[r0:r1])
 
     def split(self, bounds: np.ndarray) -> list[ScoredBatch]:
         return [self] if len(bounds) == 2 else [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]

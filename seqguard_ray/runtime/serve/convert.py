@@ -105,16 +105,22 @@ def score_responses(batch: SeqBatch, sb: ScoredBatch) -> list[pb.ScoreResponse]:
     inv = sb.input_order()
     ev_score = sb.event_score[inv].astype(np.float64).tolist()
     ev_anom = sb.event_anomalous[inv].astype(bool).tolist()
+    ev_campaign = [] if sb.event_campaign is None else np.asarray(sb.event_campaign, bool)[inv].tolist()
     off = batch.offsets.tolist()
     out = []
     for r in range(batch.n_seqs):
         a, b = off[r], off[r + 1]
-        out.append(pb.ScoreResponse(
+        msg = pb.ScoreResponse(
             user_id=batch.user_ids[r], score=float(sb.score[r]), anomalous=bool(sb.anomalous[r]),
             anomaly_type=str(sb.anomaly_type[r]), event_scores=ev_score[a:b], reasons=[str(x) for x in sb.reasons[r]],
             event_anomalous=ev_anom[a:b], model_version=sb.model_version, threshold=sb.threshold,
             detector_scores=dict(zip(sb.detector_names, sb.detector_scores[r].astype(float).tolist())),
-        ))
+            event_campaign=ev_campaign[a:b], targeted_campaigns=[] if sb.targeted is None else sb.targeted[r],
+            campaigns_version=sb.campaigns_version,
+        )
+        if sb.campaign_id is not None and sb.campaign_id[r] >= 0:
+            msg.campaign_id = int(sb.campaign_id[r])
+        out.append(msg)
     return out
 
 
@@ -146,6 +152,8 @@ def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse
         max_events_per_sequence=limits.max_events_per_sequence, max_sequences_per_batch=limits.max_sequences_per_batch,
         max_message_bytes=limits.max_message_bytes, anomaly_types=list(ANOMALY_TYPES),
         repair_actions=[f"{t}={a}" for t, a in info.repair_actions.items()],
+        campaigns_version=info.campaigns_version, campaigns=info.campaigns, campaign_members=info.campaign_members,
+        campaign_targets=info.campaign_targets,
     )
 
 

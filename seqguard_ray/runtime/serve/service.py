@@ -74,9 +74,10 @@ class StagedBackend:
         return await self._submit(batch, True)
 
     async def model_info(self) -> ModelInfo:
+        """The bundle's info, with the campaign table published with it now."""
         if self.info is None:
             raise Unavailable("no model is loaded yet: retry shortly")
-        return self.info
+        return await asyncio.to_thread(self.info.with_campaigns)
 
     def close(self) -> None:
         self._batcher.close()
@@ -118,7 +119,7 @@ class InProcessBackend(StagedBackend):
         if self.info is None:
             self._engine()
             self.info = ModelInfo.from_dir(self.model_dir)
-        return self.info
+        return await super().model_info()
 
     def close(self) -> None:
         super().close()

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .batches import EncodedBatch, RepairedBatch, ScoredBatch, SeqBatch
@@ -31,17 +31,28 @@ def encode_stage(sg, batch: SeqBatch, model_dir: str = "") -> EncodedBatch:
     sg.check_log(log_, once=True)
     enc = sg.encode(sg.tokenize(log_))
     return EncodedBatch(enc, log_.frame["_row"].to_numpy(), getattr(sg, "model_version", ""),
-                        getattr(sg, "model_dir", model_dir))
+                        getattr(sg, "model_dir", model_dir), list(batch.user_ids), log_.item)
 
 
 def detect_stage(sg, eb: EncodedBatch) -> ScoredBatch:
-    """Score with the calibrated ensemble (the DetectorEnsemble deployment's work)."""
+    """Score with the calibrated ensemble (the DetectorEnsemble deployment's work), then merge the
+    evidence of the campaign table published with the bundle (``sg.campaign_watch``), if any."""
+    from ...core.campaigns.published import apply_published
     from ...core.detectors import DETECTORS
 
     s = sg.detect(eb.encoded)
+    watch = getattr(sg, "campaign_watch", None)
+    table = watch.current() if watch is not None else None
+    campaign = targeted = None
+    if table is not None and eb.user_ids is not None and eb.items is not None:
+        seqs = eb.encoded.seqs
+        s, campaign, targeted = apply_published(seqs.offsets, s, table, eb.user_ids, eb.items, seqs.ts,
+                                                threshold=float(sg.strata.threshold_))
     return ScoredBatch(eb.encoded.seqs.offsets, eb.order, s.score, s.anomalous, s.anomaly_type, s.reasons,
                        s.event_score, s.event_anomalous, s.detector_scores, s.length_doubt, tuple(DETECTORS),
-                       float(sg.user_detectors.threshold_), eb.model_version, eb.model_dir)
+                       float(sg.user_detectors.threshold_), eb.model_version, eb.model_dir,
+                       s.event_campaign if campaign is not None else None, campaign, targeted,
+                       table.version if campaign is not None else "")
 
 
 def repair_stage(policy, sb: ScoredBatch) -> RepairedBatch:
@@ -167,11 +178,18 @@ def load_policy(model_dir: str) -> PolicyModel:
     return PolicyModel(RepairPolicy(**m["repair_policy"]), m["model_version"])
 
 
-def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int | None = None):
-    """A SeqGuard from a bundle for a serving process (encoder on ``device``, few torch threads)."""
+def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int | None = None,
+                campaigns: bool = True, campaigns_check_s: float = 1.0):
+    """A SeqGuard from a bundle for a serving process (encoder on ``device``, few torch threads).
+    ``campaigns``: also load the campaign table published with it (``sg.campaign_watch``, re-read
+    when a new one is published, looked at every ``campaigns_check_s`` seconds); a broken table
+    fails the load like a broken bundle."""
     import torch
 
+    from ...core.bundle import BundleError
+    from ...core.campaigns.published import CampaignTableError
     from ...core.pipeline import SeqGuard
+    from ...io.campaign_table import CampaignWatch
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
@@ -179,18 +197,28 @@ def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int
     if device and device != "cpu":
         sg.model.to(device)
     sg.model_dir = str(model_dir)
+    if campaigns:
+        try:
+            sg.campaign_watch = CampaignWatch(model_dir, check_s=campaigns_check_s)
+        except CampaignTableError as exc:
+            raise BundleError(f"model bundle {model_dir}: its published campaign table cannot be served: {exc}") from None
     return sg
 
 
 @dataclass
 class ModelInfo:
-    """ModelInfo fields that come from the bundle."""
+    """ModelInfo fields that come from the bundle, and from the campaign table published with it."""
 
     model_version: str
     format_version: str
     threshold: float
     target_fpr: float
     repair_actions: dict[str, str]
+    model_dir: str = ""
+    campaigns_version: str = ""   # "" when no table is published
+    campaigns: int = 0
+    campaign_members: int = 0
+    campaign_targets: int = 0
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelInfo:
@@ -198,4 +226,19 @@ class ModelInfo:
 
         m = read_manifest(model_dir)
         return cls(m["model_version"], str(m["format_version"]), float(m["detectors"]["threshold"]),
-                   float(m["detectors"]["target_fpr"]), dict(m["repair_policy"]["actions"]))
+                   float(m["detectors"]["target_fpr"]), dict(m["repair_policy"]["actions"]),
+                   str(model_dir)).with_campaigns()
+
+    def with_campaigns(self) -> ModelInfo:
+        """This info with the campaign table published now (read from its table.json: cheap)."""
+        from ...core.campaigns.published import CampaignTableError
+        from ...io.campaign_table import current_meta
+
+        try:
+            meta = current_meta(self.model_dir) if self.model_dir else None
+        except CampaignTableError as exc:
+            log.error("%s", exc)
+            meta = None
+        meta = meta or {}
+        return replace(self, campaigns_version=str(meta.get("version", "")), campaigns=int(meta.get("campaigns", 0)),
+                       campaign_members=int(meta.get("members", 0)), campaign_targets=int(meta.get("targets", 0)))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-seqguard_ray/proto/seqguard/v1/seqguard.proto\x12\x0bseqguard.v1\"R\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\n\n\x02ts\x18\x02 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_value\"C\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.seqguard.v1.Event\"\xc2\x02\n\rScoreResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\tanomalous\x18\x03 \x01(\x08\x12\x14\n\x0c\x61nomaly_type\x18\x04 \x01(\t\x12\x14\n\x0c\x65vent_scores\x18\x05 \x03(\x01\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x17\n\x0f\x65vent_anomalous\x18\x07 \x03(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x11\n\tthreshold\x18\t \x01(\x01\x12G\n\x0f\x64\x65tector_scores\x18\n \x03(\x0b\x32..seqguard.v1.ScoreResponse.DetectorScoresEntry\x1a\x35\n\x13\x44\x65tectorScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x11ScoreBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.seqguard.v1.ScoreRequest\"C\n\x12ScoreBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.seqguard.v1.ScoreResponse\"\xa4\x01\n\x0eRepairResponse\x12)\n\x05score\x18\x01 \x01(\x0b\x32\x1a.seqguard.v1.ScoreResponse\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.seqguard.v1.Event\x12\x0f\n\x07weights\x18\x03 \x03(\x01\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x13\n\x0buser_action\x18\x05 \x01(\t\x12\x0c\n\x04kept\x18\x06 \x03(\x08\"\x12\n\x10ModelInfoRequest\"\x8d\x02\n\x11ModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x12\n\ntarget_fpr\x18\x04 \x01(\x01\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12\x1f\n\x17max_events_per_sequence\x18\x06 \x01(\x05\x12\x1f\n\x17max_sequences_per_batch\x18\x07 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x03\x12\x15\n\ranomaly_types\x18\t \x03(\t\x12\x16\n\x0erepair_actions\x18\n \x03(\t2\xa7\x02\n\x08SeqGuard\x12>\n\x05Score\x12\x19.seqguard.v1.ScoreRequest\x1a\x1a.seqguard.v1.ScoreResponse\x12M\n\nScoreBatch\x12\x1e.seqguard.v1.ScoreBatchRequest\x1a\x1f.seqguard.v1.ScoreBatchResponse\x12@\n\x06Repair\x12\x19.seqguard.v1.ScoreRequest\x1a\x1b.seqguard.v1.RepairResponse\x12J\n\tModelInfo\x12\x1d.seqguard.v1.ModelInfoRequest\x1a\x1e.seqguard.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-seqguard_ray/proto/seqguard/v1/seqguard.proto\x12\x0bseqguard.v1\"R\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\n\n\x02ts\x18\x02 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_value\"C\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.seqguard.v1.Event\"\xbb\x03\n\rScoreResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\tanomalous\x18\x03 \x01(\x08\x12\x14\n\x0c\x61nomaly_type\x18\x04 \x01(\t\x12\x14\n\x0c\x65vent_scores\x18\x05 \x03(\x01\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x17\n\x0f\x65vent_anomalous\x18\x07 \x03(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x11\n\tthreshold\x18\t \x01(\x01\x12G\n\x0f\x64\x65tector_scores\x18\n \x03(\x0b\x32..seqguard.v1.ScoreResponse.DetectorScoresEntry\x12\x18\n\x0b\x63\x61mpaign_id\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12\x16\n\x0e\x65vent_campaign\x18\x0c \x03(\x08\x12\x1a\n\x12targeted_campaigns\x18\r \x03(\x03\x12\x19\n\x11\x63\x61mpaigns_version\x18\x0e \x01(\t\x1a\x35\n\x13\x44\x65tectorScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0e\n\x0c_campaign_id\"@\n\x11ScoreBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.seqguard.v1.ScoreRequest\"C\n\x12ScoreBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.seqguard.v1.ScoreResponse\"\xa4\x01\n\x0eRepairResponse\x12)\n\x05score\x18\x01 \x01(\x0b\x32\x1a.seqguard.v1.ScoreResponse\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.seqguard.v1.Event\x12\x0f\n\x07weights\x18\x03 \x03(\x01\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12\x13\n\x0buser_action\x18\x05 \x01(\t\x12\x0c\n\x04kept\x18\x06 \x03(\x08\"\x12\n\x10ModelInfoRequest\"\xef\x02\n\x11ModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x12\n\ntarget_fpr\x18\x04 \x01(\x01\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12\x1f\n\x17max_events_per_sequence\x18\x06 \x01(\x05\x12\x1f\n\x17max_sequences_per_batch\x18\x07 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x03\x12\x15\n\ranomaly_types\x18\t \x03(\t\x12\x16\n\x0erepair_actions\x18\n \x03(\t\x12\x19\n\x11\x63\x61mpaigns_version\x18\x0b \x01(\t\x12\x11\n\tcampaigns\x18\x0c \x01(\x05\x12\x18\n\x10\x63\x61mpaign_members\x18\r \x01(\x05\x12\x18\n\x10\x63\x61mpaign_targets\x18\x0e \x01(\x05\x32\xa7\x02\n\x08SeqGuard\x12>\n\x05Score\x12\x19.seqguard.v1.ScoreRequest\x1a\x1a.seqguard.v1.ScoreResponse\x12M\n\nScoreBatch\x12\x1e.seqguard.v1.ScoreBatchRequest\x1a\x1f.seqguard.v1.ScoreBatchResponse\x12@\n\x06Repair\x12\x19.seqguard.v1.ScoreRequest\x1a\x1b.seqguard.v1.RepairResponse\x12J\n\tModelInfo\x12\x1d.seqguard.v1.ModelInfoRequest\x1a\x1e.seqguard.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST']._serialized_start=146
   _globals['_SCOREREQUEST']._serialized_end=213
   _globals['_SCORERESPONSE']._serialized_start=216
-  _globals['_SCORERESPONSE']._serialized_end=538
-  _globals['_SCORERESPONSE_DETECTORSCORESENTRY']._serialized_start=485
-  _globals['_SCORERESPONSE_DETECTORSCORESENTRY']._serialized_end=538
-  _globals['_SCOREBATCHREQUEST']._serialized_start=540
-  _globals['_SCOREBATCHREQUEST']._serialized_end=604
-  _globals['_SCOREBATCHRESPONSE']._serialized_start=606
-  _globals['_SCOREBATCHRESPONSE']._serialized_end=673
-  _globals['_REPAIRRESPONSE']._serialized_start=676
-  _globals['_REPAIRRESPONSE']._serialized_end=840
-  _globals['_MODELINFOREQUEST']._serialized_start=842
-  _globals['_MODELINFOREQUEST']._serialized_end=860
-  _globals['_MODELINFORESPONSE']._serialized_start=863
-  _globals['_MODELINFORESPONSE']._serialized_end=1132
-  _globals['_SEQGUARD']._serialized_start=1135
-  _globals['_SEQGUARD']._serialized_end=1430
+  _globals['_SCORERESPONSE']._serialized_end=659
+  _globals['_SCORERESPONSE_DETECTORSCORESENTRY']._serialized_start=590
+  _globals['_SCORERESPONSE_DETECTORSCORESENTRY']._serialized_end=643
+  _globals['_SCOREBATCHREQUEST']._serialized_start=661
+  _globals['_SCOREBATCHREQUEST']._serialized_end=725
+  _globals['_SCOREBATCHRESPONSE']._serialized_start=727
+  _globals['_SCOREBATCHRESPONSE']._serialized_end=794
+  _globals['_REPAIRRESPONSE']._serialized_start=797
+  _globals['_REPAIRRESPONSE']._serialized_end=961
+  _globals['_MODELINFOREQUEST']._serialized_start=963
+  _globals['_MODELINFOREQUEST']._serialized_end=981
+  _globals['_MODELINFORESPONSE']._serialized_start=984
+  _globals['_MODELINFORESPONSE']._serialized_end=1351
+  _globals['_SEQGUARD']._serialized_start=1354
+  _globals['_SEQGUARD']._serialized_end=1649
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("user_id", "score", "anomalous", "anomaly_type", "event_scores", "reasons", "event_anomalous", "model_version", "threshold", "detector_scores")
+    __slots__ = ("user_id", "score", "anomalous", "anomaly_type", "event_scores", "reasons", "event_anomalous", "model_version", "threshold", "detector_scores", "campaign_id", "event_campaign", "targeted_campaigns", "campaigns_version")
     class DetectorScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,10 @@ class ScoreResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DETECTOR_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    TARGETED_CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGNS_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     score: float
     anomalous: bool
@@ -55,7 +59,11 @@ class ScoreResponse(_message.Message):
     model_version: str
     threshold: float
     detector_scores: _containers.ScalarMap[str, float]
-    def __init__(self, user_id: _Optional[str] = ..., score: _Optional[float] = ..., anomalous: _Optional[bool] = ..., anomaly_type: _Optional[str] = ..., event_scores: _Optional[_Iterable[float]] = ..., reasons: _Optional[_Iterable[str]] = ..., event_anomalous: _Optional[_Iterable[bool]] = ..., model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., detector_scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    campaign_id: int
+    event_campaign: _containers.RepeatedScalarFieldContainer[bool]
+    targeted_campaigns: _containers.RepeatedScalarFieldContainer[int]
+    campaigns_version: str
+    def __init__(self, user_id: _Optional[str] = ..., score: _Optional[float] = ..., anomalous: _Optional[bool] = ..., anomaly_type: _Optional[str] = ..., event_scores: _Optional[_Iterable[float]] = ..., reasons: _Optional[_Iterable[str]] = ..., event_anomalous: _Optional[_Iterable[bool]] = ..., model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., detector_scores: _Optional[_Mapping[str, float]] = ..., campaign_id: _Optional[int] = ..., event_campaign: _Optional[_Iterable[bool]] = ..., targeted_campaigns: _Optional[_Iterable[int]] = ..., campaigns_version: _Optional[str] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -90,7 +98,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "format_version", "threshold", "target_fpr", "server_version", "max_events_per_sequence", "max_sequences_per_batch", "max_message_bytes", "anomaly_types", "repair_actions")
+    __slots__ = ("model_version", "format_version", "threshold", "target_fpr", "server_version", "max_events_per_sequence", "max_sequences_per_batch", "max_message_bytes", "anomaly_types", "repair_actions", "campaigns_version", "campaigns", "campaign_members", "campaign_targets")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +109,10 @@ class ModelInfoResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_TYPES_FIELD_NUMBER: _ClassVar[int]
     REPAIR_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGNS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_TARGETS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     format_version: str
     threshold: float
@@ -111,4 +123,8 @@ class ModelInfoResponse(_message.Message):
     max_message_bytes: int
     anomaly_types: _containers.RepeatedScalarFieldContainer[str]
     repair_actions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_version: _Optional[str] = ..., format_version: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., server_version: _Optional[str] = ..., max_events_per_sequence: _Optional[int] = ..., max_sequences_per_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., anomaly_types: _Optional[_Iterable[str]] = ..., repair_actions: _Optional[_Iterable[str]] = ...) -> None: ...
+    campaigns_version: str
+    campaigns: int
+    campaign_members: int
+    campaign_targets: int
+    def __init__(self, model_version: _Optional[str] = ..., format_version: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., server_version: _Optional[str] = ..., max_events_per_sequence: _Optional[int] = ..., max_sequences_per_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., anomaly_types: _Optional[_Iterable[str]] = ..., repair_actions: _Optional[_Iterable[str]] = ..., campaigns_version: _Optional[str] = ..., campaigns: _Optional[int] = ..., campaign_members: _Optional[int] = ..., campaign_targets: _Optional[int] = ...) -> None: ...
