@@ -53,7 +53,8 @@ class BundleError(ValueError):
     """A model bundle that is missing, corrupt, tampered with or of another format version."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -109,7 +110,7 @@ def save_bundle(sg, path: str | Path) -> Path:
         "changepoint": changepoint_meta,
         "vocab": vocab_meta,
         "metrics": {**sg.metrics, "feature_quantiles": explained["quantiles"]},
-        "files": {f: _sha256(out / f) for f in FILES},
+        "files": {f: file_sha256(out / f) for f in FILES},
     }
     manifest["model_version"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
@@ -150,7 +151,7 @@ def read_manifest(path: str | Path) -> dict:
         fp = p / f
         if not fp.is_file():
             raise BundleError(f"model bundle {p} is missing {f}")
-        if files.get(f) != _sha256(fp):
+        if files.get(f) != file_sha256(fp):
             raise BundleError(f"model bundle {p}: {f} does not match the manifest's checksum (corrupt or tampered with)")
     return manifest
 

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.bundle import read_manifest
+from ..core.bundle import file_sha256, read_manifest
 from ..core.campaigns.published import CampaignTable, CampaignTableError
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,6 @@ def read_table(folder: str | Path, *, version: str = "") -> CampaignTable:
         raise CampaignTableError(f"{p}: {exc}") from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -109,7 +101,7 @@ def publish(out: str | Path, model_dir: str | Path) -> dict:
     src, model = Path(out), Path(model_dir)
     manifest = read_manifest(model)  # a bad bundle fails before anything is written
     table = read_table(src)
-    hashes = {f: _sha256(src / f) for f in FILES}
+    hashes = {f: file_sha256(src / f) for f in FILES}
     version = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
     root = model / DIR
     root.mkdir(exist_ok=True)
@@ -125,7 +117,7 @@ def publish(out: str | Path, model_dir: str | Path) -> dict:
         # only the suspicious rows: what serving reads (the whole items table can be every item of a log)
         items = pq.read_table(src / "items.parquet", filters=[("suspicious", "==", True)])
         pq.write_table(items, tmp / "items.parquet")
-        meta["files"] = {f: _sha256(tmp / f) for f in FILES}
+        meta["files"] = {f: file_sha256(tmp / f) for f in FILES}
         (tmp / META).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
@@ -166,7 +158,7 @@ def read_current(model_dir: str | Path) -> CampaignTable | None:
         return None
     folder = Path(model_dir) / DIR / meta["version"]
     for f, want in (meta.get("files") or {}).items():
-        if f in FILES and _sha256(folder / f) != want:
+        if f in FILES and file_sha256(folder / f) != want:
             raise CampaignTableError(f"{folder / f} does not match {META}'s checksum (corrupt or tampered with)")
     return read_table(folder, version=meta["version"])
 
