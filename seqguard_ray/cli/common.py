@@ -38,11 +38,44 @@ def check_out_dir(path: str | Path, flag: str) -> None:
         raise ValueError(f"{flag} {p} exists and is not a directory")
 
 
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The training config's options (`seqguard train` and `seqguard pretrain`): a config file,
+    a size preset and the flags that override them."""
+    from ..core.config import PRECISIONS, PRESETS
+
+    g = p.add_argument_group("training config (flags override --config, which overrides --preset)")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="training config, YAML or JSON: any TrainConfig field (seqguard_ray/core/config.py)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="encoder size: small (2 layers x 64, the default), base (4 x 256), large (8 x 512)")
+    g.add_argument("--epochs", type=positive_int, default=None, help="encoder epochs (default: sized to the data)")
+    g.add_argument("--batch-size", type=positive_int, default=None, dest="train_batch_size", metavar="N",
+                   help="windows per training batch (default 64)")
+    g.add_argument("--grad-accum", type=positive_int, default=None,
+                   help="batches per optimiser step (gradient accumulation; default 1)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
+    g.add_argument("--mixed-precision", choices=PRECISIONS, default=None,
+                   help="autocast dtype on a CUDA GPU (default bf16; ignored on CPU)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    g.add_argument("--init-from", default=None, metavar="ENCODER_DIR",
+                   help="start from a pretrained encoder (`seqguard pretrain --out`) and fine-tune it; "
+                        "without --preset or sizes its sizes are taken")
+
+
 def train_config(args):
-    """The TrainConfig of `seqguard train`'s options (both engines); unset options keep its defaults."""
-    from ..core.config import TrainConfig
-    given = {"epochs": args.epochs, "seed": args.seed, "target_fpr": args.target_fpr, "trim_share": args.trim_share}
-    return TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    """The TrainConfig of a command's options (both engines): defaults, then --preset, then
+    --config FILE, then the other flags; a pretrained encoder's sizes where none are given."""
+    from ..core.config import resolve_config
+
+    flags = {"preset": args.preset, "epochs": args.epochs, "batch_size": args.train_batch_size,
+             "grad_accum": args.grad_accum, "lr": args.lr, "mixed_precision": args.mixed_precision,
+             "seed": args.seed, "init_from": args.init_from,
+             "target_fpr": getattr(args, "target_fpr", None), "trim_share": getattr(args, "trim_share", None)}
+    cfg = resolve_config(args.config, flags)
+    if cfg.init_from is not None:
+        from ..core.pretrained import pretrained_sizes
+        cfg = resolve_config(args.config, flags, below=pretrained_sizes(cfg.init_from))
+    return cfg
 
 
 def read_allow_list(path: str | None):

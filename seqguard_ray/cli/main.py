@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .common import (
+    add_config_args,
     campaign_frames,
     campaign_lines,
     check_out_dir,
@@ -40,13 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the sequence encoder (self-supervised) and fit the calibrated detectors.")
     t.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL with user_id, item_id, ts")
     t.add_argument("--model", required=True, help="output model bundle directory")
-    t.add_argument("--epochs", type=positive_int, default=None, help="encoder epochs (default: sized to the data)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--target-fpr", type=fpr, default=None, help="share of normal users flagged (default 0.01)")
     t.add_argument("--trim-share", type=share, default=None,
                    help="share of training users presumed anomalous and left out of the normal references, "
                         "besides those whose items resemble nobody (default 0.05; 0 for a log known to be clean, "
                         "about the attacker share for a poisoned one; see docs/metrics.md)")
+    add_config_args(t)
     _add_on_bad_rows(t)
     add_ray_args(t, command="train")
 
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a coordinated campaign injected into the demo log, a name in "
                         f"seqguard_ray.synth.CAMPAIGN_SETTINGS (default {DEMO_CAMPAIGN}), or 'none'")
 
-    from . import campaign_commands, client_commands, serve_commands
+    from . import campaign_commands, client_commands, pretrain_commands, serve_commands
+    pretrain_commands.add_parser(sub, add_config_args, _add_on_bad_rows)
     serve_commands.add_parser(sub)
     client_commands.add_parser(sub)
     campaign_commands.add_parser(sub)

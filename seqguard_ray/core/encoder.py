@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,10 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 
+from .config import ENCODER_PARAMS
 from .features import Seqs
 from .results import Encoded
 from .stage import check_is_fitted
-from .tokens import MASK, N_GAP_BUCKETS, PAD, gap_buckets, owner_positions, windows
+from .tokens import N_GAP_BUCKETS, PAD, gap_buckets, owner_positions, windows
+from .training import autocast, autocast_dtype, mask_events, masked_loss, train_encoder
+
+__all__ = ["Encoder", "SeqGuardConfig", "SeqGuardEncoder", "masked_loss", "surprisal", "train_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -107,71 +110,6 @@ class SeqGuardEncoder(PreTrainedModel):
         }
 
 
-def _mask_events(items, actions, gaps, masked):
-    """Replace masked events' ids by MASK; returns new tensors. masked: (B, T) bool."""
-    return (items.masked_fill(masked, MASK), actions.masked_fill(masked, MASK), gaps.masked_fill(masked, MASK))
-
-
-def masked_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator, mask_prob: float) -> torch.Tensor:
-    """Masked-event prediction loss on one batch of windows. ``model`` may be DDP-wrapped."""
-    items, actions, gaps = batch["items"], batch["actions"], batch["gaps"]
-    real = gaps != PAD
-    masked = (torch.rand(items.shape, generator=generator) < mask_prob).to(items.device) & real
-    # At least one masked event per window keeps every window (and DDP's gradients) in play.
-    first = torch.zeros_like(masked)
-    first[:, 0] = True
-    masked = masked | (first & real & ~masked.any(dim=1, keepdim=True))
-    out = model(*_mask_events(items, actions, gaps, masked), select=masked)
-    return (
-        F.cross_entropy(out["item"], items[masked])
-        + F.cross_entropy(out["action"], actions[masked])
-        + F.cross_entropy(out["gap"], gaps[masked])
-    )
-
-
-def train_encoder(model: SeqGuardEncoder, make_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]], *,
-                  epochs: int, lr: float = 2e-3, weight_decay: float = 0.01, seed: int = 0,
-                  steps_per_epoch: int | None = None,
-                  on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-                  optimizer: torch.optim.Optimizer | None = None, start_epoch: int = 0) -> list[dict[str, float]]:
-    """Plain-PyTorch training loop over ``make_batches(epoch)``; Ray Train runs it unchanged.
-
-    ``model`` may be DDP-wrapped. Returns per-epoch metrics (loss, windows/s).
-    """
-    inner = model.module if hasattr(model, "module") else model
-    opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total = max(1, epochs * (steps_per_epoch or 1))
-    done = start_epoch * (steps_per_epoch or 0)  # a resumed run continues the schedule, not its warm-up
-
-    def lr_factor(s: int) -> float:
-        s += done
-        return min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) if steps_per_epoch else None
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        t0, n, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for batch in make_batches(epoch):
-            loss = masked_loss(model, batch, gen, inner.config.mask_prob)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            loss_sum += float(loss.detach())
-            n += int(batch["items"].shape[0])
-            steps += 1
-        metrics = {"epoch": epoch, "loss": loss_sum / max(1, steps), "windows_per_s": n / (time.perf_counter() - t0)}
-        log.info("epoch %d: loss %.4f, %.0f windows/s", epoch, metrics["loss"], metrics["windows_per_s"])
-        history.append(metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
-    return history
-
-
 @torch.inference_mode()
 def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-event surprisal (B, T, 3) [item, action, gap] in nats and window embeddings (B, H).
@@ -196,7 +134,7 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
         G = masked.shape[0]
         flat = masked.reshape(G * B, T)
         tiled = (x.unsqueeze(0).expand(G, B, T).reshape(G * B, T) for x in (items, actions, gaps))
-        o = model(*_mask_events(*tiled, flat), select=flat)
+        o = model(*mask_events(*tiled, flat), select=flat)
         _, b, t = masked.nonzero(as_tuple=True)      # the row-major order of o's selected positions
         for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
             # o[name]: (M, V) logits of the masked positions only; -log p(target) per position
@@ -257,23 +195,28 @@ class Encoder:
     sequences; ``transform`` gives per-event surprisal and per-user embeddings.
 
     Parameters (see :class:`~seqguard_ray.core.config.TrainConfig`, which holds them): ``max_len``,
-    ``context`` (windows), ``hidden_size``, ``num_layers``, ``num_heads`` (the model), ``epochs``,
-    ``target_steps``, ``batch_size``, ``lr``, ``seed`` (training), ``score_batch_size``.
+    ``context`` (windows), ``hidden_size``, ``num_layers``, ``num_heads``, ``intermediate_size``
+    (the model; None: 2 x hidden), ``epochs``, ``target_steps``, ``batch_size``, ``grad_accum``,
+    ``lr``, ``seed`` (training), ``mixed_precision`` (training and scoring on a GPU), ``score_batch_size``.
     Fitted: ``model_`` (a SeqGuardEncoder) and, after :meth:`fit`, ``history_`` (per-epoch metrics).
     """
 
     def __init__(self, *, max_len: int = 128, context: int = 16, hidden_size: int = 64, num_layers: int = 2,
-                 num_heads: int = 2, epochs: int | None = None, target_steps: int = 300, batch_size: int = 64,
-                 lr: float = 2e-3, seed: int = 0, score_batch_size: int = 128) -> None:
+                 num_heads: int = 2, intermediate_size: int | None = None, epochs: int | None = None,
+                 target_steps: int = 300, batch_size: int = 64, grad_accum: int = 1, lr: float = 2e-3,
+                 mixed_precision: str = "off", seed: int = 0, score_batch_size: int = 128) -> None:
         self.max_len = max_len
         self.context = context
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
         self.epochs = epochs
         self.target_steps = target_steps
         self.batch_size = batch_size
+        self.grad_accum = grad_accum
         self.lr = lr
+        self.mixed_precision = mixed_precision
         self.seed = seed
         self.score_batch_size = score_batch_size
 
@@ -281,7 +224,7 @@ class Encoder:
         """The model's config for a vocabulary of ``n_items`` item and ``n_actions`` action ids."""
         return SeqGuardConfig(n_items=n_items, n_actions=n_actions, hidden_size=self.hidden_size,
                               num_layers=self.num_layers, num_heads=self.num_heads,
-                              intermediate_size=2 * self.hidden_size, max_len=self.max_len)
+                              intermediate_size=self.intermediate_size or 2 * self.hidden_size, max_len=self.max_len)
 
     def init_model(self, n_items: int, n_actions: int) -> SeqGuardEncoder:
         """A freshly initialised model (torch seeded with ``seed``), kept as ``model_``."""
@@ -299,7 +242,7 @@ class Encoder:
         """Epochs to train: ``epochs``, or enough for about ``target_steps`` optimiser steps (2..40)."""
         if self.epochs is not None:
             return self.epochs
-        steps = max(1, math.ceil(n_windows / self.batch_size))
+        steps = max(1, math.ceil(n_windows / (self.batch_size * self.grad_accum)))
         return int(min(40, max(2, math.ceil(self.target_steps / steps))))
 
     def fit(self, seqs: Seqs, *, n_items: int, n_actions: int) -> Encoder:
@@ -327,7 +270,8 @@ class Encoder:
             bar.set_postfix(loss=f"{m['loss']:.3f}")
 
         history = train_encoder(self.model_, make_batches, epochs=epochs, lr=self.lr, seed=self.seed,
-                                steps_per_epoch=steps, on_epoch_end=report)
+                                steps_per_epoch=steps, on_epoch_end=report, grad_accum=self.grad_accum,
+                                mixed_precision=self.mixed_precision)
         bar.close()
         return history
 
@@ -341,12 +285,14 @@ class Encoder:
         win_sur = np.zeros((len(starts), self.max_len, 3), np.float32)
         win_emb = np.zeros((len(starts), H), np.float32)
         device = next(self.model_.parameters()).device
+        dtype = autocast_dtype(device, self.mixed_precision)
         for batch in iter_window_batches(tok, starts, lengths, max_len=self.max_len,
                                          batch_size=self.score_batch_size, shuffle=False):
             w = batch.pop("window").numpy()
-            s, e = surprisal(self.model_, **{k: v.to(device) for k, v in batch.items()})
+            with autocast(device, dtype):
+                s, e = surprisal(self.model_, **{k: v.to(device) for k, v in batch.items()})
             win_sur[w, : s.shape[1]] = s.cpu().numpy()
-            win_emb[w] = e.cpu().numpy()
+            win_emb[w] = e.float().cpu().numpy()
         win, pos = owner_positions(starts, lengths, own, len(seqs.ts))
         seqs.surprisal = win_sur[win, pos]
         win_user = np.searchsorted(seqs.offsets, starts, side="right") - 1
@@ -356,8 +302,7 @@ class Encoder:
         return Encoded(seqs, user_emb.astype(np.float32))
 
     def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("max_len", "context", "hidden_size", "num_layers", "num_heads", "epochs",
-                                              "target_steps", "batch_size", "lr", "seed", "score_batch_size")}
+        return {k: getattr(self, k) for k in ENCODER_PARAMS}
 
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays: the model's weights (state dict as numpy); meta: ``config`` (the model's) and the parameters."""
@@ -368,7 +313,7 @@ class Encoder:
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Encoder:
         """ValueError when the weights do not fit the config."""
-        enc = cls(**{k: v for k, v in meta.items() if k != "config"})
+        enc = cls(**{k: v for k, v in meta.items() if k in ENCODER_PARAMS})
         enc.model_ = SeqGuardEncoder(SeqGuardConfig(**meta["config"]))
         weights = {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
         missing, unexpected = enc.model_.load_state_dict(weights, strict=False)

@@ -33,6 +33,7 @@ from .ensemble import UserDetectors
 from .event_detector import EventDetector
 from .explain import Evidence, Explainer, resembles_nobody
 from .features import USER_FEATURES, ItemStats, Seqs, event_features, user_features
+from .pretrained import init_encoder
 from .readers import read_events
 from .repair import RepairPolicy
 from .results import CampaignResult, Encoded, RepairResult, Scored, ScoreResult, score_result
@@ -175,11 +176,14 @@ class SeqGuard:
         _check_trainable(log_.n_users)
         self.vocab = Vocab(min_count=c.min_item_count).fit(log_.item, log_.action)
         seqs = self.tokenize(log_)
-        self.encoder = Encoder(**c.encoder_params()).fit(seqs, n_items=self.vocab.n_items, n_actions=self.vocab.n_actions)
-        history = self.encoder.history_
+        self.encoder = Encoder(**c.encoder_params())
+        init = init_encoder(self.encoder, self.vocab, c, log_)  # fresh, or c.init_from's encoder adapted
+        history = self.encoder.history_ = self.encoder.train(seqs)
         self.fit_detectors(self.encode(seqs), history=history, t_train=time.perf_counter() - t0,
                            bad_rows=log_.bad_rows.count)
         self.metrics["fit_s"] = round(time.perf_counter() - t0, 2)
+        if init:
+            self.metrics["init_from"] = init
         return self
 
     def epochs_for(self, n_windows: int) -> int:

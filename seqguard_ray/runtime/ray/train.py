@@ -34,6 +34,7 @@ from ...core.config import TrainConfig
 from ...core.encoder import batch_windows, token_arrays
 from ...core.features import Seqs
 from ...core.pipeline import SeqGuard
+from ...core.pretrained import init_encoder
 from ...core.results import Encoded
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import count_rows
@@ -134,6 +135,8 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     model = SeqGuardEncoder(SeqGuardConfig(**config["encoder_config"]))
+    if config.get("init_state") is not None:  # a pretrained encoder adapted on the driver (--init-from)
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in config["init_state"].items()})
     state = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -177,7 +180,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     train_encoder(model, make_batches, epochs=config["epochs"], lr=config["lr"], seed=config["seed"] + rank,
                   steps_per_epoch=config["steps_per_epoch"], on_epoch_end=on_epoch_end,
-                  optimizer=opt, start_epoch=start_epoch)
+                  optimizer=opt, start_epoch=start_epoch, grad_accum=config.get("grad_accum", 1),
+                  mixed_precision=config.get("mixed_precision", "off"))
 
 
 def _run_dir(model_dir: str | Path, opts: RayTrainOptions) -> tuple[str, Path]:
@@ -204,7 +208,10 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
         shutil.rmtree(run_dir)
     per_worker = math.ceil(n_windows / opts.num_workers)
     config = {"encoder_config": sg.model.config.to_dict(), "seed": e.seed, "lr": e.lr, "batch_size": e.batch_size,
-              "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size))}
+              "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size)),
+              "grad_accum": e.grad_accum, "mixed_precision": e.mixed_precision,
+              "init_state": ({k: v.detach().cpu().numpy() for k, v in sg.model.state_dict().items()}
+                             if sg.config.init_from else None)}
     resources = {"CPU": opts.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
@@ -276,7 +283,7 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
              time.perf_counter() - t0)
     win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread)
-    sg.encoder.init_model(sg.vocab.n_items, sg.vocab.n_actions)
+    init = init_encoder(sg.encoder, sg.vocab, c)  # fresh, or --init-from's encoder adapted (new items: unknown bucket)
     history, info = train_encoder_ray(sg, win_ds, n_windows, model_dir, opts)
     t_train = time.perf_counter() - t0
     del win_ds
@@ -286,6 +293,6 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     sg.fit_detectors(enc, history=history, t_train=t_train, bad_rows=count_rows(units) - len(enc.seqs.ts))
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
                        "engine": "ray", "windows": int(n_windows),
-                       **info, "encode_nodes": sorted(enc_nodes)})
+                       **info, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg
