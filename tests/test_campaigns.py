@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from seqguard_ray.core.allowlist import AllowList
-from seqguard_ray.core.campaigns import CampaignDetector, apply_allow, apply_campaigns, detect_campaigns
+from seqguard_ray.core.campaigns import (
+    CampaignDetector,
+    apply_allow,
+    apply_campaigns,
+    detect_campaigns,
+    membership,
+    result_for,
+)
 from seqguard_ray.core.repair import RepairPolicy
 from seqguard_ray.core.results import Scored, score_result
 from seqguard_ray.core.schema import from_frame
@@ -209,6 +216,41 @@ def test_members_are_flagged_typed_and_repaired(clean, detector):
     # the real accounts keep their own history, their own visits to the targets too
     assert kept["user_id"].isin(farmed).sum() == df["user_id"].isin(farmed).sum() - 3 * len(farmed & members)
 
+
+
+def test_the_result_merged_into_parts_of_the_users_equals_the_parts_of_the_whole(clean, detector):
+    """membership / result_for: a partitioned engine merges the global result per block of whole
+    users, from the members and their events alone."""
+    det, rng = detector
+    df, planted = plant(clean)
+    lg, cr, members, _ = found(det, df, rng)
+    rows = lg.frame["_row"].to_numpy()
+    ms = membership(cr, lg.users, rows)
+    assert len(ms.user_ids) == len(members) and len(ms.event_rows) == cr.event_campaign.sum()
+    assert ms.items["suspicious"].all() and len(ms.items) == cr.items["suspicious"].sum()
+    s = _scored(lg, {sorted(planted)[0], lg.users[0]})
+    whole = apply_campaigns(lg.offsets, s, cr, threshold=0.99)
+    n = np.diff(lg.offsets)
+    for users in (np.flatnonzero(np.isin(lg.users, sorted(planted))), np.arange(0, lg.n_users, 7), np.arange(0)):
+        ev = np.concatenate([np.arange(lg.offsets[u], lg.offsets[u + 1]) for u in users] or [np.zeros(0, int)])
+        part = result_for(ms, lg.users[users], rows[ev])
+        assert part.campaigns is cr.campaigns
+        for k in ("user_campaign", "user_score", "user_fake"):
+            assert (getattr(part, k) == getattr(cr, k)[users]).all() and getattr(part, k).dtype == getattr(cr, k).dtype, k
+        assert (part.event_campaign == cr.event_campaign[ev]).all()
+        sub = Scored(score=s.score[users], anomalous=s.anomalous[users], anomaly_type=s.anomaly_type[users],
+                     reasons=[s.reasons[u] for u in users], event_score=s.event_score[ev],
+                     event_anomalous=s.event_anomalous[ev], detector_scores=s.detector_scores[users],
+                     length_doubt=s.length_doubt[users])
+        got = apply_campaigns(np.r_[0, np.cumsum(n[users])], sub, part, threshold=0.99)
+        assert (got.score == whole.score[users]).all() and (got.anomaly_type == whole.anomaly_type[users]).all()
+        assert got.reasons == [whole.reasons[u] for u in users]
+        assert (got.event_anomalous == whole.event_anomalous[ev]).all() and (got.event_score == whole.event_score[ev]).all()
+    small = from_frame(clean.head(300))
+    none = membership(detect_campaigns(det, small, np.zeros(small.n_users)), small.users, small.frame["_row"])
+    assert len(none.user_ids) == 0 and (result_for(none, np.array(["u1", "u2"]), np.arange(4)).user_campaign == -1).all()
+    with pytest.raises(ValueError, match="given 1 users"):
+        membership(cr, lg.users[:1], rows)
 
 
 def test_campaign_events_get_the_campaign_action_whatever_the_users_own():

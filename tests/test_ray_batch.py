@@ -15,11 +15,12 @@ from seqguard_ray.core.config import TrainConfig
 from seqguard_ray.core.pipeline import SeqGuard
 from seqguard_ray.core.readers import read_events
 from seqguard_ray.core.schema import EventsError
+from seqguard_ray.core.tokens import Vocab
 from seqguard_ray.io.outputs import merge_summaries, read_output
 from seqguard_ray.io.read_plan import plan_reads, read_unit, user_bucket
-from seqguard_ray.core.tokens import Vocab
 
 TINY = TrainConfig(epochs=1, hidden_size=32)
+CAMPAIGN_TOL = 0.02  # campaign scores, Ray against in-process: the user scores they read agree within a step
 
 
 def _events(n_users: int, seed: int) -> pd.DataFrame:
@@ -40,6 +41,58 @@ def data(tmp_path_factory):
     sg = SeqGuard(TINY).fit(d / "train.parquet")
     sg.save(d / "model")
     return d
+
+
+@pytest.fixture(scope="module")
+def planted(data):
+    """The test log plus a lockstep group: 15 new accounts on the log's two rarest items and a few
+    popular ones within one hour (as tests/test_cli.py plants one). Returns (path, members, targets)."""
+    log = pd.concat([pd.read_parquet(data / "test" / f) for f in ("a.parquet", "b.parquet")], ignore_index=True)
+    rng = np.random.default_rng(1)
+    counts = log["item_id"].value_counts()
+    targets = counts[counts == 2].index[:2].tolist()
+    popular = counts.index[:8].to_numpy()
+    t0 = int(log["ts"].max()) - 86400
+    bots = pd.DataFrame([(f"bot{k}", int(item), t0 + int(rng.integers(0, 3600)))
+                         for k in range(15) for item in targets + list(rng.choice(popular, 4, replace=False))],
+                        columns=["user_id", "item_id", "ts"])
+    bots = bots.assign(**{c: log[c].iloc[0] for c in log.columns if c not in bots.columns})[log.columns]
+    path = data / "planted.parquet"
+    pd.concat([log, bots], ignore_index=True).to_parquet(path, index=False, row_group_size=4000)
+    return path, [f"bot{k}" for k in range(15)], targets
+
+
+def _same_outputs(out, local_out, *, exact: bool, step: float = 0.0) -> None:
+    """OUT of the Ray path against the in-process engine's: every output, items and campaigns too."""
+    for name in ("items", "campaigns"):
+        got, want = read_output(out, name), read_output(local_out, name)
+        assert want is not None and got is not None, name
+        assert list(got.columns) == list(want.columns) and (got.dtypes == want.dtypes).all(), name
+        key = "item_id" if name == "items" else "campaign_id"
+        got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+        if exact:
+            pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9)
+        elif name == "items":  # the evidence reads the user scores, which agree within ``step``
+            assert got["item_id"].tolist() == want["item_id"].tolist()
+            assert got["suspicious"].tolist() == want["suspicious"].tolist()
+            assert got["campaign_id"].equals(want["campaign_id"])
+            assert np.abs(got["campaign_score"] - want["campaign_score"]).max() <= CAMPAIGN_TOL
+        else:
+            same = ["campaign_id", "first_ts", "last_ts", "n_events"]
+            pd.testing.assert_frame_equal(got[same], want[same])
+            for c in ("user_ids", "target_item_ids"):
+                assert [list(x) for x in got[c]] == [list(x) for x in want[c]]
+            assert np.abs(got["score"] - want["score"]).max() <= CAMPAIGN_TOL
+    users = read_output(out, "users").sort_values("user_id").reset_index(drop=True)
+    want = read_output(local_out, "users").sort_values("user_id").reset_index(drop=True)
+    assert list(users.columns) == list(want.columns) and (users.dtypes == want.dtypes).all()
+    assert users["campaign_id"].equals(want["campaign_id"])
+    if exact:
+        for name in ("users", "events", "actions", "repaired"):
+            got, want = read_output(out, name), read_output(local_out, name)
+            key = {"users": ["user_id"], "events": ["row"], "actions": ["user_id"]}.get(name, list(want.columns[:3]))
+            got, want = (f.sort_values(key, kind="stable").reset_index(drop=True) for f in (got, want))
+            pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, obj=name)
 
 
 # ------------------------------------------------------------------ no Ray
@@ -132,6 +185,95 @@ def test_encode_bucket_warns_once_per_process_about_a_log_unlike_the_training_on
     assert caplog.text.count("learned from a 'value' column") == 1
 
 
+def _part(lg, s, users):
+    """The EventLog (input rows in ``_row``) and Scored of some users of a scored log."""
+    from dataclasses import fields, replace
+
+    from seqguard_ray.runtime.ray.campaigns import block_log
+
+    n = np.diff(lg.offsets)
+    ev = np.concatenate([np.arange(lg.offsets[u], lg.offsets[u + 1]) for u in users])
+    frame = lg.frame.iloc[ev].rename(columns={"_row": "_in_row"})
+    part = block_log(pa.Table.from_pandas(frame, preserve_index=False), "test")
+    cut = {}
+    for f in fields(s):
+        v = getattr(s, f.name)
+        if v is None:
+            continue
+        if isinstance(v, list):
+            cut[f.name] = [v[u] for u in users]
+        else:
+            cut[f.name] = v[users] if len(v) == len(n) else v[ev]
+    return part, replace(s, **cut)
+
+
+def test_campaign_phases_on_blocks_of_users_equal_the_in_process_engine(data, planted, tmp_path):
+    """The Ray path's phases run here on three blocks of whole users (no Ray): with the same
+    verdicts in, every output equals the in-process engine's, the allow-list honoured too."""
+    from seqguard_ray.core.allowlist import AllowList
+    from seqguard_ray.io.outputs import prepare_parts, write_outputs
+    from seqguard_ray.runtime.ray.batch import _pass_columns
+    from seqguard_ray.runtime.ray.campaigns import (
+        apply_block,
+        campaign_pass,
+        scored_block,
+        scored_from_block,
+    )
+    from seqguard_ray.runtime.ray.payload import bundle_payload
+
+    path, members, targets = planted
+    sg = SeqGuard.load(data / "model")
+    allow = AllowList.of(users=members[:3] + ["u00013"], items=[targets[0]])
+    lg = read_events(path)
+    scored = sg.score_log(lg)
+    blocks = []
+    for b in range(3):
+        part, s = _part(lg, scored, np.flatnonzero(user_bucket(lg.users, 3) == b))
+        blocks.append(scored_block(part, s, {"encode_nodes": ["n1"], "detect_nodes": ["n2"]}))
+        back, s2, nodes = scored_from_block(blocks[-1].take(np.random.default_rng(b).permutation(blocks[-1].num_rows)))
+        assert nodes == [{"encode_nodes": ["n1"], "detect_nodes": ["n2"]}]
+        assert back.frame.columns.tolist() == part.frame.columns.tolist() and s2.reasons == s.reasons
+    out = tmp_path / "blocks"
+    prepare_parts(out)
+    counts, found = campaign_pass(bundle_payload(data / "model"), allow, str(out), *map(_pass_columns, blocks))
+    rows = [json.loads(apply_block(t, found, str(out), allow).column("summary")[0].as_py()) for t in blocks]
+    summary = {**merge_summaries(rows), **counts}
+    local = sg.score(path, allow=allow)
+    local_summary = write_outputs(sg, local, tmp_path / "local")
+    _same_outputs(out, tmp_path / "local", exact=True)
+    assert {k: summary[k] for k in local_summary if k != "bad_rows_skipped"} == \
+        {k: v for k, v in local_summary.items() if k != "bad_rows_skipped"}
+    in_campaign = set(found.members.user_ids)
+    assert local_summary["campaigns"] >= 1 and len(set(members[3:]) & in_campaign) >= 8 and not in_campaign & set(members[:3])
+
+
+def test_without_a_campaign_stage_each_block_is_written_at_once_allow_list_and_all(data, planted, tmp_path):
+    """A bundle without the campaign stage: no global pass; the allow-list is per user, so a block
+    applies it before its repair, as the in-process engine does."""
+    from seqguard_ray.core.allowlist import AllowList
+    from seqguard_ray.io.outputs import prepare_parts, write_outputs
+    from seqguard_ray.runtime.ray.campaigns import write_block
+    from seqguard_ray.runtime.ray.payload import bundle_payload, has_campaign_stage
+
+    payload = bundle_payload(data / "model")
+    manifest = json.loads(payload["manifest.json"])
+    assert has_campaign_stage(payload)
+    assert not has_campaign_stage({**payload, "manifest.json": json.dumps({**manifest, "campaigns": None}).encode()})
+    path, members, _ = planted
+    sg = SeqGuard.load(data / "model")
+    sg.campaign_detector = None  # as TrainConfig(campaigns=False) trains it
+    allow = AllowList.of(users=members[:3] + ["u00013"])
+    lg = read_events(path)
+    prepare_parts(tmp_path / "block")
+    summary = write_block(sg, lg, sg.score_log(lg), str(tmp_path / "block"), allow=allow)
+    local = write_outputs(sg, sg.score(path, allow=allow), tmp_path / "local")
+    assert read_output(tmp_path / "block", "items") is None and read_output(tmp_path / "local", "items") is None
+    for name in ("users", "events", "actions", "repaired"):
+        pd.testing.assert_frame_equal(read_output(tmp_path / "block", name), read_output(tmp_path / "local", name))
+    assert summary == {k: v for k, v in local.items() if k != "bad_rows_skipped"}
+    assert "campaigns" not in summary and summary["users_flagged"] >= 1
+
+
 def test_engine_auto_picks_local_for_small_input_and_ray_for_an_address(data, monkeypatch):
     from seqguard_ray.cli.main import build_parser
     from seqguard_ray.cli.ray_commands import choose_engine
@@ -187,6 +329,35 @@ def test_cli_score_on_ray_equals_in_process_engine(data, ray_local, tmp_path):
     rep, rep_local = pd.read_parquet(out / "repaired.parquet"), pd.read_parquet(tmp_path / "local" / "repaired.parquet")
     assert list(rep.columns) == list(rep_local.columns)
     assert abs(len(rep) - len(rep_local)) <= 0.02 * len(rep_local)
+    # the campaign pass: the same campaigns, targets and members; items and campaigns tables alike
+    _same_outputs(out, tmp_path / "local", exact=False)
+    for k in ("campaigns", "campaign_members", "suspicious_items"):
+        assert summary[k] == local_summary[k], k
+    assert summary["campaigns"] >= 1  # the synthetic log holds some: the comparison is not vacuous
+
+
+@pytest.mark.ray
+def test_planted_campaign_and_allow_list_on_ray_equal_in_process(data, planted, ray_local, tmp_path):
+    """A planted group, with three of its accounts and one of its targets allow-listed: the Ray
+    engine finds the same campaigns (members, targets) as the in-process engine, and never flags
+    nor repairs an allowed user."""
+    from seqguard_ray.cli.main import main
+
+    path, members, targets = planted
+    allow = tmp_path / "allow.json"
+    allow.write_text(json.dumps({"users": members[:3], "items": [int(targets[0])]}))
+    for engine in ("ray", "local"):
+        assert main(["-q", "score", "--events", str(path), "--model", str(data / "model"), "--out",
+                     str(tmp_path / engine), "--engine", engine, "--allow-list", str(allow)]) == 0
+    _same_outputs(tmp_path / "ray", tmp_path / "local", exact=False)
+    users = read_output(tmp_path / "ray", "users").set_index("user_id")
+    assert users.loc[members[3:], "campaign_id"].notna().sum() >= 8
+    got = users.loc[members[:3]]
+    assert not got["anomalous"].any() and got["campaign_id"].isna().all()
+    assert got["reasons"].str.startswith("on the allow-list").all()
+    assert not set(members[:3]) & set(read_output(tmp_path / "ray", "actions")["user_id"])
+    items = read_output(tmp_path / "ray", "items").set_index("item_id")
+    assert not items.loc[targets[0], "suspicious"] and items.loc[targets[1], "suspicious"]
 
 
 @pytest.mark.ray
@@ -214,7 +385,12 @@ def test_score_on_ray_reports_bad_rows(data, ray_local, tmp_path):
 @pytest.mark.ray
 def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved_epoch(data, ray_local, tmp_path):
     from seqguard_ray.runtime.ray.batch import read_validated
-    from seqguard_ray.runtime.ray.train import RayTrainOptions, fit, train_encoder_ray, windows_dataset
+    from seqguard_ray.runtime.ray.train import (
+        RayTrainOptions,
+        fit,
+        train_encoder_ray,
+        windows_dataset,
+    )
 
     sg = fit(data / "train.parquet", tmp_path / "model", TINY,
              options=RayTrainOptions(num_workers=2, events_per_bucket=5000))

@@ -9,7 +9,6 @@ start-up on a small machine, while the in-process engine handles 100k events in 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 from contextlib import contextmanager
@@ -105,15 +104,9 @@ def train_on_ray(args, cfg):
 
 def score_on_ray(args, allow=None) -> dict:
     """`seqguard score` on Ray: outputs written to ``args.out``; returns the summary. ``allow``: the
-    ``AllowList`` of --allow-list, for a batch job that takes one."""
+    ``AllowList`` of --allow-list (honoured as by the in-process engine)."""
     from ..runtime.ray.batch import BatchOptions, score
 
-    extra = {}
-    if allow:
-        # the allow-list reaches the Ray job with its global campaign pass; until then, say so
-        if "allow" not in inspect.signature(score).parameters:
-            raise ValueError("--allow-list is not supported by the Ray engine in this version: use --engine local")
-        extra["allow"] = allow
     with ray_session(args.address):
         return score(args.model, args.events, args.out, on_bad_rows=args.on_bad_rows,
-                     options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size), **extra)
+                     options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size), allow=allow)

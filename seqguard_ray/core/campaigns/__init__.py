@@ -17,7 +17,10 @@ The pass, and where each part runs on a partitioned (Ray) log:
    audiences) joins them into campaigns with targets and members.
 5. :func:`~.result.campaign_result` builds the :class:`~..results.CampaignResult`;
    :func:`~.verdicts.apply_campaigns` merges it into the per-user verdicts, and
-   :func:`~.verdicts.apply_allow` applies the allow-list to every verdict.
+   :func:`~.verdicts.apply_allow` applies the allow-list to every verdict. A partitioned pass
+   reduces the result to its members and their events (:func:`~.verdicts.membership`); each
+   partition of whole users takes its part of that (:func:`~.verdicts.result_for`) and merges
+   it there (runtime/ray/campaigns.py; docs/scaling.md, "Campaigns at 1B events").
 """
 
 from .adoptions import Adoptions, build_adoptions, has_time_signal
@@ -25,10 +28,10 @@ from .audience import COMPONENTS, WINDOWS, Audiences, ItemContext, candidate_aud
 from .detector import CampaignDetector, Found, user_evidence
 from .groups import Groups, group_campaigns
 from .result import campaign_result, detect_campaigns
-from .verdicts import apply_allow, apply_campaigns
+from .verdicts import Membership, apply_allow, apply_campaigns, membership, result_for
 
 __all__ = [
     "COMPONENTS", "WINDOWS", "Adoptions", "Audiences", "CampaignDetector", "Found", "Groups", "ItemContext",
-    "apply_allow", "apply_campaigns", "build_adoptions", "campaign_result", "candidate_audiences",
-    "detect_campaigns", "group_campaigns", "has_time_signal", "user_evidence",
+    "Membership", "apply_allow", "apply_campaigns", "build_adoptions", "campaign_result", "candidate_audiences",
+    "detect_campaigns", "group_campaigns", "has_time_signal", "membership", "result_for", "user_evidence",
 ]

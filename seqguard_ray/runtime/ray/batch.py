@@ -13,6 +13,12 @@ plan_reads (driver, metadata only)      one read unit per Parquet row group (CSV
   -> summaries         driver           one row per block, io.outputs.merge_summaries -> summary.json
 ```
 
+With a campaign stage in the bundle, the detect step (DetectStage / ScoreStage) keeps each
+block's verdicts instead of writing them, and the global campaign pass of
+runtime/ray/campaigns.py runs between detection and repair (phase 2 on one task, then repair
+and writing per block, with the allow-list). Without one, the allow-list is applied per block
+before repair: it needs no global view.
+
 On a cluster without GPUs the two pools are one (``ScoreStage``, ``BatchOptions.fuse``): each
 actor encodes, detects, repairs and writes its bucket. With GPUs the encoder keeps its own pool,
 so GPUs never wait for the CPU-bound detectors. Scores equal the in-process engine's within float
@@ -31,17 +37,20 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
+from ...core.allowlist import AllowList
 from ...core.schema import EventsError
 from ...io.outputs import merge_summaries, prepare_parts, write_summary
 from ...io.read_plan import count_rows, estimate_rows, plan_reads, read_unit
+from .campaigns import PASS_COLS, SCORE, apply_block, campaign_pass
 from .cluster import cluster_gpus, default_pool_size, encoder_resources
-from .payload import bundle_payload
+from .payload import bundle_payload, has_campaign_stage
 from .stages import DetectStage, EncodeStage, ScoreStage
 
 log = logging.getLogger(__name__)
@@ -84,10 +93,11 @@ class BatchOptions:
                                          # the cluster has no GPUs (GPU clusters keep detectors on CPU actors)
 
 
-def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: str | None = None):
+def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: str | None = None,
+                   stage_kwargs: dict | None = None):
     """Group validated events into buckets of whole users and run the encoder actor pool over them;
     returns (dataset, pool size). With ``out``, the pool runs :class:`ScoreStage` (encode, detect,
-    repair, write) instead of :class:`EncodeStage`."""
+    repair, write; ``stage_kwargs`` its ``allow`` / ``keep``) instead of :class:`EncodeStage`."""
     import ray
 
     conc = opts.concurrency or default_pool_size(n_buckets)
@@ -104,15 +114,19 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
     ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     pool = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1 if opts.spread else None)
     stage, args = (EncodeStage, (payload_ref,)) if out is None else (ScoreStage, (payload_ref, out))
+    kwargs = {} if out is None else dict(stage_kwargs or {})
     return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
         stage, fn_constructor_args=args,
-        fn_constructor_kwargs={"score_batch_size": opts.batch_size, "threads": opts.threads, "pool_size": conc},
+        fn_constructor_kwargs={"score_batch_size": opts.batch_size, "threads": opts.threads, "pool_size": conc,
+                               **kwargs},
         compute=pool, batch_format="pyarrow", **encoder_resources(conc), **extra), conc
 
 
 def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_rows: str = "error",
-          options: BatchOptions | None = None) -> dict:
-    """Score and repair ``events`` with the bundle on Ray; write OUT/<name>.parquet/ directories.
+          options: BatchOptions | None = None, allow: AllowList | None = None) -> dict:
+    """Score and repair ``events`` with the bundle on Ray; write OUT/<name>.parquet/ directories
+    (and OUT/items.parquet, OUT/campaigns.parquet when the bundle has a campaign stage).
+    ``allow``: users never flagged nor repaired, items never campaign targets.
 
     Returns the summary also written to OUT/summary.json (the in-process engine's keys, plus
     ``blocks`` and ``encode_nodes`` / ``detect_nodes``: the Ray nodes the actor pools ran on).
@@ -125,28 +139,66 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
     # pools (ray-project/ray#53727: a creation argument that is evicted cannot be rebuilt). This
     # one is ray.put by the driver, pinned on the driver's node while payload_ref lives (the whole
     # job), so a restarted actor can still read it.
-    payload_ref = ray.put(bundle_payload(model_dir))
+    payload = bundle_payload(model_dir)
+    keep = has_campaign_stage(payload)  # verdicts wait for the global campaign pass
+    payload_ref = ray.put(payload)
     ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket)
     prepare_parts(out)
     fuse = opts.fuse if opts.fuse is not None else cluster_gpus() == 0
-    ds, conc = encode_dataset(ds, payload_ref, n_buckets, opts, out=out if fuse else None)
+    stage_kwargs = {"allow": allow or None, "keep": keep}
+    ds, conc = encode_dataset(ds, payload_ref, n_buckets, opts, out=out if fuse else None, stage_kwargs=stage_kwargs)
     if not fuse:
         extra = {"scheduling_strategy": "SPREAD"} if opts.spread else {}
-        ds = ds.map_batches(DetectStage, fn_constructor_args=(payload_ref, out), batch_size=None,
-                            batch_format="pyarrow", num_cpus=0.25,
+        ds = ds.map_batches(DetectStage, fn_constructor_args=(payload_ref, out), fn_constructor_kwargs=stage_kwargs,
+                            batch_size=None, batch_format="pyarrow", num_cpus=0.25,
                             compute=ray.data.ActorPoolStrategy(size=opts.detect_concurrency or max(1, conc // 2)),
                             **extra)
+    counts = {}
     try:
-        rows = [json.loads(r["summary"]) for r in ds.iter_rows()]
+        if keep:
+            rows, counts = campaigns_then_write(ds, payload_ref, out, allow or None)
+        else:
+            rows = [json.loads(r["summary"]) for r in ds.iter_rows()]
     except Exception as exc:  # Ray wraps worker errors; surface the engine's own message
         cause = engine_error(exc)
         if cause is not None:
             raise cause from None
         raise
     summary = merge_summaries(rows)
+    summary.update(counts)  # the campaign pass's global counts, not the blocks' sum
     summary["bad_rows_skipped"] = int(count_rows(units) - summary.get("events_in", 0))
     write_summary(summary, out)
     return summary
+
+
+def _pass_columns(table: pa.Table) -> pa.Table:
+    """The columns of a scored block that the campaign pass reads (an empty block: none)."""
+    if SCORE not in table.column_names:
+        return pa.table({})
+    return table.select([c for c in PASS_COLS if c in table.column_names])
+
+
+def campaigns_then_write(ds, payload_ref, out: str, allow: AllowList | None) -> tuple[list[dict], dict]:
+    """Phases 2 and 3 of runtime/ray/campaigns.py over the scored blocks of ``ds``: the global
+    campaign pass on one task, then the result merged, repaired and written per block (a task
+    each). Returns the blocks' summary rows and the pass's campaign counts."""
+    import ray
+
+    t0 = time.perf_counter()
+    scored = ds.materialize()  # phase 1 runs here; its blocks stay in the object store
+    t1 = time.perf_counter()
+    refs = scored.map_batches(_pass_columns, batch_size=None, batch_format="pyarrow").to_arrow_refs()
+    counts_ref, found_ref = ray.remote(num_returns=2)(campaign_pass).options(num_cpus=1).remote(
+        payload_ref, allow, out, *refs)
+    counts = ray.get(counts_ref)
+    t2 = time.perf_counter()
+    # plain tasks: a block needs the small PassResult, not the bundle (no actor start-up)
+    applied = scored.map_batches(apply_block, fn_args=(found_ref, out, allow), batch_size=None,
+                                 batch_format="pyarrow", num_cpus=0.25)
+    rows = [json.loads(r["summary"]) for r in applied.iter_rows()]
+    log.info("Ray scoring: per-user phase %.1f s, campaign pass %.1f s, merge + repair + write %.1f s",
+             t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return rows, counts
 
 
 def engine_error(exc: BaseException) -> Exception | None:

@@ -17,6 +17,15 @@ def bundle_payload(model_dir: str | Path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
 
 
+def has_campaign_stage(payload: dict[str, bytes]) -> bool:
+    """Whether a :func:`bundle_payload`'s bundle scores with the campaign stage (its manifest
+    holds the stage's state; a format-11 bundle or one trained without it does not)."""
+    import json
+
+    manifest = payload.get("manifest.json")
+    return manifest is not None and isinstance(json.loads(manifest).get("campaigns"), dict)
+
+
 def partial_payload(sg, *, encoder: bool = True) -> dict:
     """A SeqGuard in training: its config and vocabulary, and (``encoder``) its encoder if it has one."""
     out = {"train_config": asdict(sg.config), "vocab": sg.vocab.to_state()}

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 
 from ...core.schema import from_frame
-from ...io.outputs import write_scored
 from .cluster import node_id
 from .payload import load_payload
 
@@ -57,15 +56,22 @@ def restore_input_rows(lg) -> None:
     lg.frame = lg.frame.drop(columns=[c for c in HELPER_COLS if c in lg.frame.columns])
 
 
-def detect_and_write(sg, lg, enc, out: str, *, encode_nodes: list[str], detect_node: str) -> pa.Table:
-    """Detectors + repair on one block of whole users; writes its parts of OUT; one summary row.
-    ``lg.frame["_row"]`` holds the input row numbers, which name the parts."""
-    from ...core.results import score_result
+def detect_and_write(sg, lg, enc, out: str, *, encode_nodes: list[str], detect_node: str, allow=None,
+                     keep: bool = False) -> pa.Table:
+    """Detectors on one block of whole users; ``lg.frame["_row"]`` holds the input row numbers.
 
-    result = score_result(lg, sg.detect(enc))
-    part = f"part-{int(result.events['row'].iloc[0]):012d}.parquet"
-    summary = write_scored(sg, result, out, part=part)
-    summary.update(encode_nodes=list(encode_nodes), detect_nodes=[detect_node])
+    ``keep`` (a bundle with the campaign stage): the block goes on to the global campaign pass as
+    its events with the verdicts as columns (runtime/ray/campaigns.py). Otherwise the allow-list
+    (``allow``), repair and this block's parts of OUT follow here; one summary row.
+    """
+    from .campaigns import scored_block, write_block
+
+    scored = sg.detect(enc)
+    nodes = {"encode_nodes": list(encode_nodes), "detect_nodes": [detect_node]}
+    if keep:
+        return scored_block(lg, scored, nodes)
+    summary = write_block(sg, lg, scored, out, allow=allow)
+    summary.update(nodes)
     return pa.table({"summary": [json.dumps(summary)]})
 
 
@@ -108,9 +114,10 @@ class EncodeStage:
 class DetectStage:
     """Actor: an encoded block -> detectors -> repair -> this block's Parquet parts; returns a summary row."""
 
-    def __init__(self, payload: dict, out: str):
+    def __init__(self, payload: dict, out: str, *, allow=None, keep: bool = False):
         self.sg = load_payload(payload)
         self.out = out
+        self.allow, self.keep = allow, keep
         self.node_id = node_id()
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -118,7 +125,8 @@ class DetectStage:
             return NO_SUMMARY
         enc_nodes = sorted(set(table.column("_encode_node").to_pylist()))
         lg, enc = encoded_from_table(self.sg, table)
-        return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=enc_nodes, detect_node=self.node_id)
+        return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=enc_nodes, detect_node=self.node_id,
+                                allow=self.allow, keep=self.keep)
 
 
 class ScoreStage(EncodeStage):
@@ -126,13 +134,15 @@ class ScoreStage(EncodeStage):
     in one process: a separate detector pool would share the same cores and cost a table round
     trip per block."""
 
-    def __init__(self, payload: dict, out: str, **kw):
+    def __init__(self, payload: dict, out: str, *, allow=None, keep: bool = False, **kw):
         super().__init__(payload, **kw)
         self.out = out
+        self.allow, self.keep = allow, keep
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
             return NO_SUMMARY
         lg, enc = encode_bucket(self.sg, table)
         restore_input_rows(lg)
-        return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=[self.node_id], detect_node=self.node_id)
+        return detect_and_write(self.sg, lg, enc, self.out, encode_nodes=[self.node_id], detect_node=self.node_id,
+                                allow=self.allow, keep=self.keep)
