@@ -347,10 +347,18 @@ def test_bundle_round_trip_with_the_stage(small_model, clean, tmp_path):
 
 
 def test_a_format_11_bundle_loads_with_the_stage_off():
+    """tests/golden/format11/: the golden bundle as format 11 wrote it (before the campaign stage,
+    the one budget and the change point), and the users it flagged then: it loads with the stage
+    off and flags the same users (the ensemble keeps the calibration it was fitted with)."""
     from pathlib import Path
 
     from seqguard_ray import SeqGuard
 
-    golden = Path(__file__).resolve().parent / "golden" / "model"
-    sg = SeqGuard.load(golden)
-    assert sg.campaign_detector is None and sg.config.campaigns is False
+    here = Path(__file__).resolve().parent / "golden"
+    sg = SeqGuard.load(here / "format11")
+    assert sg.campaign_detector is None and sg.config.campaigns is False and sg.changepoint is None
+    users = sg.score(here / "events.parquet").users.set_index("user_id")
+    then = pd.read_parquet(here / "format11" / "users.parquet").set_index("user_id")
+    assert users.index.equals(then.index)
+    np.testing.assert_array_equal(users["anomalous"].to_numpy(), then["anomalous"].to_numpy())
+    assert np.abs(users["score"].to_numpy() - then["score"].to_numpy()).max() < 1e-6
