@@ -34,12 +34,19 @@ def retrained(tmp_path_factory):
     from seqguard_ray import SeqGuard
     from seqguard_ray.io.outputs import write_outputs
 
+    import torch
+
     sys.path.insert(0, str(GOLDEN))
-    from make_golden import config
+    from make_golden import TORCH_THREADS, config
 
     out = tmp_path_factory.mktemp("golden_retrained")
-    sg = SeqGuard(config()).fit(GOLDEN / "events.parquet")
-    write_outputs(sg, sg.score(GOLDEN / "events.parquet"), out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)  # as frozen: other tests in this process may have set 1
+    try:
+        sg = SeqGuard(config()).fit(GOLDEN / "events.parquet")
+        write_outputs(sg, sg.score(GOLDEN / "events.parquet"), out)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
