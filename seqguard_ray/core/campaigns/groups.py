@@ -78,8 +78,11 @@ def group_campaigns(ad: Adoptions, aud: Audiences, best: np.ndarray, nats: np.nd
     a campaign's core; its targets are the pushed items of the same component (items linked by
     shared audiences) that at least TIE of the core adopted; its members, the accounts on enough
     of those targets. A pushed item whose audience holds ``min_members`` of an earlier campaign's
-    members (or is mostly theirs) is that campaign's too (a filler or camouflage item it moved),
-    not a new campaign of whoever else adopted it then.
+    members (or is mostly theirs) is that campaign's too, not a new campaign of whoever else
+    adopted it then: its target where the campaign's members make LINK_SHARE of the item's pushing
+    audience (the rule that links two items; a campaign whose accounts each push only part of its
+    targets has no single core that holds them all), else a camouflage item it moved. A campaign that gains targets so has its members recounted
+    over all of them.
 
     ``best`` (I,): each item's best audience (index into ``aud``, -1: none); ``target_ok`` (I,):
     items that may be targets (False: allow-listed); ``value_mean``: the log's mean value.
@@ -114,7 +117,12 @@ def group_campaigns(ad: Adoptions, aud: Audiences, best: np.ndarray, nats: np.nd
             continue
         owner = user_campaign[hit_users[s0]]
         if (owner >= 0).sum() >= min_members or (owner >= 0).mean() >= 0.5:  # an earlier campaign's item
-            campaigns[int(np.bincount(owner[owner >= 0]).argmax())]["items"].add(int(s0))
+            cid = int(np.bincount(owner[owner >= 0]).argmax())
+            if (owner == cid).sum() >= LINK_SHARE * len(owner):  # linked to its accounts as to an item: its target
+                campaigns[cid]["targets"].append(int(s0))
+                campaigns[cid]["grown"] = True
+            else:
+                campaigns[cid]["items"].add(int(s0))
             taken[s0] = True
             continue
         core = hit_users[s0][owner < 0]
@@ -131,6 +139,12 @@ def group_campaigns(ad: Adoptions, aud: Audiences, best: np.ndarray, nats: np.nd
         taken[tg] = True
         campaigns.append({"strength": float(nats[strong[s0]]), "targets": tg,
                           "items": set(np.flatnonzero(comp == comp[s0]).tolist())})
+    for cid, c in enumerate(campaigns):  # recount the members of a campaign that gained targets
+        if c.get("grown"):
+            tg = c["targets"]
+            users, hits = np.unique(np.concatenate([hit_users[t] for t in tg]), return_counts=True)
+            free = (user_campaign[users] < 0) | (user_campaign[users] == cid)
+            user_campaign[users[free & (hits >= max(min(len(tg), 2), np.ceil(TIE * len(tg))))]] = cid
     member_rows = []
     for cid, c in enumerate(campaigns):
         item_campaign[strong[c["targets"]]] = cid

@@ -111,7 +111,7 @@ def campaign_result(log_: EventLog, item_codes: np.ndarray, item_first: np.ndarr
             t0, t1 = ad.t_min, ad.t_max
         rows.append({
             "campaign_id": cid, "user_ids": [str(u) for u in users[members]], "target_item_ids": t_ids,
-            "first_ts": f["ts"].iloc[first], "last_ts": f["ts"].iloc[last], "n_events": int(len(ev)), "score": score,
+            "first_ts": f["ts"].iloc[first], "last_ts": f["ts"].iloc[last], "n_events": len(ev), "score": score,
             "reasons": (f"{len(members)} accounts on {len(targets)} target item(s) ({_ids(t_ids)}); strongest target "
                         f"{t_ids[0]}: {_audience_text(aud, lead, int(ad.item_size[targets[0]]), item_ids)}: "
                         f"{evidence_text(aud, lead, item_ids)}"),
