@@ -27,8 +27,7 @@ from .groups import Groups, group_campaigns, pushed
 log = logging.getLogger(__name__)
 
 Z_CAP = 5.0          # per-user evidence counts up to -log(1 - 0.993): one flagged user is one vote
-LGO_TOP = 50         # largest block at the top of a training null that can be left out as outliers ...
-LGO_SHARE = 0.2      # ... or this share of it, if larger: a large campaign's filler lifts many items at once
+LGO_TOP = 50         # largest block at the top of a training null that can be left out as outliers
 MIN_VALUES = 20      # valued adoptions needed to learn the log's extreme values
 
 
@@ -276,16 +275,14 @@ class NatsCalibrator(Calibrator):
 
 def _outlying_top(ref: np.ndarray, tau: float) -> np.ndarray:
     """(n,) which values of a null are a block of outliers at its top: the largest k (up to
-    LGO_TOP, or LGO_SHARE of the null if more) for which the k-th largest value, judged against the
-    null without the top k, passes ``tau`` nats and the log of the block sizes tried more (a
-    generalised ESD test: one campaign's several targets cannot mask each other, nor the hundreds
-    of items a large campaign's filler lifts in its window)."""
+    LGO_TOP) for which the k-th largest value, judged against the null without the top k, passes
+    ``tau`` nats and log(LGO_TOP) more for the block sizes tried (a generalised ESD test: one
+    campaign's several targets cannot mask each other)."""
     n = len(ref)
     out = np.zeros(n, bool)
     order = np.argsort(-ref, kind="stable")
-    top = min(max(LGO_TOP, int(LGO_SHARE * n)), n - 2)
-    tau = tau + np.log(max(top, 1))  # block sizes tried
-    for k in range(top, 0, -1):
+    tau = tau + np.log(LGO_TOP)  # LGO_TOP block sizes tried
+    for k in range(min(LGO_TOP, n - 2), 0, -1):
         rest = ref[order[k:]]
         if NatsCalibrator().fit(rest).nats(ref[order[k - 1:k]])[0] >= tau:
             out[order[:k]] = True
