@@ -324,6 +324,10 @@ def batch_with_node_kill(cluster, work: Path, model_dir: Path, victims: list) ->
     parts = out / "users.parquet"
     kill: dict = {}
 
+    from seqguard_ray.core.bundle import read_manifest
+
+    campaigns = bool(read_manifest(model_dir).get("campaigns"))  # the bundle has a campaign stage
+
     def killer():
         try:
             t = time.perf_counter()
@@ -332,7 +336,9 @@ def batch_with_node_kill(cluster, work: Path, model_dir: Path, victims: list) ->
                 det = data_actors("DetectStage")
                 nodes = {n.node_id: n for n in victims}
                 hit = [a for a in det if a["node"] in nodes]
-                if done and hit:
+                # a detector actor at work on a victim node: with a campaign stage (the default)
+                # no part is written before the global pass, so its being up is the mid-run signal
+                if hit and (done or campaigns):
                     kill.update(node=hit[0]["node"], parts_at_kill=len(done), t=round(time.perf_counter() - t, 1))
                     cluster.remove_node(nodes[hit[0]["node"]], allow_graceful=False)
                     log(f"batch: killed node {hit[0]['node'][:8]} with {len(done)} part(s) written")

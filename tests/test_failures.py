@@ -70,7 +70,9 @@ def test_10x_overload_sheds_load_without_oom_then_serves(run):
 def test_batch_job_survives_its_worker_node_dying(run):
     b = run["batch"]
     k = b["kill"]
-    assert "error" not in k and 1 <= k["parts_at_kill"] < b["total_parts"], b   # killed mid-run
+    # killed mid-run: while a detector actor worked and before the last part was written (with a
+    # campaign stage, the default, parts are written only after the global campaign pass)
+    assert "error" not in k and "node" in k and k["parts_at_kill"] < b["total_parts"], b
     assert set(b["detect_nodes"]) - {k["node"]}, b   # the detector actor was restarted on another node
     assert b["events_out"] == b["events_local"] == b["events_in"] and b["rows_equal"] and b["unique_rows"], b
     assert b["users_out"] == b["users_local"] and b["unique_users"], b
