@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bundle import file_sha256
 from .config import SIZE_KEYS, TrainConfig
 from .encoder import Encoder, SeqGuardEncoder
 from .features import Seqs
@@ -69,14 +70,6 @@ class Pretrained:
     encoder_id: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def text_embeddings(vocab: Vocab, texts: dict[str, str], embedder) -> tuple[np.ndarray, np.ndarray] | None:
     """(K,) vocab ids of the vocabulary's items that have text and (K, D) their embeddings; None
     without text or embedder."""
@@ -107,7 +100,7 @@ def save_pretrained(path: str | Path, *, config: TrainConfig, encoder: Encoder, 
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
                 "train_config": asdict(config), "encoder_config": encoder.model_.config.to_dict(),
                 "vocab": vocab_meta, "item_text": text_model if text is not None else None,
-                "metrics": metrics or {}, "files": {f: _sha256(out / f) for f in FILES}}
+                "metrics": metrics or {}, "files": {f: file_sha256(out / f) for f in FILES}}
     manifest["encoder_id"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=lambda o: o.item()))
     log.info("wrote pretrained encoder %s (id %s)", out, manifest["encoder_id"])
@@ -136,7 +129,7 @@ def read_pretrained_manifest(path: str | Path) -> dict:
     for f in FILES:
         if not (p / f).is_file():
             raise CheckpointError(f"pretrained encoder {p} is missing {f}")
-        if (m.get("files") or {}).get(f) != _sha256(p / f):
+        if (m.get("files") or {}).get(f) != file_sha256(p / f):
             raise CheckpointError(f"pretrained encoder {p}: {f} does not match the manifest's checksum (corrupt or tampered with)")
     return m
 
