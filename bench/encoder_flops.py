@@ -1,0 +1,116 @@
+"""Encoder scoring near the hardware's limit (issue 31, item 4): windows/s and useful GFLOP/s of
+the scoring pass (``core.encoder.surprisal``: every event masked in one of the passes) for each size
+preset, beside an fp32 matmul peak measured in the same run, with the variants tried here.
+
+Useful work counts real events only (padding excluded): per event and pass, the Transformer layers
+(Q, K, V, output projections 8H^2, feed-forward 4HI, attention scores and mixing 4TH, multiply-adds
+counted as 2 FLOPs) and, at the masked positions only, the heads (item projection 2H^2 plus the
+catalogue 2HV, action and gap heads). Windows come from the demo generator's history lengths.
+
+    python bench/encoder_flops.py                      # small and base, 2000 items
+    python bench/encoder_flops.py --presets small --windows 512 --batch 64,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from seqguard_ray.core.config import PRESETS
+from seqguard_ray.core.encoder import SeqGuardConfig, SeqGuardEncoder, surprisal
+from seqguard_ray.core.tokens import N_SPECIAL
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """fp32 GFLOP/s of an n x n matmul on this machine's torch threads (best of ``reps``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def windows(n: int, max_len: int, n_items: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``n`` windows with lengths drawn from the demo generator's histories (capped at max_len)."""
+    from seqguard_ray.synth import generate
+
+    lengths = generate(n_users=300, seed=seed).events.groupby("user_id").size().to_numpy()
+    rng = np.random.default_rng(seed)
+    lens = np.minimum(rng.choice(lengths, n), max_len)
+    items = np.zeros((n, max_len), np.int64)
+    actions, gaps = np.zeros_like(items), np.zeros_like(items)
+    for i, m in enumerate(lens):
+        items[i, :m] = rng.integers(N_SPECIAL, n_items, m)
+        actions[i, :m] = rng.integers(N_SPECIAL, N_SPECIAL + 4, m)
+        gaps[i, :m] = rng.integers(N_SPECIAL, N_SPECIAL + 16, m)
+    return {"items": torch.from_numpy(items), "actions": torch.from_numpy(actions), "gaps": torch.from_numpy(gaps)}
+
+
+def useful_flops(cfg: SeqGuardConfig, lengths: np.ndarray) -> float:
+    """FLOPs of one scoring of windows with these real lengths (every event masked once)."""
+    H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.n_items
+    k = cfg.n_mask_groups
+    per_pass = sum(L * m * (2 * 4 * H * H + 2 * 2 * H * I + 2 * 2 * m * H) for m in lengths)
+    heads = sum(m * (2 * H * H + 2 * H * V + 2 * H * (cfg.n_actions + cfg.n_gaps)) for m in lengths)
+    return k * per_pass + heads
+
+
+def timed(model, data: dict[str, torch.Tensor], batch: int, *, dtype: torch.dtype | None) -> float:
+    """Seconds to score every window (one warm-up batch first)."""
+    n = len(data["items"])
+    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else (lambda: torch.autocast("cpu", enabled=False))
+    with ctx():
+        surprisal(model, **{k: v[:batch] for k, v in data.items()})
+        t = time.perf_counter()
+        for s in range(0, n, batch):
+            surprisal(model, **{k: v[s:s + batch] for k, v in data.items()})
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", default="small,base")
+    ap.add_argument("--windows", type=int, default=1024)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--batch", default="64,256", help="windows per scoring call, comma-separated")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak:.1f} GFLOP/s "
+          f"(bf16 on this CPU: {torch.backends.cpu.get_cpu_capability()})")
+    data = windows(args.windows, args.max_len, args.items)
+    lengths = (data["gaps"] != 0).sum(1).numpy()
+    print(f"{args.windows} windows, mean length {lengths.mean():.1f} of {args.max_len} "
+          f"({lengths.sum() / (args.windows * args.max_len):.0%} real events)")
+    print(f"{'preset':<7}{'variant':<12}{'batch':>6}{'windows/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'vs eager':>9}  max |diff|")
+    for name in args.presets.split(","):
+        p = PRESETS[name]
+        cfg = SeqGuardConfig(n_items=args.items, n_actions=N_SPECIAL + 4, hidden_size=p["hidden_size"],
+                             num_layers=p["num_layers"], num_heads=p["num_heads"],
+                             intermediate_size=p["intermediate_size"], max_len=args.max_len)
+        model = SeqGuardEncoder(cfg).eval()
+        flops = useful_flops(model.config, lengths)
+        ref_out = None
+        base = None
+        for batch in (int(b) for b in args.batch.split(",")):
+            for variant, dtype in (("eager fp32", None), ("bf16 autocast", torch.bfloat16)):
+                s = timed(model, data, batch, dtype=dtype)
+                with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                    out, _ = surprisal(model, **{k: v[:64] for k, v in data.items()})
+                if ref_out is None:
+                    ref_out = out
+                diff = float((out - ref_out).abs().max())
+                base = base or s
+                print(f"{name:<7}{variant:<12}{batch:>6}{args.windows / s:>11.0f}{flops / s / 1e9:>9.1f}"
+                      f"{100 * flops / s / 1e9 / peak:>7.0f}%{base / s:>8.2f}x  {diff:.2g} nats")
+
+
+if __name__ == "__main__":
+    main()
