@@ -170,19 +170,6 @@ class NullCalibrator(Calibrator):
             out = np.where(beyond, MAX_NATS, out)
         return np.minimum(out, MAX_NATS)
 
-    def threshold(self, tail: float) -> float:
-        """The raw score at which the null's tail probability falls to ``tail`` (0 < tail < 1)."""
-        if not 0 < tail < 1:
-            raise ValueError(f"tail must be a probability in (0, 1), got {tail!r}")
-        check_is_fitted(self, ["reference_"])
-        x_hi, n_hi, scale = self._knots()
-        want = -np.log(tail)
-        if want > n_hi:
-            return x_hi + (want - n_hi) * scale if scale > 0 else x_hi
-        ref = self.reference_
-        inside = ref[self.nats(ref) >= want]
-        return float(inside[0]) if len(inside) else x_hi
-
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, meta = super().to_state()
         return arrays, {**meta, "band": list(self.band)}
@@ -205,30 +192,6 @@ def ensemble_share(campaign_share: float = BUDGET["campaign"]) -> float:
         raise ValueError(f"campaign_share must be in [0, {rest:g}) to leave the ensemble a share of the "
                          f"false-positive budget, got {campaign_share!r}")
     return rest - campaign_share
-
-
-def budget_share(signal: str) -> float:
-    """The share of the false-positive budget ``signal`` ("ensemble" or a key of BUDGET) may spend
-    by default."""
-    if signal == "ensemble":
-        return ensemble_share()
-    if signal not in BUDGET:
-        raise ValueError(f"no budget share for {signal!r}; the budget is split between {['ensemble', *BUDGET]}")
-    return BUDGET[signal]
-
-
-def threshold_for_share(raw: np.ndarray, share: float, target_fpr: float, *, band: tuple[float, float] = NULL_BAND) -> float:
-    """The raw-score threshold at which a signal spends ``share`` of the false-positive budget.
-
-    raw (n,): the signal's raw scores (higher = more anomalous) over the training users it judges,
-    attackers included; the threshold is where the null fitted to their bulk (:class:`NullCalibrator`)
-    leaves ``share * target_fpr`` of them above it: on a log without attacks about that share of its
-    users cross it, whatever the scores' distribution."""
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share!r}")
-    if not 0 < target_fpr < 0.5:
-        raise ValueError(f"target_fpr must be in (0, 0.5), got {target_fpr!r}")
-    return NullCalibrator(band=band).fit(raw).threshold(share * target_fpr)
 
 
 def budget_scale(tail: np.ndarray, share: float, target_fpr: float) -> np.ndarray:
