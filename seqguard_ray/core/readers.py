@@ -1,4 +1,5 @@
-"""Behaviour logs from disk: Parquet files and directories (with Hive partition keys), CSV, JSONL.
+"""Behaviour logs from storage: Parquet files and directories (with Hive partition keys), CSV, JSONL,
+on a local disk or an object store (any location :mod:`~seqguard_ray.core.storage` resolves).
 
 A Parquet directory's Hive partition key (``dt=2026-12-01/part-0.parquet``) becomes a string
 column ``dt``, carried through like any extra column. Readers keep each column's values as
@@ -7,9 +8,10 @@ written (see :func:`_read_csv`, :func:`_read_json`); validation is :func:`~seqgu
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 import pandas as pd
@@ -18,15 +20,22 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
+from . import storage
 from .schema import EventLog, EventsError, from_frame
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
-def parquet_files(root: Path) -> list[Path]:
-    """The Parquet files under a directory, in the (sorted) order that numbers the input rows."""
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in PARQUET_SUFFIXES)
+def _suffixes(location: str) -> list[str]:
+    return PurePosixPath(storage.name(location)).suffixes
+
+
+def parquet_files(root: str | Path) -> list[str]:
+    """The Parquet files under a directory (a local one or a URI prefix), as locations, in the
+    (sorted) order that numbers the input rows."""
+    files = [f for f, _ in storage.list_files(root) if PurePosixPath(storage.name(f)).suffix in PARQUET_SUFFIXES]
     if not files:
         raise EventsError(f"events directory {root} holds no .parquet files")
     return files
@@ -35,43 +44,55 @@ def parquet_files(root: Path) -> list[Path]:
 def read_parquet(path: str | Path, root: str | Path | None = None, row_group: int | None = None) -> pa.Table:
     """One Parquet file (or one of its row groups), with the Hive partition keys of its directories
     below ``root`` (``key=value`` path parts, URI-decoded) as string columns."""
-    f = Path(path)
-    table = pq.ParquetFile(f).read_row_group(row_group) if row_group is not None else pq.read_table(f)
+    try:
+        with storage.open_input_file(path) as f:
+            table = pq.ParquetFile(f).read_row_group(row_group) if row_group is not None else pq.read_table(f)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:  # the message names a buffer, not the file
+        raise EventsError(f"cannot read events file {path}: {exc}") from exc
     if root is None:
         return table
-    for part in f.parent.relative_to(root).parts:
+    for part in storage.relative_parts(path, root):
         key, eq, value = part.partition("=")
         if not eq or not key:
             continue
         if key in table.column_names:
-            raise EventsError(f"{f}: column {key!r} is both in the file and a partition key of its directory {part!r}")
+            raise EventsError(f"{path}: column {key!r} is both in the file and a partition key of its directory {part!r}")
         table = table.append_column(key, pa.array([unquote(value)] * table.num_rows, pa.string()))
     return table
 
 
 def read_table(path: str | Path) -> pa.Table:
-    """Read a Parquet file or directory, a CSV or a JSONL file into an Arrow table."""
-    p = Path(path)
-    if not p.exists():
+    """Read a Parquet file or directory, a CSV or a JSONL file into an Arrow table; ``path`` is a
+    local path or a filesystem URI (:mod:`~seqguard_ray.core.storage`)."""
+    p = str(path)
+    found = storage.info(p)
+    if found.type == FileType.NotFound:
         raise EventsError(f"events path does not exist: {p}")
     try:
-        if p.is_dir():
+        if found.type == FileType.Directory:
             tables = [read_parquet(f, p) for f in parquet_files(p)]
             return pa.concat_tables(tables, promote_options="permissive")
-        suffix = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
-        if p.stat().st_size == 0:
+        sfx = _suffixes(p)
+        suffix = "".join(sfx[-2:]) if sfx[-1:] == [".gz"] else "".join(sfx[-1:])
+        if found.size == 0:
             raise EventsError(f"events file is empty: {p}")
         if suffix in PARQUET_SUFFIXES:
             return read_parquet(p)
         if suffix in {".csv", ".csv.gz", ".tsv"}:
-            return _read_csv(p, pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
+            return _read_csv(_text(p), pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
         if suffix in {".jsonl", ".json", ".ndjson", ".jsonl.gz"}:
-            return _read_json(p)
+            return _read_json(_text(p))
     except EventsError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         raise EventsError(f"cannot read events file {p}: {exc}") from exc
-    raise EventsError(f"unsupported events format {p.suffix!r} for {p}: use .parquet, .csv or .jsonl")
+    raise EventsError(f"unsupported events format {''.join(_suffixes(p)[-1:])!r} for {p}: use .parquet, .csv or .jsonl")
+
+
+def _text(location: str) -> pa.Buffer:
+    """A text file's bytes, decompressed (``.gz``), read once (from an object store: one GET)."""
+    with storage.open_input_stream(location) as f:
+        return f.read_buffer()
 
 
 _ID_COLUMNS = ("user_id", "item_id")
@@ -80,14 +101,14 @@ _CANONICAL_INT = r"^-?(0|[1-9][0-9]*)$"
 _BOOLS = (pa.array(["true", "True", "TRUE"]), pa.array(["false", "False", "FALSE"]))
 
 
-def _read_csv(p: Path, opts: pacsv.ParseOptions) -> pa.Table:
+def _read_csv(data: pa.Buffer, opts: pacsv.ParseOptions) -> pa.Table:
     """A CSV file with each column typed only where its text survives the round trip: integers
     without leading zeros, numbers, booleans; else the text as written. Type inference alone would
     read ids "007" and "7" as one user 7, a zip code "02134" as 2134, and dates into date types,
     so that outputs would neither keep the input's values nor join back to it."""
-    with pacsv.open_csv(p, parse_options=opts) as reader:
+    with pacsv.open_csv(pa.BufferReader(data), parse_options=opts) as reader:
         names = reader.schema.names
-    raw = pacsv.read_csv(p, parse_options=opts,
+    raw = pacsv.read_csv(pa.BufferReader(data), parse_options=opts,
                          convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names}))
     return pa.Table.from_arrays([_typed_text(n, raw.column(i)) for i, n in enumerate(raw.column_names)],
                                 names=raw.column_names)
@@ -126,26 +147,26 @@ def _typed_text(name: str, raw: pa.ChunkedArray) -> pa.ChunkedArray:
     return text
 
 
-def _read_json(p: Path) -> pa.Table:
+def _read_json(data: pa.Buffer) -> pa.Table:
     """JSON lines; strings stay strings (pyarrow would read ISO-looking ones as timestamps, which
     changes the type of ts and of carried-through columns). A column that mixes numbers and
     strings (ids 7 and "guest-7") becomes text, numbers written as JSON writes them."""
     try:
-        table = pajson.read_json(p)
+        table = pajson.read_json(pa.BufferReader(data))
     except pa.ArrowInvalid as exc:
         if not re.search(r"Column\(/[^/)]+\) changed from (number|string|boolean) to (number|string|boolean)", str(exc)):
             raise
-        return _read_json_mixed(p)
+        return _read_json_mixed(data)
     stamped = [f for f in table.schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
     if not stamped:
         return table
     schema = pa.schema([pa.field(f.name, pa.string()) if f in stamped else f for f in table.schema])
-    return pajson.read_json(p, parse_options=pajson.ParseOptions(explicit_schema=schema))
+    return pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
 
 
-def _read_json_mixed(p: Path) -> pa.Table:
+def _read_json_mixed(data: pa.Buffer) -> pa.Table:
     """JSON lines whose columns may mix scalar types: those columns as text."""
-    df = pd.read_json(p, lines=True, dtype=False)
+    df = pd.read_json(io.BytesIO(data.to_pybytes()), lines=True, dtype=False)
     for c in df.columns:
         kinds = {type(v) for v in df[c].dropna()}
         if len(kinds) > 1 and kinds <= {str, int, float, bool}:

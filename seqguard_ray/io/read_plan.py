@@ -4,15 +4,16 @@ users assigned to buckets that keep each user's history together (the Ray pipeli
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
+from ..core import storage
 from ..core.readers import PARQUET_SUFFIXES, parquet_files, read_parquet, read_table
 from ..core.schema import EventsError, from_frame
 
@@ -23,7 +24,7 @@ TEXT_BYTES_PER_EVENT = 40  # a CSV/JSONL event's size, to size buckets before th
 class ReadUnit:
     """One read task: a Parquet row group (or a whole CSV/JSONL file) and its first input row."""
 
-    path: str
+    path: str       # a location (absolute path or URI: core.storage)
     row_group: int  # -1 = the whole file
     row0: int       # input row number of its first row (files in sorted order, as events.read_table)
     n_rows: int     # -1 for a text file: known only once it is read
@@ -31,41 +32,44 @@ class ReadUnit:
 
 
 def plan_reads(path: str | Path) -> list[ReadUnit]:
-    """Read units in input-row order, from file metadata only (no data is read here)."""
-    p = Path(path)
-    if not p.exists():
-        raise EventsError(f"events path does not exist: {p}")
-    if p.is_dir():
-        files, root = parquet_files(p), str(p.resolve())
+    """Read units in input-row order, from file metadata only (no data is read here). ``path``: a
+    local path or a filesystem URI; the units name their files so that every node reads the same."""
+    p = storage.absolute(path)
+    found = storage.info(p)
+    if found.type == FileType.NotFound:
+        raise EventsError(f"events path does not exist: {path}")
+    if found.type == FileType.Directory:
+        files, root = parquet_files(p), p
     else:
         files, root = [p], ""
     units, row0 = [], 0
     for f in files:
-        if f.suffix in PARQUET_SUFFIXES:
+        if PurePosixPath(storage.name(f)).suffix in PARQUET_SUFFIXES:
             try:
-                md = pq.ParquetFile(f).metadata
+                with storage.open_input_file(f) as fh:
+                    md = pq.ParquetFile(fh).metadata
             except (pa.ArrowInvalid, OSError) as exc:
                 raise EventsError(f"cannot read events file {f}: {exc}") from exc
             for g in range(md.num_row_groups):
                 n = md.row_group(g).num_rows
                 if n:  # an empty row group would be an empty log to the validator
-                    units.append(ReadUnit(str(f.resolve()), g, row0, n, root))
+                    units.append(ReadUnit(f, g, row0, n, root))
                 row0 += n
         else:
             # a text file's row count is known only after reading it, so it is one unit (convert
             # large logs to Parquet for parallel reads)
-            units.append(ReadUnit(str(f.resolve()), -1, row0, -1))
+            units.append(ReadUnit(f, -1, row0, -1))
     if len(units) > 1 and any(u.n_rows < 0 for u in units):
-        raise EventsError(f"{p}: mixing text and Parquet files is not supported")
+        raise EventsError(f"{path}: mixing text and Parquet files is not supported")
     if not units or (units[0].n_rows >= 0 and row0 == 0):
-        raise EventsError(f"{p}: the log holds no events")
+        raise EventsError(f"{path}: the log holds no events")
     return units
 
 
 def estimate_rows(units: list[ReadUnit]) -> int:
     """Input rows: exact for Parquet, estimated from the file size for a text file."""
     if units[0].n_rows < 0:
-        return max(1, os.path.getsize(units[0].path) // TEXT_BYTES_PER_EVENT)
+        return max(1, (storage.info(units[0].path).size or 0) // TEXT_BYTES_PER_EVENT)
     return sum(u.n_rows for u in units)
 
 
