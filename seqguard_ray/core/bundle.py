@@ -1,4 +1,5 @@
-"""The model bundle: one directory that training writes and every way of running reads.
+"""The model bundle: one directory that training writes and every way of running reads, on a local
+disk or an object store (a location :mod:`~seqguard_ray.core.storage` resolves).
 
 ```
 manifest.json        format version, package and library versions, training config, repair policy,
@@ -22,6 +23,7 @@ hash, so a truncated or tampered bundle gets a clear :class:`BundleError`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict, replace
@@ -37,6 +39,7 @@ from .event_detector import EventDetector
 from .explain import Explainer
 from .features import EVENT_FEATURES, USER_FEATURES, ItemStats
 from .repair import RepairPolicy
+from . import storage
 from .stage import nest, unnest
 from .strata import LengthStrata
 from .tokens import N_SPECIAL, Vocab
@@ -53,10 +56,10 @@ class BundleError(ValueError):
     """A model bundle that is missing, corrupt, tampered with or of another format version."""
 
 
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB chunks."""
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file (a local path or a URI: core.storage), read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_input_stream(path, decompress=False) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -72,14 +75,19 @@ def _versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
-def save_bundle(sg, path: str | Path) -> Path:
-    """Write a fitted SeqGuard's stages to directory ``path`` (created; existing bundle files replaced)."""
-    from safetensors.numpy import save_file
+def save_bundle(sg, path: str | Path) -> str:
+    """Write a fitted SeqGuard's stages to directory ``path``, a local path or a URI (created;
+    existing bundle files replaced); returns its location. The data files are written first and
+    the manifest, which holds their checksums, last: a reader sees a whole bundle, or a
+    BundleError while a write is under way (never a mix of two bundles' files taken as one)."""
+    from safetensors.numpy import save as safetensors_bytes
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.absolute(path)
+    if storage.is_file(out):
+        raise BundleError(f"model bundle {out} exists and is not a directory")
+    storage.make_dirs(out)
     weights, enc_meta = sg.encoder.to_state()
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(out / "encoder.safetensors"))
+    blobs = {"encoder.safetensors": safetensors_bytes({k: np.ascontiguousarray(v) for k, v in weights.items()})}
     vocab, vocab_meta = sg.vocab.to_state()
     strata, strata_meta = sg.strata.to_state()
     explained, explainer_meta = sg.explainer.to_state()
@@ -97,7 +105,11 @@ def save_bundle(sg, path: str | Path) -> Path:
     if sg.campaign_detector is not None:
         campaign_arrays, campaigns_meta = sg.campaign_detector.to_state()
         arrays.update(nest("campaigns", campaign_arrays))
-    np.savez(out / "state.npz", **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blobs["state.npz"] = buf.getvalue()
+    for f in FILES:
+        storage.write_bytes(storage.join(out, f), blobs[f])
     manifest = {
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
@@ -110,10 +122,10 @@ def save_bundle(sg, path: str | Path) -> Path:
         "changepoint": changepoint_meta,
         "vocab": vocab_meta,
         "metrics": {**sg.metrics, "feature_quantiles": explained["quantiles"]},
-        "files": {f: file_sha256(out / f) for f in FILES},
+        "files": {f: hashlib.sha256(blobs[f]).hexdigest() for f in FILES},
     }
     manifest["model_version"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
+    storage.write_text(storage.join(out, MANIFEST), json.dumps(manifest, indent=1, default=_json_default), atomic=True)
     log.info("wrote model bundle %s (version %s)", out, manifest["model_version"])
     return out
 
@@ -128,14 +140,20 @@ def _json_default(o):
 
 def read_manifest(path: str | Path) -> dict:
     """The bundle's manifest, after checking the format version and every file's hash."""
-    p = Path(path)
-    if not p.is_dir():
+    return _read_checked(path)[0]
+
+
+def _read_checked(path: str | Path) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, the other files' bytes) of a bundle, each file read once and checked."""
+    p = str(path)
+    if not storage.is_dir(p):
         raise BundleError(f"model bundle {p} does not exist or is not a directory")
-    mf = p / MANIFEST
-    if not mf.is_file():
-        raise BundleError(f"model bundle {p} has no {MANIFEST}: not a seqguard bundle, or training did not finish")
     try:
-        manifest = json.loads(mf.read_text())
+        text = storage.read_bytes(storage.join(p, MANIFEST))
+    except (FileNotFoundError, IsADirectoryError):
+        raise BundleError(f"model bundle {p} has no {MANIFEST}: not a seqguard bundle, or training did not finish") from None
+    try:
+        manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"model bundle {p}: {MANIFEST} is corrupt ({exc})") from exc
     if not isinstance(manifest, dict):
@@ -147,16 +165,18 @@ def read_manifest(path: str | Path) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"model bundle {p}: {MANIFEST} has no 'files' checksums (got {type(files).__name__})")
+    blobs = {}
     for f in FILES:
-        fp = p / f
-        if not fp.is_file():
-            raise BundleError(f"model bundle {p} is missing {f}")
-        if files.get(f) != file_sha256(fp):
+        try:
+            blobs[f] = storage.read_bytes(storage.join(p, f))
+        except (FileNotFoundError, IsADirectoryError):
+            raise BundleError(f"model bundle {p} is missing {f}") from None
+        if files.get(f) != hashlib.sha256(blobs[f]).hexdigest():
             raise BundleError(f"model bundle {p}: {f} does not match the manifest's checksum (corrupt or tampered with)")
-    return manifest
+    return manifest, blobs
 
 
-def _restore(p: Path, stage, arrays, meta):
+def _restore(p: str, stage, arrays, meta):
     """``stage.from_state(arrays, meta)``; what does not fit is the bundle's error."""
     try:
         return stage.from_state(arrays, meta)
@@ -168,14 +188,14 @@ def load_stages(path: str | Path) -> dict:
     """The fitted stages of a bundle written by :func:`save_bundle`: ``config``, ``policy``, ``vocab``,
     ``encoder``, ``stats``, ``event_detector``, ``strata``, ``explainer``, ``campaign_detector``, ``changepoint``
     (None: no campaign stage); its ``metrics`` and ``model_version``."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load as safetensors_load
 
-    p = Path(path)
-    m = read_manifest(p)
+    p = str(path)
+    m, blobs = _read_checked(p)
     try:
         config = TrainConfig.from_dict(m["train_config"])
         policy = RepairPolicy.from_state({}, m["repair_policy"])
-        with np.load(p / "state.npz", allow_pickle=False) as npz:
+        with np.load(io.BytesIO(blobs["state.npz"]), allow_pickle=False) as npz:
             a = {k: npz[k] for k in npz.files}
         campaign_detector = None
         if m["format_version"] == "11":  # before the campaign stage: nothing calibrates one
@@ -213,7 +233,7 @@ def load_stages(path: str | Path) -> dict:
                               f"for {len(USER_FEATURES)} user features")
         return {
             "config": config, "policy": policy, "vocab": vocab,
-            "encoder": _restore(p, Encoder, load_file(str(p / "encoder.safetensors")),
+            "encoder": _restore(p, Encoder, safetensors_load(blobs["encoder.safetensors"]),
                                 {**config.encoder_params(), "config": enc}),
             "stats": _restore(p, ItemStats, unnest("stats", a), {"items": vocab.items_}),
             "event_detector": _restore(p, EventDetector, unnest("event", a), {"seed": config.seed}),

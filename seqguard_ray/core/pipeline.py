@@ -292,8 +292,9 @@ class SeqGuard:
         """Apply the repair policy to a scored log."""
         return self.policy.repair(result)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model bundle to directory ``path`` (see :mod:`~seqguard_ray.core.bundle`)."""
+    def save(self, path: str | Path) -> str:
+        """Write the model bundle to directory ``path``, a local path or a URI (see
+        :mod:`~seqguard_ray.core.bundle`); returns its location."""
         self._check_fitted(self.vocab, self.encoder, self.stats, self.event_detector, self.strata, self.explainer)
         return save_bundle(self, path)
 
