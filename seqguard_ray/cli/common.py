@@ -32,10 +32,12 @@ def share(s: str) -> float:
 
 
 def check_out_dir(path: str | Path, flag: str) -> None:
-    """Fail before the work, not after it, when an output directory cannot be created."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{flag} {p} exists and is not a directory")
+    """Fail before the work, not after it, when an output directory (a local path or a URI)
+    cannot be created, or its URI cannot be resolved."""
+    from ..core import storage
+
+    if storage.is_file(path):
+        raise ValueError(f"{flag} {path} exists and is not a directory")
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

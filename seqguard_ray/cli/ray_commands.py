@@ -48,19 +48,25 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
 def input_size(path: str | Path) -> tuple[int | None, int, int]:
     """(events from Parquet metadata or None, number of files, bytes) without reading data."""
     import pyarrow.parquet as pq
+    from pyarrow.fs import FileType
 
+    from ..core import storage
     from ..core.readers import PARQUET_SUFFIXES
 
-    p = Path(path)
-    files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p] if p.exists() else []
-    pq_files = [f for f in files if f.suffix in PARQUET_SUFFIXES]
+    found = storage.info(path)
+    files = (storage.list_files(path) if found.type == FileType.Directory
+             else [(str(path), found.size or 0)] if found.type == FileType.File else [])
+    pq_files = [f for f, _ in files if storage.suffix(f) in PARQUET_SUFFIXES]
     n = None
     if pq_files:
         try:
-            n = sum(pq.ParquetFile(f).metadata.num_rows for f in pq_files)
+            n = 0
+            for f in pq_files:
+                with storage.open_input_file(f) as fh:
+                    n += pq.ParquetFile(fh).metadata.num_rows
         except Exception:  # unreadable files get their clear error from the engine
             n = None
-    return n, len(files), sum(f.stat().st_size for f in files)
+    return n, len(files), sum(size for _, size in files)
 
 
 def choose_engine(args) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 from pyarrow import fs
@@ -72,6 +72,16 @@ def name(location: str | Path) -> str:
     """The last part of a location's path (``s3://b/x/model?region=r`` -> ``model``)."""
     return str(location).partition("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_uri(location) \
         else os.path.basename(os.path.normpath(str(location)))
+
+
+def suffixes(location: str | Path) -> list[str]:
+    """The extensions of a location's name (``s3://b/ev.csv.gz`` -> ``[".csv", ".gz"]``)."""
+    return PurePosixPath(name(location)).suffixes
+
+
+def suffix(location: str | Path) -> str:
+    """The last extension of a location's name (``""`` when none)."""
+    return PurePosixPath(name(location)).suffix
 
 
 def sibling(location: str | Path, new_name: str) -> str:
@@ -150,9 +160,11 @@ def read_text(location: str | Path) -> str:
 
 
 def make_dirs(location: str | Path) -> None:
-    """Create a directory and its parents (on an object store: nothing is needed; a marker at most)."""
+    """Create a local directory and its parents; on an object store nothing (a prefix exists once
+    an object is written below it; no empty marker objects are left behind)."""
     filesystem, path = resolve(location)
-    filesystem.create_dir(path, recursive=True)
+    if is_local(filesystem):
+        filesystem.create_dir(path, recursive=True)
 
 
 def write_bytes(location: str | Path, data: bytes, *, atomic: bool = False) -> None:

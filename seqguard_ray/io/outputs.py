@@ -4,7 +4,8 @@ OUT/items and OUT/campaigns (Parquet) and OUT/summary.json.
 One writer serves both engines. The in-process engine writes each output as one file
 (:func:`write_outputs`); the Ray pipeline writes each block of whole users as one part of a
 directory of the same name (:func:`write_scored` with ``part``) and adds the blocks' summaries
-up (:func:`merge_summaries`). ``OUT`` is a local path or a pyarrow filesystem URI (``s3://...``).
+up (:func:`merge_summaries`). ``OUT`` is a local path or a pyarrow filesystem URI (``s3://...``),
+resolved by :func:`seqguard_ray.core.storage.resolve` like every other location.
 
 The campaign tables are global: a block of users cannot write them. The in-process engine
 writes them in :func:`write_outputs`; the Ray pipeline's global campaign pass, which runs after
@@ -15,7 +16,6 @@ the per-user blocks, writes them with :func:`write_campaigns` and adds
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs
 
+from ..core import storage
 OUTPUTS = ("users", "events", "repaired", "actions")
 CAMPAIGN_OUTPUTS = ("items", "campaigns")  # written only when the campaign stage ran
 ITEM_COLUMNS = ("item_id", "campaign_score", "suspicious", "campaign_id", "reasons")
 CAMPAIGN_COLUMNS = ("campaign_id", "user_ids", "target_item_ids", "first_ts", "last_ts", "n_events", "score", "reasons")
 _LIST_COLUMNS = ("user_ids", "target_item_ids")  # list<string>: ids as text
-
-
-def _fs(out: str | Path) -> tuple[fs.FileSystem, str]:
-    out = str(out)
-    if "://" in out:
-        return fs.FileSystem.from_uri(out)
-    return fs.LocalFileSystem(), os.path.abspath(out)
 
 
 def summarize(result, rep) -> dict:
@@ -101,7 +95,7 @@ def campaigns_table(campaigns: pd.DataFrame) -> pa.Table:
 def write_campaigns(campaigns, out: str | Path) -> None:
     """OUT/items.parquet and OUT/campaigns.parquet of a ``CampaignResult`` (one file each: the
     tables are global, written once by whichever engine ran the campaign pass)."""
-    filesystem, base = _fs(out)
+    filesystem, base = storage.resolve(out)
     _clear(filesystem, base, CAMPAIGN_OUTPUTS)
     pq.write_table(items_table(campaigns.items), f"{base}/items.parquet", filesystem=filesystem)
     pq.write_table(campaigns_table(campaigns.campaigns), f"{base}/campaigns.parquet", filesystem=filesystem)
@@ -125,7 +119,7 @@ def write_scored(sg, result, out: str | Path, *, part: str | None = None) -> dic
     overwrites its part instead of adding one) instead of the file ``OUT/<name>.parquet``.
     """
     rep = sg.repair(result)
-    filesystem, base = _fs(out)
+    filesystem, base = storage.resolve(out)
     frames = {"users": result.users, "events": result.events, "repaired": rep.repaired, "actions": rep.actions}
     for name in OUTPUTS:
         path = f"{base}/{name}.parquet" + (f"/{part}" if part else "")
@@ -135,7 +129,7 @@ def write_scored(sg, result, out: str | Path, *, part: str | None = None) -> dic
 
 def write_summary(summary: dict, out: str | Path) -> None:
     """OUT/summary.json."""
-    filesystem, base = _fs(out)
+    filesystem, base = storage.resolve(out)
     with filesystem.open_output_stream(f"{base}/summary.json") as f:
         f.write(json.dumps(summary, indent=1).encode())
 
@@ -143,7 +137,7 @@ def write_summary(summary: dict, out: str | Path) -> None:
 def write_outputs(sg, result, out: str | Path) -> dict:
     """Write users/events/repaired/actions Parquet, items/campaigns Parquet when the campaign stage
     ran (earlier ones are removed when it did not) and summary.json into ``out``; returns the summary."""
-    filesystem, base = _fs(out)
+    filesystem, base = storage.resolve(out)
     filesystem.create_dir(base, recursive=True)
     summary = write_scored(sg, result, out)
     campaigns = getattr(result, "campaigns", None)
@@ -182,7 +176,7 @@ def prepare_parts(out: str | Path) -> None:
     """Empty OUT/<name>.parquet/ directories for :func:`write_scored`'s parts; earlier outputs of
     those names (files or directories) are removed, and so are earlier campaign tables (the
     global campaign pass writes them afresh with :func:`write_campaigns`)."""
-    filesystem, base = _fs(out)
+    filesystem, base = storage.resolve(out)
     _clear(filesystem, base, OUTPUTS + CAMPAIGN_OUTPUTS)
     for name in OUTPUTS:
         filesystem.create_dir(f"{base}/{name}.parquet", recursive=True)
@@ -191,10 +185,11 @@ def prepare_parts(out: str | Path) -> None:
 def read_output(out: str | Path, name: str) -> pd.DataFrame | None:
     """One output (a file or a directory of parts) as a frame; events sorted by input row. None
     for a campaign table that was not written (the stage did not run)."""
-    path = Path(out) / f"{name}.parquet"
-    if name in CAMPAIGN_OUTPUTS and not path.exists():
+    filesystem, base = storage.resolve(out)
+    path = f"{base}/{name}.parquet"
+    if name in CAMPAIGN_OUTPUTS and filesystem.get_file_info(path).type == fs.FileType.NotFound:
         return None
-    df = pd.read_parquet(path)
+    df = pd.read_parquet(path, filesystem=filesystem)
     if name == "events":
         df = df.sort_values("row", kind="stable").reset_index(drop=True)
     return df

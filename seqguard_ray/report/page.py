@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from ..core import storage
 from .campaigns import campaigns_section
 from .fmt import e, fmt_int, type_colors
 from .inputs import (
@@ -56,8 +57,9 @@ def write_report(
     label_types: Mapping[str, str] | None = None,
     items: pd.DataFrame | None = None,
     campaigns: pd.DataFrame | None = None,
-) -> Path:
-    """Write a self-contained HTML report and return its path.
+) -> Path | str:
+    """Write a self-contained HTML report to ``path`` (a local path, returned as a Path, or a URI
+    such as ``s3://bucket/report.html``, returned as given).
 
     ``users``: one row per user with ``user_id``, ``score`` (float in [0, 1], higher = more
     anomalous), ``anomalous`` (bool), ``anomaly_type`` (str) and ``reasons`` ("; "-joined str).
@@ -107,11 +109,10 @@ def write_report(
     sections.append(("model", "Model", model_section(model_info)))
 
     page = _page(title, sections, len(users), len(events))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    log.info("wrote report %s (%.1f kB)", out, out.stat().st_size / 1024)
-    return out
+    data = page.encode("utf-8")
+    storage.write_bytes(path, data)  # a local path or a URI (s3://...)
+    log.info("wrote report %s (%.1f kB)", path, len(data) / 1024)
+    return Path(path) if not storage.is_uri(path) else path
 
 
 CSS = """
