@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from ...core import storage
 from ...core.allowlist import AllowList
 from ...core.schema import EventsError
 from ...io.outputs import merge_summaries, prepare_parts, write_summary
@@ -134,7 +134,7 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
     import ray
 
     opts = options or BatchOptions()
-    out = str(out) if "://" in str(out) else os.path.abspath(out)  # the workers' working directory is not ours
+    out = storage.absolute(out)  # the workers' working directory is not ours
     # Ray logs "constructor arguments in the object store and max_restarts > 0" for the actor
     # pools (ray-project/ray#53727: a creation argument that is evicted cannot be rebuilt). This
     # one is ray.put by the driver, pinned on the driver's node while payload_ref lives (the whole

@@ -9,12 +9,19 @@ from pathlib import Path
 
 
 def bundle_payload(model_dir: str | Path) -> dict[str, bytes]:
-    """A saved bundle's files by name."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        from ...core.bundle import BundleError
-        raise BundleError(f"model bundle directory does not exist: {d}")
-    return {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
+    """A saved bundle's files by name (a local directory or a URI: read once, by the driver)."""
+    from ...core import storage
+    from ...core.bundle import FILES, MANIFEST, BundleError
+
+    if not storage.is_dir(model_dir):
+        raise BundleError(f"model bundle directory does not exist: {model_dir}")
+    out = {}
+    for name in (MANIFEST, *FILES):
+        try:
+            out[name] = storage.read_bytes(storage.join(model_dir, name))
+        except FileNotFoundError:
+            pass  # loading the payload names what is missing
+    return out
 
 
 def has_campaign_stage(payload: dict[str, bytes]) -> bool:

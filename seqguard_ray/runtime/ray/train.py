@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -29,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ...core.schema import from_frame
+from ...core import storage
 from ...core.config import TrainConfig
 from ...core.encoder import batch_windows, token_arrays
 from ...core.features import Seqs
 from ...core.pipeline import SeqGuard
 from ...core.pretrained import init_encoder
 from ...core.results import Encoded
+from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import count_rows
 from .batch import BatchOptions, encode_dataset, read_validated
@@ -184,9 +184,12 @@ def train_loop_per_worker(config: dict) -> None:
                   mixed_precision=config.get("mixed_precision", "off"))
 
 
-def _run_dir(model_dir: str | Path, opts: RayTrainOptions) -> tuple[str, Path]:
-    storage = opts.checkpoint_dir or str(Path(model_dir).resolve().parent / (Path(model_dir).name + ".train"))
-    return storage, Path(storage) / RUN_NAME
+def _run_dir(model_dir: str | Path, opts: RayTrainOptions) -> tuple[str, str]:
+    """(checkpoint storage, this run's directory in it): ``--checkpoint-dir``, else MODEL.train
+    beside the bundle; local paths or URIs alike."""
+    base = storage.absolute(opts.checkpoint_dir) if opts.checkpoint_dir else \
+        storage.sibling(model_dir, storage.name(model_dir) + ".train")
+    return base, storage.join(base, RUN_NAME)
 
 
 def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str | Path,
@@ -203,9 +206,14 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
 
     e = sg.encoder
     use_gpu = opts.use_gpu if opts.use_gpu is not None else cluster_gpus() >= opts.num_workers
-    storage, run_dir = _run_dir(model_dir, opts)
-    if not opts.resume and "://" not in storage and run_dir.exists():
-        shutil.rmtree(run_dir)
+    base, run_dir = _run_dir(model_dir, opts)
+    if not opts.resume:
+        storage.delete(run_dir)
+    # the resolver's filesystem, so that Ray Train reaches the store as every other read and
+    # write does (AWS_ENDPOINT_URL, URI options); a local path stays a plain path
+    filesystem, path = storage.resolve(base)
+    where = ({"storage_path": path, "storage_filesystem": filesystem} if storage.is_uri(base)
+             else {"storage_path": base})
     per_worker = math.ceil(n_windows / opts.num_workers)
     config = {"encoder_config": sg.model.config.to_dict(), "seed": e.seed, "lr": e.lr, "batch_size": e.batch_size,
               "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size)),
@@ -219,7 +227,7 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
                                                resources_per_worker=resources,
                                                placement_strategy="SPREAD" if opts.spread else "PACK"),
         # a run of the same name and storage continues from its last checkpoint (Ray Train V2)
-        run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=storage,
+        run_config=ray.train.RunConfig(name=RUN_NAME, **where,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": windows_ds},
     )
