@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
                         description="Validate OUT/campaigns.parquet and OUT/items.parquet (from `seqguard score`) and "
                                     "make them the campaign table served with MODEL (MODEL/campaigns/). A running "
                                     "server picks it up within seconds, no restart; ModelInfo shows its version.")
-    p.add_argument("--from", dest="source", required=True, metavar="OUT", help="output directory of `seqguard score`")
-    p.add_argument("--model", required=True, help="model bundle directory being served")
+    p.add_argument("--from", dest="source", required=True, metavar="OUT", help="output directory (or URI) of `seqguard score`")
+    p.add_argument("--model", required=True, help="model bundle directory (or URI) being served")
     p.set_defaults(handler=cmd_campaigns)
 
 

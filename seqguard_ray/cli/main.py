@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model bundle on a behaviour log",
                        description="Train the sequence encoder (self-supervised) and fit the calibrated detectors.")
-    t.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL with user_id, item_id, ts")
-    t.add_argument("--model", required=True, help="output model bundle directory")
+    t.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL with user_id, item_id, ts: a path or a URI (s3://, gs://, file://)")
+    t.add_argument("--model", required=True, help="output model bundle directory (a path or a URI)")
     t.add_argument("--target-fpr", type=fpr, default=None, help="share of normal users flagged (default 0.01)")
     t.add_argument("--trim-share", type=share, default=None,
                    help="share of training users presumed anomalous and left out of the normal references, "
@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write OUT/users.parquet, OUT/events.parquet, OUT/repaired.parquet, "
                                    "OUT/actions.parquet, OUT/summary.json and, when the model finds "
                                    "campaigns, OUT/items.parquet and OUT/campaigns.parquet.")
-    s.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL")
-    s.add_argument("--model", required=True, help="model bundle directory from `seqguard train`")
-    s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--report", default=None, help="also write an HTML report to this path")
+    s.add_argument("--events", required=True, help="Parquet file or directory, CSV or JSONL (a path or a URI)")
+    s.add_argument("--model", required=True, help="model bundle directory (or URI) from `seqguard train`")
+    s.add_argument("--out", required=True, help="output directory (a path or a URI)")
+    s.add_argument("--report", default=None, help="also write an HTML report to this path (or URI)")
     s.add_argument("--allow-list", default=None, metavar="FILE",
                    help='JSON or YAML {"users": [...], "items": [...]}: users never flagged nor repaired, '
                         "items never campaign targets (internal crawlers, QA accounts, a known launch)")

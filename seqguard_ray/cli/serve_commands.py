@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     s = sub.add_parser("serve", help="online scoring over gRPC (Ray Serve)",
                        description="Serve a model bundle over gRPC with Ray Serve: ingress -> Encoder -> "
                                    "DetectorEnsemble -> RepairPolicy. Blocks until Ctrl-C.")
-    s.add_argument("--model", required=True, help="model bundle directory (readable on every node)")
+    s.add_argument("--model", required=True, help="model bundle directory (readable on every node) or URI (s3://..., gs://...)")
     s.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default 9000)")
     s.add_argument("--host", default="0.0.0.0", help="--no-ray only: address to bind (Serve's proxy binds all interfaces)")
     s.add_argument("--config", default=None, help="Serve config YAML (e.g. deployments/serve_gpu.yaml): per-stage "

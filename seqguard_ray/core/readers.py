@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
@@ -28,14 +28,10 @@ from .schema import EventLog, EventsError, from_frame
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
-def _suffixes(location: str) -> list[str]:
-    return PurePosixPath(storage.name(location)).suffixes
-
-
 def parquet_files(root: str | Path) -> list[str]:
     """The Parquet files under a directory (a local one or a URI prefix), as locations, in the
     (sorted) order that numbers the input rows."""
-    files = [f for f, _ in storage.list_files(root) if PurePosixPath(storage.name(f)).suffix in PARQUET_SUFFIXES]
+    files = [f for f, _ in storage.list_files(root) if storage.suffix(f) in PARQUET_SUFFIXES]
     if not files:
         raise EventsError(f"events directory {root} holds no .parquet files")
     return files
@@ -72,7 +68,7 @@ def read_table(path: str | Path) -> pa.Table:
         if found.type == FileType.Directory:
             tables = [read_parquet(f, p) for f in parquet_files(p)]
             return pa.concat_tables(tables, promote_options="permissive")
-        sfx = _suffixes(p)
+        sfx = storage.suffixes(p)
         suffix = "".join(sfx[-2:]) if sfx[-1:] == [".gz"] else "".join(sfx[-1:])
         if found.size == 0:
             raise EventsError(f"events file is empty: {p}")
@@ -86,7 +82,7 @@ def read_table(path: str | Path) -> pa.Table:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
         raise EventsError(f"cannot read events file {p}: {exc}") from exc
-    raise EventsError(f"unsupported events format {''.join(_suffixes(p)[-1:])!r} for {p}: use .parquet, .csv or .jsonl")
+    raise EventsError(f"unsupported events format {storage.suffix(p)!r} for {p}: use .parquet, .csv or .jsonl")
 
 
 def _text(location: str) -> pa.Buffer:

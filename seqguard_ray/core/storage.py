@@ -130,6 +130,19 @@ def relative_parts(location: str | Path, root: str | Path) -> list[str]:
     return rest.split("/")[:-1] if rest else []
 
 
+def subdirs(location: str | Path) -> list[str]:
+    """The names of the directories right below ``location`` (none when it does not exist)."""
+    filesystem, root = resolve(location)
+    found = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    return sorted(f.base_name for f in found if f.type == fs.FileType.Directory)
+
+
+def move(src: str | Path, dst: str | Path) -> None:
+    """Rename ``src`` to ``dst`` on one filesystem (atomic on a local disk; a copy on an object store)."""
+    filesystem, a = resolve(src)
+    filesystem.move(a, resolve(dst)[1])
+
+
 def _open(location: str | Path, how: str, **kw):
     filesystem, path = resolve(location)
     try:

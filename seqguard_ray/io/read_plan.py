@@ -5,7 +5,7 @@ users assigned to buckets that keep each user's history together (the Ray pipeli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ def plan_reads(path: str | Path) -> list[ReadUnit]:
         files, root = [p], ""
     units, row0 = [], 0
     for f in files:
-        if PurePosixPath(storage.name(f)).suffix in PARQUET_SUFFIXES:
+        if storage.suffix(f) in PARQUET_SUFFIXES:
             try:
                 with storage.open_input_file(f) as fh:
                     md = pq.ParquetFile(fh).metadata

@@ -9,12 +9,12 @@ or, with Serve's own tooling, ``serve deploy deployments/serve_local.yaml``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...core import storage
 from .auth import load_token, token_digest
 from .limits import Limits
 
@@ -45,7 +45,7 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_dir: str                                    # model bundle directory, readable on every node
+    model_dir: str                                    # model bundle directory readable on every node, or a URI
     token_sha256: Optional[str] = None                # sha256 hex of the bearer token (token_digest)
     token_file: Optional[str] = None                  # or a file holding the token (read where the app is built)
     insecure_no_auth: bool = False                    # serve without auth (only behind something that authenticates)
@@ -108,7 +108,7 @@ def deployment_options(args: AppArgs) -> dict[str, dict[str, Any]]:
     """Each deployment's ``.options()``: defaults <- Encoder GPUs <- ``args.deployments``; every
     stage gets ``user_config = {"model_dir": ...}`` so a new bundle rolls out in place."""
     gpus = args.encoder_gpus if args.encoder_gpus is not None else (1.0 if _cluster_has_gpus() else 0.0)
-    user_config = {"model_dir": os.path.abspath(args.model_dir)}
+    user_config = {"model_dir": storage.absolute(args.model_dir)}  # a URI as given
     extra = {"Encoder": {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}}} if gpus else {}
     out = {}
     for name in DEPLOYMENT_NAMES:
