@@ -6,8 +6,30 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole session: no dashboard, fractional CPUs, stopped at the end."""
+def s3_env():
+    """The environment of a test S3 store on 127.0.0.1 (tests/test_storage.py starts the server on
+    this port): fake credentials and ``AWS_ENDPOINT_URL``, as a user would export them. Set before
+    Ray starts, because Ray's workers inherit the environment the raylet started with. No test
+    can reach a real cloud store through it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_PROFILE", raising=False)
+        yield port
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_env):
+    """One local Ray for the whole session: no dashboard, fractional CPUs, stopped at the end
+    (started with :func:`s3_env`'s environment, which its workers keep)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         # address='local': never join another Ray that happens to run on this machine
