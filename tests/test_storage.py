@@ -217,3 +217,14 @@ def test_ray_train_keeps_checkpoints_and_bundle_on_s3(s3, on_s3, ray_local):
                for k in keys(s3, "ray-model.train/"))
     sg = SeqGuard.load("s3://sgtest/ray-model")
     assert sg.metrics["engine"] == "ray" and sg.metrics["checkpoint_run_dir"] == "s3://sgtest/ray-model.train/seqguard-train"
+
+
+def test_pretrained_encoder_written_to_and_read_from_s3(s3, on_s3):
+    """`seqguard pretrain --out s3://...`: the encoder's files on the store, loadable from there."""
+    from seqguard_ray.core.pretrained import load_pretrained
+
+    assert main(["-q", "pretrain", "--events", "s3://sgtest/events", "--out", "s3://sgtest/encoder",
+                 "--config", str(on_s3 / "tiny.json"), "--epochs", "1"]) == 0
+    assert keys(s3, "encoder/") == {"encoder/encoder.json", "encoder/encoder.safetensors", "encoder/items.npz"}
+    pre = load_pretrained("s3://sgtest/encoder")
+    assert pre.path == "s3://sgtest/encoder" and pre.model.config.hidden_size == 32

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import storage
 from .bundle import file_sha256
 from .config import SIZE_KEYS, TrainConfig
 from .encoder import Encoder, SeqGuardEncoder
@@ -60,7 +62,7 @@ class Pretrained:
     """A loaded pretrained encoder: ``model``, ``vocab``, the ``config`` it was trained with, the
     text embeddings of its items (``text`` (K, D) for vocab ids ``text_ids`` (K,); None: none)."""
 
-    path: Path
+    path: str  # a local path or a URI
     config: TrainConfig
     model: SeqGuardEncoder
     vocab: Vocab
@@ -82,43 +84,48 @@ def text_embeddings(vocab: Vocab, texts: dict[str, str], embedder) -> tuple[np.n
 
 def save_pretrained(path: str | Path, *, config: TrainConfig, encoder: Encoder, vocab: Vocab,
                     text: tuple[np.ndarray, np.ndarray] | None = None, text_model: str | None = None,
-                    metrics: dict | None = None) -> Path:
+                    metrics: dict | None = None) -> str:
     """Write a trained encoder, its vocabulary and config (and its items' text embeddings) to ``path``."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save as safetensors_bytes
 
     from .bundle import _versions
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.absolute(path)  # a local path or a URI, as a model bundle
+    storage.make_dirs(out)
     weights, _ = encoder.to_state()
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(out / "encoder.safetensors"))
     arrays = {"item_counts": vocab.item_counts_}
     if text is not None:
         arrays.update(text_ids=text[0], text=text[1].astype(np.float32))
-    np.savez(out / "items.npz", **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blobs = {"encoder.safetensors": safetensors_bytes({k: np.ascontiguousarray(v) for k, v in weights.items()}),
+             "items.npz": buf.getvalue()}
+    for f in FILES:
+        storage.write_bytes(storage.join(out, f), blobs[f])
     _, vocab_meta = vocab.to_state()
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
                 "train_config": asdict(config), "encoder_config": encoder.model_.config.to_dict(),
                 "vocab": vocab_meta, "item_text": text_model if text is not None else None,
-                "metrics": metrics or {}, "files": {f: file_sha256(out / f) for f in FILES}}
+                "metrics": metrics or {}, "files": {f: hashlib.sha256(blobs[f]).hexdigest() for f in FILES}}
     manifest["encoder_id"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, default=lambda o: o.item()))
+    storage.write_text(storage.join(out, MANIFEST), json.dumps(manifest, indent=1, default=lambda o: o.item()), atomic=True)
     log.info("wrote pretrained encoder %s (id %s)", out, manifest["encoder_id"])
     return out
 
 
 def read_pretrained_manifest(path: str | Path) -> dict:
     """The pretrained encoder's manifest, after checking its format and every file's hash."""
-    p = Path(path)
+    p = str(path)
     hint = "a directory written by `seqguard pretrain --out`"
-    if not p.is_dir():
+    if not storage.is_dir(p):
         raise CheckpointError(f"pretrained encoder {p} does not exist or is not a directory ({hint})")
-    mf = p / MANIFEST
-    if not mf.is_file():
-        what = "a model bundle, not a pretrained encoder" if (p / "manifest.json").is_file() else f"missing {MANIFEST}"
+    mf = storage.join(p, MANIFEST)
+    if not storage.is_file(mf):
+        what = ("a model bundle, not a pretrained encoder" if storage.is_file(storage.join(p, "manifest.json"))
+                else f"missing {MANIFEST}")
         raise CheckpointError(f"pretrained encoder {p}: {what}; --init-from takes {hint}")
     try:
-        m = json.loads(mf.read_text())
+        m = json.loads(storage.read_text(mf))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"pretrained encoder {p}: {MANIFEST} is corrupt ({exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -127,9 +134,9 @@ def read_pretrained_manifest(path: str | Path) -> dict:
         raise CheckpointError(f"pretrained encoder {p} has format version {m.get('format_version')!r}; this seqguard "
                               f"reads {FORMAT_VERSION!r}: pretrain again with this version")
     for f in FILES:
-        if not (p / f).is_file():
+        if not storage.is_file(storage.join(p, f)):
             raise CheckpointError(f"pretrained encoder {p} is missing {f}")
-        if (m.get("files") or {}).get(f) != file_sha256(p / f):
+        if (m.get("files") or {}).get(f) != file_sha256(storage.join(p, f)):
             raise CheckpointError(f"pretrained encoder {p}: {f} does not match the manifest's checksum (corrupt or tampered with)")
     return m
 
@@ -143,16 +150,16 @@ def pretrained_sizes(path: str | Path) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path) -> Pretrained:
     """A :class:`Pretrained` from ``path``; :class:`CheckpointError` when it cannot be read."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load as safetensors_load
 
-    p = Path(path)
+    p = str(path)
     m = read_pretrained_manifest(p)
     try:
         config = TrainConfig.from_dict(m["train_config"])
-        with np.load(p / "items.npz", allow_pickle=False) as npz:
+        with np.load(io.BytesIO(storage.read_bytes(storage.join(p, "items.npz"))), allow_pickle=False) as npz:
             a = {k: npz[k] for k in npz.files}
         vocab = Vocab.from_state({"item_counts": a["item_counts"]}, m["vocab"])
-        enc = Encoder.from_state(load_file(str(p / "encoder.safetensors")),
+        enc = Encoder.from_state(safetensors_load(storage.read_bytes(storage.join(p, "encoder.safetensors"))),
                                  {**config.encoder_params(), "config": m["encoder_config"]})
         if enc.model_.config.n_items != vocab.n_items or enc.model_.config.n_actions != vocab.n_actions:
             raise ValueError(f"its vocabulary ({vocab.n_items} item ids, {vocab.n_actions} action ids) does not fit the "
