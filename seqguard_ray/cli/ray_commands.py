@@ -46,7 +46,8 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
 
 
 def input_size(path: str | Path) -> tuple[int | None, int, int]:
-    """(events from Parquet metadata or None, number of files, bytes) without reading data."""
+    """(events from Parquet metadata or None, number of files, bytes) without reading data; a local
+    path or a URI. Over AUTO_RAY_FILES files the events are not counted (None)."""
     import pyarrow.parquet as pq
     from pyarrow.fs import FileType
 
@@ -58,7 +59,7 @@ def input_size(path: str | Path) -> tuple[int | None, int, int]:
              else [(str(path), found.size or 0)] if found.type == FileType.File else [])
     pq_files = [f for f, _ in files if storage.suffix(f) in PARQUET_SUFFIXES]
     n = None
-    if pq_files:
+    if pq_files and len(files) <= AUTO_RAY_FILES:  # more files pick Ray anyway: no footer reads (GETs on a store)
         try:
             n = 0
             for f in pq_files:
