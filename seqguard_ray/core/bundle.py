@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import storage
 from .campaigns import CampaignDetector
 from .changepoint import ChangePoint
 from .config import TrainConfig
@@ -39,7 +40,6 @@ from .event_detector import EventDetector
 from .explain import Explainer
 from .features import EVENT_FEATURES, USER_FEATURES, ItemStats
 from .repair import RepairPolicy
-from . import storage
 from .stage import nest, unnest
 from .strata import LengthStrata
 from .tokens import N_SPECIAL, Vocab

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs
 
 from ..core import storage
+
 OUTPUTS = ("users", "events", "repaired", "actions")
 CAMPAIGN_OUTPUTS = ("items", "campaigns")  # written only when the campaign stage ran
 ITEM_COLUMNS = ("item_id", "campaign_score", "suspicious", "campaign_id", "reasons")
