@@ -38,6 +38,7 @@ from ...core.pretrained import init_encoder
 from ...core.results import Encoded
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import count_rows
+from ...io.read_plan import cap_block
 from .batch import BatchOptions, encode_dataset, read_validated
 from .cluster import cluster_gpus
 from .payload import load_payload, partial_payload
@@ -68,7 +69,8 @@ class RayTrainOptions:
 
 def block_counts(table: pa.Table) -> dict[str, np.ndarray]:
     """A block's item counts (``kind`` "item") and distinct actions (``kind`` "action", count 0)."""
-    lg = from_frame(table.drop_columns(["_in_row", "_bucket"]).to_pandas(), source="block")
+    helpers = [c for c in ("_in_row", "_bucket", "_cut") if c in table.column_names]
+    lg = from_frame(table.drop_columns(helpers).to_pandas(), source="block")
     items, n = count_items(lg.item)
     acts = np.unique(lg.action.astype(str))
     return {"kind": np.array(["item"] * len(items) + ["action"] * len(acts)),
@@ -100,8 +102,8 @@ def bucket_windows(table: pa.Table, payload: dict) -> dict[str, np.ndarray]:
     """Bucket of whole users -> encoder windows as the in-process trainer cuts them: items, actions,
     gaps (W, max_len) int32 (padded) and length (W,) int32. ``payload``: :func:`partial_payload`."""
     sg = load_payload(payload)
-    lg = from_frame(table.drop_columns(["_bucket"]).to_pandas().sort_values("_in_row", kind="stable"),
-                    source="bucket")
+    lg = cap_block(from_frame(table.drop_columns(["_bucket"]).to_pandas().sort_values("_in_row", kind="stable"),
+                              source="bucket"), sg.config.max_events_per_user)
     seqs = sg.tokenize(lg)
     starts, lengths, _ = sg.encoder.windows(seqs)
     T = sg.encoder.max_len
@@ -254,19 +256,22 @@ def _concat_seqs(parts: list[Seqs]) -> Seqs:
                 action=cat("action"), value=cat("value"), surprisal=cat("surprisal"), key=cat("item_key"))
 
 
-def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set]:
-    """Driver: the encoded blocks as one compact Encoded (no frames kept), and the encoder nodes."""
+def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set, dict]:
+    """Driver: the encoded blocks as one compact Encoded (no frames kept), the encoder nodes and the
+    history cap's counts (users_truncated, events_truncated)."""
     parts, embs, nodes = [], [], set()
+    cut = {"users_truncated": 0, "events_truncated": 0}
     for table in enc_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         if table.num_rows == 0:
             continue
         nodes.update(table.column("_encode_node").unique().to_pylist())
-        _, enc = encoded_from_table(sg, table)
+        lg, enc = encoded_from_table(sg, table)
+        cut = {k: v + lg.truncated[k] for k, v in cut.items()}
         parts.append(enc.seqs)
         embs.append(enc.user_emb)
     if not parts:
         raise ValueError("no events to train on")
-    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes
+    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes, cut
 
 
 def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
@@ -278,7 +283,8 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     sg = SeqGuard(config or TrainConfig())
     c = sg.config
     t0 = time.perf_counter()
-    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket)
+    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
+                                          max_events=c.max_events_per_user)
     sg.vocab = build_vocab(ds, min_count=c.min_item_count)
     log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
              time.perf_counter() - t0)
@@ -289,10 +295,11 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     del win_ds
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread))
-    enc, enc_nodes = collect_encoded(sg, enc_ds)
-    sg.fit_detectors(enc, history=history, t_train=t_train, bad_rows=count_rows(units) - len(enc.seqs.ts))
+    enc, enc_nodes, cut = collect_encoded(sg, enc_ds)
+    sg.fit_detectors(enc, history=history, t_train=t_train,
+                     bad_rows=count_rows(units) - len(enc.seqs.ts) - cut["events_truncated"])
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
                        "engine": "ray", "windows": int(n_windows),
-                       **info, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
+                       **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg
