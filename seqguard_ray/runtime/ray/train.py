@@ -61,6 +61,8 @@ class RayTrainOptions:
     spread: bool = False            # place workers and actors on different nodes (SPREAD)
     events_per_bucket: int = 50_000  # events per group in the shuffle by user
     encode_concurrency: int | None = None  # encoder actors for the detector fit
+    max_failures: int = 2           # worker-group restarts (a worker or its node died) before fit() fails;
+                                    # each restart continues from the last checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +128,8 @@ def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False):
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import os
+
     import ray.train
     import ray.train.torch
     import torch
@@ -140,6 +144,8 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("init_state") is not None:  # a pretrained encoder adapted on the driver (--init-from)
         model.load_state_dict({k: torch.as_tensor(v) for k, v in config["init_state"].items()})
     state = None
+    # a re-run of the same run (resume) or a restart after a worker died (FailureConfig): the
+    # latest checkpoint reported; None on a fresh run
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -150,10 +156,12 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
-    start_epoch = 0
+    start_epoch = start_step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
+        start_step = int(state.get("global_step", 0))
+    step = {"global": start_step}  # optimiser steps over every epoch and attempt
     nodes = [None] * ctx.get_world_size()
     node = ray.get_runtime_context().get_node_id()
     if dist.is_initialized():
@@ -162,21 +170,29 @@ def train_loop_per_worker(config: dict) -> None:
         nodes = [node]
     shard = ray.train.get_dataset_shard("train")
     bs = config["batch_size"]
+    exit_at = config.get("exit_at")  # fault injection (tests): {"epoch", "batch", "rank", "marker", "wait_s"}
 
     def make_batches(epoch: int):
-        for b in shard.iter_batches(batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
-                                    local_shuffle_seed=config["seed"] + epoch):
+        for i, b in enumerate(shard.iter_batches(batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
+                                                 local_shuffle_seed=config["seed"] + epoch)):
+            if (exit_at and (epoch, i, rank) == (exit_at["epoch"], exit_at["batch"], exit_at["rank"])
+                    and not os.path.exists(exit_at["marker"])):
+                time.sleep(exit_at.get("wait_s", 0))  # e.g. until the controller has registered the last checkpoint
+                Path(exit_at["marker"]).write_text(f"{epoch} {i} {start_epoch} {step['global']}")
+                os._exit(1)  # this worker process dies mid-epoch, once: as a killed or lost node would
             T = int(b["length"].max())
             yield {k: torch.from_numpy(b[k][:, :T].astype(np.int64)).to(device) for k in ("items", "actions", "gaps")}
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
-        report = {**metrics, "worker_nodes": nodes, "start_epoch": start_epoch}
+        step["global"] += int(metrics["steps"])
+        report = {**metrics, "worker_nodes": nodes, "start_epoch": start_epoch, "start_step": start_step,
+                  "global_step": step["global"]}
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 inner = model.module if hasattr(model, "module") else model
-                torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch},
-                           Path(d) / "state.pt")
+                torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                            "global_step": step["global"]}, Path(d) / "state.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(report, checkpoint=checkpoint)
 
@@ -192,12 +208,17 @@ def _run_dir(model_dir: str | Path, opts: RayTrainOptions) -> tuple[str, Path]:
 
 
 def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str | Path,
-                      opts: RayTrainOptions) -> tuple[list[dict], dict]:
+                      opts: RayTrainOptions, *, exit_at: dict | None = None) -> tuple[list[dict], dict]:
     """Run TorchTrainer over the windows dataset; load the trained weights into ``sg.model`` (an
-    initialised model: its config is the one trained).
+    initialised model: its config is the one trained). A worker that dies restarts the worker
+    group from the last checkpoint, up to ``opts.max_failures`` times (Ray Train registers a
+    reported checkpoint at its next poll of the workers, every 2 s: a worker that dies sooner after
+    a report restarts from the checkpoint before). ``exit_at`` (tests): the worker of rank ``rank``
+    exits at batch ``batch`` of epoch ``epoch`` after ``wait_s`` seconds, once (``marker`` file).
 
-    Returns the last epoch's loss as a one-entry history, and what the run did: ``start_epoch``
-    (0, or the epoch a resumed run continued at), ``last_epoch``, nodes, timing, checkpoint dir.
+    Returns the last epoch's loss as a one-entry history, and what the run did: ``start_epoch`` and
+    ``start_step`` (0, or the epoch and optimiser step the last attempt continued at: a resumed
+    run or a restart after a failure), ``last_epoch``, ``global_step``, nodes, timing, checkpoint dir.
     """
     import ray.train
     import torch
@@ -213,7 +234,7 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
               "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size)),
               "grad_accum": e.grad_accum, "mixed_precision": e.mixed_precision,
               "init_state": ({k: v.detach().cpu().numpy() for k, v in sg.model.state_dict().items()}
-                             if sg.config.init_from else None)}
+                             if sg.config.init_from else None), "exit_at": exit_at}
     resources = {"CPU": opts.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
@@ -222,7 +243,8 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
                                                placement_strategy="SPREAD" if opts.spread else "PACK"),
         # a run of the same name and storage continues from its last checkpoint (Ray Train V2)
         run_config=ray.train.RunConfig(name=RUN_NAME, storage_path=storage,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                       failure_config=ray.train.FailureConfig(max_failures=opts.max_failures)),
         datasets={"train": windows_ds},
     )
     t0 = time.perf_counter()
@@ -236,7 +258,8 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
     info = {"ray_train_s": round(time.perf_counter() - t0, 2), "ray_train_workers": opts.num_workers,
             "ray_train_use_gpu": bool(use_gpu), "worker_nodes": m.get("worker_nodes", []),
             "checkpoint_run_dir": str(run_dir), "start_epoch": int(m.get("start_epoch", 0)),
-            "last_epoch": int(state["epoch"])}
+            "start_step": int(m.get("start_step", 0)), "last_epoch": int(state["epoch"]),
+            "global_step": int(state.get("global_step", 0))}
     e.history_ = [{"epoch": int(state["epoch"]), "loss": float(m["loss"]) if "loss" in m else None}]
     return e.history_, info
 
