@@ -1,7 +1,8 @@
 """Batch scoring on Ray Data: a streaming pipeline over the in-process engine's stages.
 
 ```
-plan_reads (driver, metadata only)      one read unit per Parquet row group (CSV/JSONL: per file)
+plan_reads (driver, metadata only)      one read unit per Parquet row group (CSV/JSONL: per file,
+                                        refused over 256 MiB with the `seqguard convert` command)
   -> read + validate   Ray tasks        io.read_plan.read_unit: the engine's reader and from_frame
                                         (bad rows reported), input row ``_in_row``, user ``_bucket``
   -> group by bucket   shuffle          every user's whole history lands in one group; a group
@@ -23,7 +24,9 @@ On a cluster without GPUs the two pools are one (``ScoreStage``, ``BatchOptions.
 actor encodes, detects, repairs and writes its bucket. With GPUs the encoder keeps its own pool,
 so GPUs never wait for the CPU-bound detectors. Scores equal the in-process engine's within float
 tolerance (only the encoder's batch padding differs). Memory is bounded by the block size, not
-the input: no stage holds more than a read unit or a bucket.
+the input: no stage holds more than a read unit or a bucket, and a bucket holds no user's whole
+history beyond the bundle's ``max_events_per_user`` (N): each read task keeps at most N events a
+user of its unit, and the bucket's actor cuts each user to N (docs/scaling.md).
 
 A worker node dying mid-run is survived with Ray Data's own defaults, which this module relies on
 and does not override: tasks are retried, lost blocks are rebuilt from their lineage, and the pool
