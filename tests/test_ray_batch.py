@@ -413,3 +413,5 @@ def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved
     sg.encoder.epochs = 2
     _, info = train_encoder_ray(sg, win, n_windows, tmp_path / "model", RayTrainOptions(num_workers=2, resume=True))
     assert (info["start_epoch"], info["last_epoch"]) == (1, 1)
+    # the optimiser-step counter continues from the checkpoint's (a fresh run would start at 0)
+    assert info["start_step"] == sg.metrics["global_step"] > 0 and info["global_step"] == 2 * info["start_step"]

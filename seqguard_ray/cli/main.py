@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a coordinated campaign injected into the demo log, a name in "
                         f"seqguard_ray.synth.CAMPAIGN_SETTINGS (default {DEMO_CAMPAIGN}), or 'none'")
 
+    c = sub.add_parser("convert", help="convert a CSV/JSONL log to Parquet (streaming) for parallel reads on Ray",
+                       description="Write a CSV, TSV or JSONL behaviour log as one Parquet file with the column types "
+                                   "the readers give the text, in row groups that Ray reads in parallel. Streams: "
+                                   "memory stays at a few blocks of text whatever the file's size.")
+    c.add_argument("--events", required=True, help="CSV, TSV or JSONL file")
+    c.add_argument("--out", required=True, help="Parquet file to write")
+    c.add_argument("--row-group-rows", type=positive_int, default=500_000,
+                   help="rows per row group, one Ray read task each (default 500000)")
+
     from . import campaign_commands, client_commands, pretrain_commands, serve_commands
     pretrain_commands.add_parser(sub, add_config_args, _add_on_bad_rows)
     serve_commands.add_parser(sub)
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..core.bundle import BundleError
     from ..core.schema import EventsError
     try:
-        cmds = {"train": cmd_train, "score": cmd_score, "demo": cmd_demo}
+        cmds = {"train": cmd_train, "score": cmd_score, "demo": cmd_demo, "convert": cmd_convert}
         return cmds[args.command](args) if args.command in cmds else args.handler(args)
     except (EventsError, BundleError, ValueError, OSError) as exc:  # OSError: a path that is a file, unwritable, ...
         print(f"seqguard {args.command}: error: {exc}", file=sys.stderr)
@@ -112,6 +121,15 @@ def cmd_train(args) -> int:
         sg.save(args.model)
     log.info("trained%s on %d events of %d users in %.1f s; bundle in %s", " on Ray" if on_ray else "",
              sg.metrics["train_events"], sg.metrics["train_users"], time.perf_counter() - t0, args.model)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from ..io.convert import convert_to_parquet
+
+    t0 = time.perf_counter()
+    rows = convert_to_parquet(args.events, args.out, row_group_rows=args.row_group_rows)
+    log.info("converted %d rows in %.1f s: %s", rows, time.perf_counter() - t0, args.out)
     return 0
 
 

@@ -35,6 +35,8 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
     if command == "train":
         g.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (default 2)")
         g.add_argument("--resume", action="store_true", help="resume from the last checkpoint of an earlier run")
+        g.add_argument("--max-failures", type=int, default=2,
+                       help="restarts from the last checkpoint when a training worker or its node dies (default 2)")
         g.add_argument("--checkpoint-dir", default=None,
                        help="checkpoint storage (default MODEL.train next to the bundle; shared or s3:// on a cluster)")
     else:
@@ -106,7 +108,7 @@ def train_on_ray(args, cfg):
     with ray_session(args.address):
         return fit(args.events, args.model, cfg, on_bad_rows=args.on_bad_rows,
                    options=RayTrainOptions(num_workers=args.workers, resume=args.resume,
-                                           checkpoint_dir=args.checkpoint_dir))
+                                           checkpoint_dir=args.checkpoint_dir, max_failures=args.max_failures))
 
 
 def score_on_ray(args, allow=None) -> dict:

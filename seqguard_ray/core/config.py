@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .validate import MAX_EVENTS_PER_USER
+
 # Encoder sizes by preset. small is the encoder seqguard has always trained (2 x 64, feed-forward
 # 2x wide); base and large are BERT's compact shapes (BERT-mini 4 x 256 and BERT-medium 8 x 512:
 # 64-wide heads, feed-forward 4x wide), each sized for one GPU, with a smaller learning rate as
@@ -62,6 +64,9 @@ class TrainConfig:
     # share of the target false-positive rate the campaign stage spends: on a log without
     # campaigns about campaign_share * target_fpr of users are flagged by membership alone
     campaign_share: float = 0.2
+    # most events of one user trained on and scored (validate.MAX_EVENTS_PER_USER): batch paths keep
+    # the most recent ones and count the rest in the summary; gRPC rejects a longer sequence
+    max_events_per_user: int = MAX_EVENTS_PER_USER
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -86,6 +91,7 @@ class TrainConfig:
             "min_item_count": self.min_item_count >= 1, "target_fpr": 0 < self.target_fpr < 0.5,
             "trim_share": 0 <= self.trim_share < 0.5,
             "score_batch_size": self.score_batch_size >= 1, "campaign_share": 0 < self.campaign_share < 1,
+            "max_events_per_user": self.max_events_per_user >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -37,7 +37,7 @@ from .pretrained import init_encoder
 from .readers import read_events
 from .repair import RepairPolicy
 from .results import CampaignResult, Encoded, RepairResult, Scored, ScoreResult, score_result
-from .schema import EventLog, from_frame
+from .schema import EventLog, cap_history, from_frame
 from .stage import NotFittedError, is_fitted
 from .strata import LengthStrata
 from .tokens import Vocab
@@ -172,7 +172,7 @@ class SeqGuard:
         """Train the encoder on the log (self-supervised), then fit and calibrate the detectors."""
         c = self.config
         t0 = time.perf_counter()
-        log_ = as_log(events, on_bad_rows=on_bad_rows)
+        log_ = cap_history(as_log(events, on_bad_rows=on_bad_rows), c.max_events_per_user)
         _check_trainable(log_.n_users)
         self.vocab = Vocab(min_count=c.min_item_count).fit(log_.item, log_.action)
         seqs = self.tokenize(log_)
@@ -236,7 +236,7 @@ class SeqGuard:
             "train_flagged_share": float(1 - normal.mean()),
             "trimmed_users": sum(d.n_trimmed_ for d in self.strata.detectors_),
             "length_strata": self.strata.bounds_, "shortest_history": int(n_ev.min()) if len(n_ev) else 0,
-            "presumed_users": int(presumed.sum()),
+            "presumed_users": int(presumed.sum()), "max_events_per_user": c.max_events_per_user,
         })
 
     # ------------------------------------------------------------------ API
@@ -277,7 +277,7 @@ class SeqGuard:
         """Score a log: per-user and per-event results (events in input order), and the campaigns
         found across its users (``campaigns``: None when the stage is off). ``allow``: users never
         flagged nor repaired, items never campaign targets (see :mod:`~.allowlist`)."""
-        log_ = as_log(events, on_bad_rows=on_bad_rows)
+        log_ = cap_history(as_log(events, on_bad_rows=on_bad_rows), self.config.max_events_per_user)
         self.check_log(log_)
         scored = self.score_log(log_)
         campaigns = None

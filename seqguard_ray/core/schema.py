@@ -63,6 +63,8 @@ class EventLog:
     value: np.ndarray
     offsets: np.ndarray
     bad_rows: BadRows = field(default_factory=BadRows)
+    # (U,) int64: each user's oldest events left out by :func:`cap_history` (None: no cap applied yet)
+    cut: np.ndarray | None = None
 
     @property
     def n_events(self) -> int:
@@ -71,6 +73,12 @@ class EventLog:
     @property
     def n_users(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def truncated(self) -> dict[str, int]:
+        """Users over the history cap and the events of theirs left out (the summary's counts)."""
+        cut = np.zeros(0, np.int64) if self.cut is None else self.cut
+        return {"users_truncated": int((cut > 0).sum()), "events_truncated": int(cut.sum())}
 
     @property
     def users(self) -> np.ndarray:
@@ -148,3 +156,24 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     offsets = np.r_[starts, len(user)].astype(np.int64)
     return EventLog(df, user, item, ts, action.astype(object), value, offsets, report)
+
+
+def cap_history(lg: EventLog, max_events: int) -> EventLog:
+    """Each user's ``max_events`` most recent events (by ts, then input row); the older ones are left
+    out, and counted per user in ``cut`` (added to the counts ``lg.cut`` already holds, e.g. from a
+    read task that capped its part of the log). Returns ``lg`` (with ``cut`` set) when no user is over."""
+    n = np.diff(lg.offsets)
+    cut = np.zeros(len(n), np.int64) if lg.cut is None else np.asarray(lg.cut, np.int64)
+    over = n > max_events
+    if not over.any():
+        lg.cut = cut
+        return lg
+    kept = np.minimum(n, max_events)
+    pos = np.arange(lg.n_events) - np.repeat(lg.offsets[:-1], n)  # (N,) event's place in its history
+    keep = pos >= np.repeat(n - kept, n)
+    log.warning("%d user(s) over the cap of %d events per user (max_events_per_user): their %d oldest events are "
+                "left out, e.g. user %s with %d events", int(over.sum()), max_events, int((n - kept).sum()),
+                shown(lg.users[np.argmax(n)]), int(n.max()))
+    return EventLog(lg.frame[keep].reset_index(drop=True), lg.user[keep], lg.item[keep], lg.ts[keep],
+                    lg.action[keep], lg.value[keep], np.r_[0, np.cumsum(kept)].astype(np.int64), lg.bad_rows,
+                    cut + (n - kept))

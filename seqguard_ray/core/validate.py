@@ -26,6 +26,10 @@ MAX_TS_SECONDS = 4_102_444_800
 MS_THRESHOLD = 100_000_000_000
 # Largest accepted |value|: squares and sums over millions of such values stay finite in float64.
 MAX_ABS_VALUE = 1e15
+# Most events of one user that any path scores or trains on (TrainConfig.max_events_per_user, stored in
+# the bundle): the batch paths keep each user's most recent ones and count the rest in the summary;
+# the gRPC API rejects a longer sequence (docs/decisions.md, "One cap on a user's history").
+MAX_EVENTS_PER_USER = 10_000
 
 Check = tuple[np.ndarray, str]  # ((N,) bool: the events that fail, the reason)
 Mark = Callable[[np.ndarray, str], None]  # marks rows as bad with a reason (the first reason a row gets stays)

@@ -35,12 +35,13 @@ _LIST_COLUMNS = ("user_ids", "target_item_ids")  # list<string>: ids as text
 
 def summarize(result, rep) -> dict:
     """The summary of a scored log, or of one block of whole users: ``rep.summary`` (the repair's
-    counts) plus users, users flagged, and the flagged users by anomaly type (most first); with
+    counts) plus users, users flagged, the flagged users by anomaly type (most first), and the users
+    over the history cap with their events left out (``users_truncated``, ``events_truncated``); with
     campaigns (``result.campaigns`` not None) also :func:`campaign_summary`."""
     users = result.users
     flagged = users["anomalous"].to_numpy(bool)
     out = {**rep.summary, "users": int(len(users)), "users_flagged": int(flagged.sum()),
-           "by_type": users.loc[flagged, "anomaly_type"].value_counts().to_dict()}
+           "by_type": users.loc[flagged, "anomaly_type"].value_counts().to_dict(), **result.log.truncated}
     campaigns = getattr(result, "campaigns", None)
     if campaigns is not None:
         out.update(campaign_summary(campaigns, rep.summary))

@@ -1,7 +1,8 @@
 """Batch scoring on Ray Data: a streaming pipeline over the in-process engine's stages.
 
 ```
-plan_reads (driver, metadata only)      one read unit per Parquet row group (CSV/JSONL: per file)
+plan_reads (driver, metadata only)      one read unit per Parquet row group (CSV/JSONL: per file,
+                                        refused over 256 MiB with the `seqguard convert` command)
   -> read + validate   Ray tasks        io.read_plan.read_unit: the engine's reader and from_frame
                                         (bad rows reported), input row ``_in_row``, user ``_bucket``
   -> group by bucket   shuffle          every user's whole history lands in one group; a group
@@ -23,7 +24,9 @@ On a cluster without GPUs the two pools are one (``ScoreStage``, ``BatchOptions.
 actor encodes, detects, repairs and writes its bucket. With GPUs the encoder keeps its own pool,
 so GPUs never wait for the CPU-bound detectors. Scores equal the in-process engine's within float
 tolerance (only the encoder's batch padding differs). Memory is bounded by the block size, not
-the input: no stage holds more than a read unit or a bucket.
+the input: no stage holds more than a read unit or a bucket, and a bucket holds no user's whole
+history beyond the bundle's ``max_events_per_user`` (N): each read task keeps at most N events a
+user of its unit, and the bucket's actor cuts each user to N (docs/scaling.md).
 
 A worker node dying mid-run is survived with Ray Data's own defaults, which this module relies on
 and does not override: tasks are retried, lost blocks are rebuilt from their lineage, and the pool
@@ -47,10 +50,11 @@ from ...core import storage
 from ...core.allowlist import AllowList
 from ...core.schema import EventsError
 from ...io.outputs import merge_summaries, prepare_parts, write_summary
+from ...io import read_plan
 from ...io.read_plan import count_rows, estimate_rows, plan_reads, read_unit
 from .campaigns import PASS_COLS, SCORE, apply_block, campaign_pass
 from .cluster import cluster_gpus, default_pool_size, encoder_resources
-from .payload import bundle_payload, has_campaign_stage
+from .payload import bundle_payload, has_campaign_stage, history_cap
 from .stages import DetectStage, EncodeStage, ScoreStage
 
 log = logging.getLogger(__name__)
@@ -59,16 +63,18 @@ DEFAULT_EVENTS_PER_BUCKET = 20_000  # smaller groups balance the actor pool bett
 
 
 def read_validated(path: str | Path, *, on_bad_rows: str = "error",
-                   events_per_bucket: int = DEFAULT_EVENTS_PER_BUCKET):
-    """Ray Dataset of validated events with ``_in_row`` and ``_bucket``; plus units, n_buckets."""
+                   events_per_bucket: int = DEFAULT_EVENTS_PER_BUCKET, max_events: int | None = None):
+    """Ray Dataset of validated events with ``_in_row`` and ``_bucket`` (and with ``max_events``, the
+    history cap, each user's events per read unit capped and ``_cut``: see io.read_plan.read_unit);
+    plus units, n_buckets."""
     import ray
 
-    units = plan_reads(path)
+    units = plan_reads(path, single_text_limit=read_plan.TEXT_SINGLE_TASK_BYTES)
     n_buckets = max(1, math.ceil(estimate_rows(units) / events_per_bucket))
     items = [asdict(u) for u in units]
 
     def _read(batch: pd.DataFrame) -> pa.Table:
-        return pa.concat_tables([read_unit(r, n_buckets=n_buckets, on_bad_rows=on_bad_rows)
+        return pa.concat_tables([read_unit(r, n_buckets=n_buckets, on_bad_rows=on_bad_rows, max_events=max_events)
                                  for r in batch.to_dict("records")])
 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -142,7 +148,8 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
     payload = bundle_payload(model_dir)
     keep = has_campaign_stage(payload)  # verdicts wait for the global campaign pass
     payload_ref = ray.put(payload)
-    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket)
+    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
+                                          max_events=history_cap(payload))
     prepare_parts(out)
     fuse = opts.fuse if opts.fuse is not None else cluster_gpus() == 0
     stage_kwargs = {"allow": allow or None, "keep": keep}
@@ -166,7 +173,8 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
         raise
     summary = merge_summaries(rows)
     summary.update(counts)  # the campaign pass's global counts, not the blocks' sum
-    summary["bad_rows_skipped"] = int(count_rows(units) - summary.get("events_in", 0))
+    summary["bad_rows_skipped"] = int(count_rows(units) - summary.get("events_in", 0)
+                                      - summary.get("events_truncated", 0))
     write_summary(summary, out)
     return summary
 

@@ -42,6 +42,7 @@ from ...core.repair import RepairPolicy
 from ...core.results import CampaignResult, Scored, score_result
 from ...core.schema import EventLog, from_frame
 from ...io.outputs import campaign_summary, write_campaigns, write_scored
+from ...io.read_plan import cap_block, cut_column
 from .payload import load_payload
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def scored_block(lg: EventLog, s: Scored, nodes: dict) -> pa.Table:
     frame = lg.frame.rename(columns={"_row": "_in_row"})
     n = np.diff(lg.offsets)
     N = len(frame)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column("_cut", pa.array(cut_column(lg)))
     takeover = None if s.takeover_start is None else np.asarray(s.takeover_start, np.int64).tolist()
     cols = {
         SCORE: pa.array(np.repeat(np.asarray(s.score, np.float64), n)),
@@ -99,7 +100,7 @@ def block_log(table: pa.Table, source: str) -> EventLog:
     """The EventLog of a block of whole users (any row order): events sorted as the engine sorts
     them, ``frame["_row"]`` the input row numbers, the block's helper columns still on it."""
     df = table.to_pandas().sort_values("_in_row", kind="stable")  # the order the bucket was first sorted in
-    lg = from_frame(df, on_bad_rows="error", source=source)
+    lg = cap_block(from_frame(df, on_bad_rows="error", source=source), None)  # ``_cut`` -> lg.cut
     lg.frame["_row"] = lg.frame["_in_row"].to_numpy()
     lg.frame = lg.frame.drop(columns="_in_row")
     return lg

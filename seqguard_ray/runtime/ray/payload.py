@@ -33,6 +33,16 @@ def has_campaign_stage(payload: dict[str, bytes]) -> bool:
     return manifest is not None and isinstance(json.loads(manifest).get("campaigns"), dict)
 
 
+def history_cap(payload: dict[str, bytes]) -> int:
+    """The bundle's cap on one user's events (``TrainConfig.max_events_per_user``; older bundles: the default)."""
+    import json
+
+    from ...core.validate import MAX_EVENTS_PER_USER
+
+    cfg = json.loads(payload["manifest.json"]).get("train_config", {}) if "manifest.json" in payload else {}
+    return int(cfg.get("max_events_per_user", MAX_EVENTS_PER_USER))
+
+
 def partial_payload(sg, *, encoder: bool = True) -> dict:
     """A SeqGuard in training: its config and vocabulary, and (``encoder``) its encoder if it has one."""
     out = {"train_config": asdict(sg.config), "vocab": sg.vocab.to_state()}

@@ -11,20 +11,22 @@ import numpy as np
 import pyarrow as pa
 
 from ...core.schema import from_frame
+from ...io.read_plan import cap_block, cut_column
 from .cluster import node_id
 from .payload import load_payload
 
 SUR_COLS = ("_sur_item", "_sur_action", "_sur_gap")
 # helper columns that travel between stages and never reach an output
-HELPER_COLS = ("_in_row", "_bucket", "_n", "_emb", "_encode_node", *SUR_COLS)
+HELPER_COLS = ("_in_row", "_bucket", "_cut", "_n", "_emb", "_encode_node", *SUR_COLS)
 NO_SUMMARY = pa.table({"summary": pa.array([], pa.string())})   # what an empty block returns
 
 
 def encode_bucket(sg, table: pa.Table):
-    """(EventLog, Encoded) of one bucket of whole users; ``lg.frame`` keeps the input columns,
-    ``_in_row`` and ``_row`` (the row in this bucket)."""
+    """(EventLog, Encoded) of one bucket of whole users, each cut to the bundle's history cap
+    (``lg.cut``: events left out per user); ``lg.frame`` keeps the input columns, ``_in_row`` and
+    ``_row`` (the row in this bucket)."""
     df = table.to_pandas().drop(columns="_bucket").sort_values("_in_row", kind="stable")
-    lg = from_frame(df, on_bad_rows="error", source="bucket")
+    lg = cap_block(from_frame(df, on_bad_rows="error", source="bucket"), sg.config.max_events_per_user)
     sg.check_log(lg, once=True)
     return lg, sg.encode(sg.tokenize(lg))
 
@@ -35,7 +37,8 @@ def encoded_from_table(sg, table: pa.Table):
     from ...core.results import Encoded
 
     emb_col = table.column("_emb")
-    lg = from_frame(table.drop_columns(["_emb"]).to_pandas(), on_bad_rows="error", source="encoded block")
+    lg = cap_block(from_frame(table.drop_columns(["_emb"]).to_pandas(), on_bad_rows="error", source="encoded block"),
+                   None)
     n = np.diff(lg.offsets)
     if not np.array_equal(lg.frame["_n"].to_numpy()[lg.offsets[:-1]], n):
         raise RuntimeError("a block holds only part of a user's history: Ray Data split a group")
@@ -78,7 +81,8 @@ def detect_and_write(sg, lg, enc, out: str, *, encode_nodes: list[str], detect_n
 class EncodeStage:
     """Actor: one bucket of events (whole users) -> the same events, sorted, with encoder outputs.
 
-    Adds ``_sur_item``, ``_sur_action``, ``_sur_gap`` (N,) float32, ``_n`` (the user's event count),
+    Adds ``_sur_item``, ``_sur_action``, ``_sur_gap`` (N,) float32, ``_cut`` (the user's events left out
+    by the history cap, on the first event), ``_n`` (the user's event count),
     ``_emb`` (the user's embedding, (H,) float32, on the user's first event; null elsewhere) and
     ``_encode_node``.
     """
@@ -99,6 +103,7 @@ class EncodeStage:
     def __call__(self, table: pa.Table) -> pa.Table:
         lg, enc = encode_bucket(self.sg, table)
         frame = lg.frame.drop(columns="_row")
+        frame["_cut"] = cut_column(lg)
         for j, c in enumerate(SUR_COLS):
             frame[c] = enc.seqs.surprisal[:, j].astype(np.float32)
         n = np.diff(lg.offsets)

@@ -37,7 +37,7 @@ from ...core.pretrained import init_encoder
 from ...core.results import Encoded
 from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
-from ...io.read_plan import count_rows
+from ...io.read_plan import cap_block, count_rows
 from .batch import BatchOptions, encode_dataset, read_validated
 from .cluster import cluster_gpus
 from .payload import load_payload, partial_payload
@@ -60,6 +60,8 @@ class RayTrainOptions:
     spread: bool = False            # place workers and actors on different nodes (SPREAD)
     events_per_bucket: int = 50_000  # events per group in the shuffle by user
     encode_concurrency: int | None = None  # encoder actors for the detector fit
+    max_failures: int = 2           # worker-group restarts (a worker or its node died) before fit() fails;
+                                    # each restart continues from the last checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +70,8 @@ class RayTrainOptions:
 
 def block_counts(table: pa.Table) -> dict[str, np.ndarray]:
     """A block's item counts (``kind`` "item") and distinct actions (``kind`` "action", count 0)."""
-    lg = from_frame(table.drop_columns(["_in_row", "_bucket"]).to_pandas(), source="block")
+    helpers = [c for c in ("_in_row", "_bucket", "_cut") if c in table.column_names]
+    lg = from_frame(table.drop_columns(helpers).to_pandas(), source="block")
     items, n = count_items(lg.item)
     acts = np.unique(lg.action.astype(str))
     return {"kind": np.array(["item"] * len(items) + ["action"] * len(acts)),
@@ -100,8 +103,8 @@ def bucket_windows(table: pa.Table, payload: dict) -> dict[str, np.ndarray]:
     """Bucket of whole users -> encoder windows as the in-process trainer cuts them: items, actions,
     gaps (W, max_len) int32 (padded) and length (W,) int32. ``payload``: :func:`partial_payload`."""
     sg = load_payload(payload)
-    lg = from_frame(table.drop_columns(["_bucket"]).to_pandas().sort_values("_in_row", kind="stable"),
-                    source="bucket")
+    lg = cap_block(from_frame(table.drop_columns(["_bucket"]).to_pandas().sort_values("_in_row", kind="stable"),
+                              source="bucket"), sg.config.max_events_per_user)
     seqs = sg.tokenize(lg)
     starts, lengths, _ = sg.encoder.windows(seqs)
     T = sg.encoder.max_len
@@ -124,6 +127,8 @@ def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False):
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import os
+
     import ray.train
     import ray.train.torch
     import torch
@@ -138,6 +143,8 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("init_state") is not None:  # a pretrained encoder adapted on the driver (--init-from)
         model.load_state_dict({k: torch.as_tensor(v) for k, v in config["init_state"].items()})
     state = None
+    # a re-run of the same run (resume) or a restart after a worker died (FailureConfig): the
+    # latest checkpoint reported; None on a fresh run
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -148,10 +155,12 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
-    start_epoch = 0
+    start_epoch = start_step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
+        start_step = int(state.get("global_step", 0))
+    step = {"global": start_step}  # optimiser steps over every epoch and attempt
     nodes = [None] * ctx.get_world_size()
     node = ray.get_runtime_context().get_node_id()
     if dist.is_initialized():
@@ -160,21 +169,29 @@ def train_loop_per_worker(config: dict) -> None:
         nodes = [node]
     shard = ray.train.get_dataset_shard("train")
     bs = config["batch_size"]
+    exit_at = config.get("exit_at")  # fault injection (tests): {"epoch", "batch", "rank", "marker", "wait_s"}
 
     def make_batches(epoch: int):
-        for b in shard.iter_batches(batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
-                                    local_shuffle_seed=config["seed"] + epoch):
+        for i, b in enumerate(shard.iter_batches(batch_size=bs, batch_format="numpy", local_shuffle_buffer_size=8 * bs,
+                                                 local_shuffle_seed=config["seed"] + epoch)):
+            if (exit_at and (epoch, i, rank) == (exit_at["epoch"], exit_at["batch"], exit_at["rank"])
+                    and not os.path.exists(exit_at["marker"])):
+                time.sleep(exit_at.get("wait_s", 0))  # e.g. until the controller has registered the last checkpoint
+                Path(exit_at["marker"]).write_text(f"{epoch} {i} {start_epoch} {step['global']}")
+                os._exit(1)  # this worker process dies mid-epoch, once: as a killed or lost node would
             T = int(b["length"].max())
             yield {k: torch.from_numpy(b[k][:, :T].astype(np.int64)).to(device) for k in ("items", "actions", "gaps")}
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
-        report = {**metrics, "worker_nodes": nodes, "start_epoch": start_epoch}
+        step["global"] += int(metrics["steps"])
+        report = {**metrics, "worker_nodes": nodes, "start_epoch": start_epoch, "start_step": start_step,
+                  "global_step": step["global"]}
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 inner = model.module if hasattr(model, "module") else model
-                torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch},
-                           Path(d) / "state.pt")
+                torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                            "global_step": step["global"]}, Path(d) / "state.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(report, checkpoint=checkpoint)
 
@@ -193,12 +210,17 @@ def _run_dir(model_dir: str | Path, opts: RayTrainOptions) -> tuple[str, str]:
 
 
 def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str | Path,
-                      opts: RayTrainOptions) -> tuple[list[dict], dict]:
+                      opts: RayTrainOptions, *, exit_at: dict | None = None) -> tuple[list[dict], dict]:
     """Run TorchTrainer over the windows dataset; load the trained weights into ``sg.model`` (an
-    initialised model: its config is the one trained).
+    initialised model: its config is the one trained). A worker that dies restarts the worker
+    group from the last checkpoint, up to ``opts.max_failures`` times (Ray Train registers a
+    reported checkpoint at its next poll of the workers, every 2 s: a worker that dies sooner after
+    a report restarts from the checkpoint before). ``exit_at`` (tests): the worker of rank ``rank``
+    exits at batch ``batch`` of epoch ``epoch`` after ``wait_s`` seconds, once (``marker`` file).
 
-    Returns the last epoch's loss as a one-entry history, and what the run did: ``start_epoch``
-    (0, or the epoch a resumed run continued at), ``last_epoch``, nodes, timing, checkpoint dir.
+    Returns the last epoch's loss as a one-entry history, and what the run did: ``start_epoch`` and
+    ``start_step`` (0, or the epoch and optimiser step the last attempt continued at: a resumed
+    run or a restart after a failure), ``last_epoch``, ``global_step``, nodes, timing, checkpoint dir.
     """
     import ray.train
     import torch
@@ -219,7 +241,7 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
               "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size)),
               "grad_accum": e.grad_accum, "mixed_precision": e.mixed_precision,
               "init_state": ({k: v.detach().cpu().numpy() for k, v in sg.model.state_dict().items()}
-                             if sg.config.init_from else None)}
+                             if sg.config.init_from else None), "exit_at": exit_at}
     resources = {"CPU": opts.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
@@ -228,7 +250,8 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
                                                placement_strategy="SPREAD" if opts.spread else "PACK"),
         # a run of the same name and storage continues from its last checkpoint (Ray Train V2)
         run_config=ray.train.RunConfig(name=RUN_NAME, **where,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                       failure_config=ray.train.FailureConfig(max_failures=opts.max_failures)),
         datasets={"train": windows_ds},
     )
     t0 = time.perf_counter()
@@ -242,7 +265,8 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
     info = {"ray_train_s": round(time.perf_counter() - t0, 2), "ray_train_workers": opts.num_workers,
             "ray_train_use_gpu": bool(use_gpu), "worker_nodes": m.get("worker_nodes", []),
             "checkpoint_run_dir": str(run_dir), "start_epoch": int(m.get("start_epoch", 0)),
-            "last_epoch": int(state["epoch"])}
+            "start_step": int(m.get("start_step", 0)), "last_epoch": int(state["epoch"]),
+            "global_step": int(state.get("global_step", 0))}
     e.history_ = [{"epoch": int(state["epoch"]), "loss": float(m["loss"]) if "loss" in m else None}]
     return e.history_, info
 
@@ -262,19 +286,22 @@ def _concat_seqs(parts: list[Seqs]) -> Seqs:
                 action=cat("action"), value=cat("value"), surprisal=cat("surprisal"), key=cat("item_key"))
 
 
-def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set]:
-    """Driver: the encoded blocks as one compact Encoded (no frames kept), and the encoder nodes."""
+def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set, dict]:
+    """Driver: the encoded blocks as one compact Encoded (no frames kept), the encoder nodes and the
+    history cap's counts (users_truncated, events_truncated)."""
     parts, embs, nodes = [], [], set()
+    cut = {"users_truncated": 0, "events_truncated": 0}
     for table in enc_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         if table.num_rows == 0:
             continue
         nodes.update(table.column("_encode_node").unique().to_pylist())
-        _, enc = encoded_from_table(sg, table)
+        lg, enc = encoded_from_table(sg, table)
+        cut = {k: v + lg.truncated[k] for k, v in cut.items()}
         parts.append(enc.seqs)
         embs.append(enc.user_emb)
     if not parts:
         raise ValueError("no events to train on")
-    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes
+    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes, cut
 
 
 def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
@@ -286,7 +313,8 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     sg = SeqGuard(config or TrainConfig())
     c = sg.config
     t0 = time.perf_counter()
-    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket)
+    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
+                                          max_events=c.max_events_per_user)
     sg.vocab = build_vocab(ds, min_count=c.min_item_count)
     log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
              time.perf_counter() - t0)
@@ -297,10 +325,11 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     del win_ds
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread))
-    enc, enc_nodes = collect_encoded(sg, enc_ds)
-    sg.fit_detectors(enc, history=history, t_train=t_train, bad_rows=count_rows(units) - len(enc.seqs.ts))
+    enc, enc_nodes, cut = collect_encoded(sg, enc_ds)
+    sg.fit_detectors(enc, history=history, t_train=t_train,
+                     bad_rows=count_rows(units) - len(enc.seqs.ts) - cut["events_truncated"])
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
                        "engine": "ray", "windows": int(n_windows),
-                       **info, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
+                       **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg

@@ -73,6 +73,10 @@ class StagedBackend:
     async def repair(self, batch: SeqBatch) -> RepairedBatch:
         return await self._submit(batch, True)
 
+    def history_cap(self) -> int | None:
+        """The served bundle's ``max_events_per_user`` (None: no bundle loaded yet)."""
+        return None if self.info is None else self.info.max_events_per_user
+
     async def model_info(self) -> ModelInfo:
         """The bundle's info, with the campaign table published with it now."""
         if self.info is None:
@@ -114,6 +118,9 @@ class InProcessBackend(StagedBackend):
     async def _submit(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
         self._engine()  # fail before queueing
         return await super()._submit(batch, repair)
+
+    def history_cap(self) -> int | None:
+        return None if self.sg is None else self.sg.config.max_events_per_user
 
     async def model_info(self) -> ModelInfo:
         if self.info is None:
@@ -166,16 +173,23 @@ class ScoringService:
             code, details = status_for(exc)
             return Reply(empty_response(rpc), code, details)
 
+    def _limits(self) -> Limits:
+        """The configured limits with the served bundle's history cap (a backend without one: as configured)."""
+        cap = getattr(self.backend, "history_cap", None)
+        return self.limits.capped(cap() if cap is not None else None)
+
     async def _run(self, rpc: str, request) -> Any:
+        limits = self._limits()
         if rpc == "Score":
-            batch = parse_score_request(request, self.limits)
+            batch = parse_score_request(request, limits)
             return score_responses(batch, await self.backend.score(batch))[0]
         if rpc == "ScoreBatch":
-            batch = parse_batch_request(request, self.limits)
+            batch = parse_batch_request(request, limits)
             return score_batch_response(batch, await self.backend.score(batch))
         if rpc == "Repair":
-            batch = parse_score_request(request, self.limits)
+            batch = parse_score_request(request, limits)
             return repair_response(request, batch, await self.backend.repair(batch))
         if rpc == "ModelInfo":
-            return model_info_response(await self.backend.model_info(), self.limits)
+            info = await self.backend.model_info()
+            return model_info_response(info, self.limits.capped(info.max_events_per_user))
         raise InvalidArgument(f"unknown method {rpc}")

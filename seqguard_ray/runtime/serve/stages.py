@@ -219,15 +219,19 @@ class ModelInfo:
     campaigns: int = 0
     campaign_members: int = 0
     campaign_targets: int = 0
+    max_events_per_user: int | None = None  # the bundle's history cap (TrainConfig.max_events_per_user)
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelInfo:
         from ...core.bundle import read_manifest
 
+        from ...core.validate import MAX_EVENTS_PER_USER
+
         m = read_manifest(model_dir)
+        cap = int(m.get("train_config", {}).get("max_events_per_user", MAX_EVENTS_PER_USER))
         return cls(m["model_version"], str(m["format_version"]), float(m["detectors"]["threshold"]),
                    float(m["detectors"]["target_fpr"]), dict(m["repair_policy"]["actions"]),
-                   str(model_dir)).with_campaigns()
+                   str(model_dir), max_events_per_user=cap).with_campaigns()
 
     def with_campaigns(self) -> ModelInfo:
         """This info with the campaign table published now (read from its table.json: cheap)."""
