@@ -20,7 +20,7 @@ from seqguard_ray.core.encoder import (
     iter_window_batches,
     train_encoder,
 )
-from seqguard_ray.core.training import autocast_dtype
+from seqguard_ray.core.training import autocast_dtype, cpu_has_bf16
 
 
 def test_small_is_todays_encoder_and_presets_set_the_sizes():
@@ -154,3 +154,55 @@ def test_mixed_precision_only_on_cuda():
     if torch.cuda.is_available():
         assert autocast_dtype(torch.device("cuda"), "fp16") == torch.float16
         assert autocast_dtype(torch.device("cuda"), "off") is None
+
+
+def test_item_nats_in_chunks_equals_the_cross_entropy_of_the_full_logits():
+    """The scoring pass computes the item head's cross-entropy a chunk of rows at a time; across
+    chunk boundaries (and a last short chunk) it must equal F.cross_entropy of the whole logits."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = SeqGuardEncoder(SeqGuardConfig(n_items=50, n_actions=6, hidden_size=16, num_layers=1, max_len=16)).eval()
+    h, target = torch.randn(23, 16), torch.randint(3, 50, (23,))
+    with torch.no_grad():
+        full = F.cross_entropy(m.item_proj(h) @ m.item_emb.weight.T + m.item_bias, target, reduction="none")
+        for chunk in (1, 5, 23, 100):
+            assert torch.allclose(m.item_nats(h, target, chunk=chunk), full, atol=1e-5), chunk
+
+
+def test_score_precision_bf16_on_cpu_only_where_the_cpu_has_it(monkeypatch, caplog):
+    from seqguard_ray.core import training
+
+    cpu = torch.device("cpu")
+    assert training.scoring_dtype(cpu, "bf16", "fp32") is None  # the default: fp32 on CPU whatever mixed_precision
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.scoring_dtype(cpu, "off", "bf16") == torch.bfloat16
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert training.scoring_dtype(cpu, "off", "bf16") is None
+    assert "no bf16 instructions" in caplog.text
+    with pytest.raises(ValueError, match="score_precision"):
+        TrainConfig(score_precision="int8")
+
+
+@pytest.mark.skipif(not cpu_has_bf16(),
+                    reason="this CPU has no bf16 instructions")
+def test_score_cli_bf16_scores_within_a_hair_of_fp32(tmp_path):
+    """`seqguard score --score-precision bf16` (the bundle trained in fp32): scores move by float
+    rounding only, and the flagged users are the same up to threshold ties."""
+    import pandas as pd
+
+    from seqguard_ray.synth import generate
+
+    ev = tmp_path / "events.parquet"
+    generate(n_users=200, seed=3).events.to_parquet(ev)
+    assert main(["-q", "train", "--events", str(ev), "--model", str(tmp_path / "m"), "--epochs", "1"]) == 0
+    outs = {}
+    for prec in ("fp32", "bf16"):
+        assert main(["-q", "score", "--events", str(ev), "--model", str(tmp_path / "m"), "--out",
+                     str(tmp_path / prec), "--engine", "local", "--score-precision", prec]) == 0
+        outs[prec] = pd.read_parquet(tmp_path / prec / "users.parquet").set_index("user_id")
+    a, b = outs["fp32"], outs["bf16"].reindex(outs["fp32"].index)
+    assert not np.array_equal(a["score"].to_numpy(), b["score"].to_numpy())  # bf16 really ran
+    assert np.corrcoef(a["score"], b["score"])[0, 1] > 0.999
+    assert (a["anomalous"] != b["anomalous"]).mean() <= 0.01

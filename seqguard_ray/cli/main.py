@@ -145,6 +145,8 @@ def cmd_score(args) -> int:
     else:
         from ..io.outputs import write_outputs
         sg = SeqGuard.load(args.model)
+        if args.score_precision:
+            sg.encoder.score_precision = args.score_precision
         result = sg.score(args.events, on_bad_rows=args.on_bad_rows, allow=allow)
         summary = write_outputs(sg, result, args.out)
     if args.report:

@@ -45,6 +45,9 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
                             "2 CPUs across nodes; never more than the input's buckets of ~20k events)")
         g.add_argument("--batch-size", type=positive_int, default=None,
                        help="windows per encoder forward pass (default: the bundle's)")
+        p.add_argument("--score-precision", choices=("fp32", "bf16"), default=None,
+                       help="encoder scoring on a CPU (both engines): fp32, or bf16 where the CPU has bf16 "
+                            "instructions (AMX, AVX-512 BF16), faster within ~0.005 nats (default: the bundle's)")
 
 
 def input_size(path: str | Path) -> tuple[int | None, int, int]:
@@ -118,4 +121,5 @@ def score_on_ray(args, allow=None) -> dict:
 
     with ray_session(args.address):
         return score(args.model, args.events, args.out, on_bad_rows=args.on_bad_rows,
-                     options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size), allow=allow)
+                     options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size,
+                                          score_precision=args.score_precision), allow=allow)

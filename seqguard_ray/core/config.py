@@ -23,6 +23,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 SIZE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_len")
 PRECISIONS = ("bf16", "fp16", "off")
+SCORE_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -59,6 +60,10 @@ class TrainConfig:
     # whose items resemble nobody (explain.resembles_nobody)
     trim_share: float = 0.05
     score_batch_size: int = 128  # windows per scoring batch
+    # encoder scoring on a CPU: "fp32", or "bf16" autocast where the CPU has bf16 instructions (AMX,
+    # AVX-512 BF16): 1.3x (small) to 2.4x (base) the windows/s, surprisal within ~0.005 nats
+    # (docs/benchmarks.md); a CPU without them scores in fp32. A GPU follows mixed_precision.
+    score_precision: str = "fp32"
     # the campaign stage (core/campaigns): groups of accounts pushing a few items; False: no stage
     campaigns: bool = True
     # share of the target false-positive rate the campaign stage spends: on a log without
@@ -90,7 +95,8 @@ class TrainConfig:
             "init_from": self.init_from is None or self.init_from != "",
             "min_item_count": self.min_item_count >= 1, "target_fpr": 0 < self.target_fpr < 0.5,
             "trim_share": 0 <= self.trim_share < 0.5,
-            "score_batch_size": self.score_batch_size >= 1, "campaign_share": 0 < self.campaign_share < 1,
+            "score_batch_size": self.score_batch_size >= 1,
+            "score_precision": self.score_precision in SCORE_PRECISIONS, "campaign_share": 0 < self.campaign_share < 1,
             "max_events_per_user": self.max_events_per_user >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -111,7 +117,7 @@ class TrainConfig:
 
 
 ENCODER_PARAMS = ("max_len", "context", "hidden_size", "num_layers", "num_heads", "intermediate_size", "epochs",
-                  "target_steps", "batch_size", "grad_accum", "lr", "mixed_precision", "seed", "score_batch_size")
+                  "target_steps", "batch_size", "grad_accum", "lr", "mixed_precision", "seed", "score_batch_size", "score_precision")
 
 
 def _allowed(hint) -> tuple[type, ...]:

@@ -25,7 +25,7 @@ from .features import Seqs
 from .results import Encoded
 from .stage import check_is_fitted
 from .tokens import N_GAP_BUCKETS, PAD, gap_buckets, owner_positions, windows
-from .training import autocast, autocast_dtype, mask_events, masked_loss, train_encoder
+from .training import autocast, mask_events, masked_loss, scoring_dtype, train_encoder
 
 __all__ = ["Encoder", "SeqGuardConfig", "SeqGuardEncoder", "masked_loss", "surprisal", "train_encoder"]
 
@@ -98,9 +98,7 @@ class SeqGuardEncoder(PreTrainedModel):
         The logits are (B, T, V), or (M, V) for the M positions where ``select`` (B, T) bool is set:
         the item head's cost (a matmul over the whole catalogue) is then paid only where it is used.
         """
-        x = self.item_emb(items) + self.action_emb(actions) + self.gap_emb(gaps)  # (B, T, H)
-        mask = (gaps != PAD).long()  # gaps are never PAD for real events, even masked ones
-        hidden = self.bert(inputs_embeds=x, attention_mask=mask).last_hidden_state  # (B, T, H)
+        hidden = self.hidden_states(items, actions, gaps)
         h = hidden if select is None else hidden[select]
         return {
             "hidden": hidden,
@@ -108,6 +106,26 @@ class SeqGuardEncoder(PreTrainedModel):
             "action": self.action_head(h),
             "gap": self.gap_head(h),
         }
+
+    def hidden_states(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) last hidden states of (B, T) ids."""
+        x = self.item_emb(items) + self.action_emb(actions) + self.gap_emb(gaps)  # (B, T, H)
+        mask = (gaps != PAD).long()  # gaps are never PAD for real events, even masked ones
+        return self.bert(inputs_embeds=x, attention_mask=mask).last_hidden_state
+
+    def item_nats(self, h: torch.Tensor, target: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """(M,) fp32 ``-log p(target | h)`` under the item head for (M, H) hidden states: the
+        cross-entropy of :meth:`forward`'s item logits, computed ``chunk`` rows at a time (bias fused
+        into the matmul, log-sum-exp in place) so that the (M, catalogue) logits are never held whole."""
+        q = self.item_proj(h)
+        w, b = self.item_emb.weight, self.item_bias
+        out = torch.empty(len(h), device=h.device)
+        for s in range(0, len(h), chunk):
+            logits = torch.addmm(b, q[s:s + chunk], w.T).float()  # fp32 (a no-op copy outside autocast)
+            top = logits.amax(1, keepdim=True)
+            hit = logits.gather(1, target[s:s + chunk, None])
+            out[s:s + chunk] = (logits.sub_(top).exp_().sum(1).log_() - hit.squeeze(1).sub_(top.squeeze(1)))
+        return out
 
 
 @torch.inference_mode()
@@ -134,14 +152,15 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
         G = masked.shape[0]
         flat = masked.reshape(G * B, T)
         tiled = (x.unsqueeze(0).expand(G, B, T).reshape(G * B, T) for x in (items, actions, gaps))
-        o = model(*mask_events(*tiled, flat), select=flat)
-        _, b, t = masked.nonzero(as_tuple=True)      # the row-major order of o's selected positions
-        for j, (name, target) in enumerate((("item", items), ("action", actions), ("gap", gaps))):
-            # o[name]: (M, V) logits of the masked positions only; -log p(target) per position
-            out[b, t, j] = F.cross_entropy(o[name].float(), target[b, t], reduction="none")
+        hidden = model.hidden_states(*mask_events(*tiled, flat))  # (G*B, T, H)
+        h = hidden[flat]  # (M, H): the masked positions, row-major
+        _, b, t = masked.nonzero(as_tuple=True)      # the same order
+        out[b, t, 0] = model.item_nats(h, items[b, t])
+        out[b, t, 1] = F.cross_entropy(model.action_head(h).float(), actions[b, t], reduction="none")
+        out[b, t, 2] = F.cross_entropy(model.gap_head(h).float(), gaps[b, t], reduction="none")
         if emb is None:  # the embedding of the first pass: its unmasked events
             keep = (real & ~masked[0]).float().unsqueeze(-1)  # (B, T, 1)
-            emb = (o["hidden"][:B] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+            emb = (hidden[:B] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
     return out, emb
 
 
@@ -197,14 +216,16 @@ class Encoder:
     Parameters (see :class:`~seqguard_ray.core.config.TrainConfig`, which holds them): ``max_len``,
     ``context`` (windows), ``hidden_size``, ``num_layers``, ``num_heads``, ``intermediate_size``
     (the model; None: 2 x hidden), ``epochs``, ``target_steps``, ``batch_size``, ``grad_accum``,
-    ``lr``, ``seed`` (training), ``mixed_precision`` (training and scoring on a GPU), ``score_batch_size``.
+    ``lr``, ``seed`` (training), ``mixed_precision`` (training and scoring on a GPU), ``score_batch_size``,
+    ``score_precision`` ("fp32" or "bf16": scoring on a CPU with bf16 instructions).
     Fitted: ``model_`` (a SeqGuardEncoder) and, after :meth:`fit`, ``history_`` (per-epoch metrics).
     """
 
     def __init__(self, *, max_len: int = 128, context: int = 16, hidden_size: int = 64, num_layers: int = 2,
                  num_heads: int = 2, intermediate_size: int | None = None, epochs: int | None = None,
                  target_steps: int = 300, batch_size: int = 64, grad_accum: int = 1, lr: float = 2e-3,
-                 mixed_precision: str = "off", seed: int = 0, score_batch_size: int = 128) -> None:
+                 mixed_precision: str = "off", seed: int = 0, score_batch_size: int = 128,
+                 score_precision: str = "fp32") -> None:
         self.max_len = max_len
         self.context = context
         self.hidden_size = hidden_size
@@ -219,6 +240,7 @@ class Encoder:
         self.mixed_precision = mixed_precision
         self.seed = seed
         self.score_batch_size = score_batch_size
+        self.score_precision = score_precision
 
     def model_config(self, n_items: int, n_actions: int) -> SeqGuardConfig:
         """The model's config for a vocabulary of ``n_items`` item and ``n_actions`` action ids."""
@@ -285,7 +307,7 @@ class Encoder:
         win_sur = np.zeros((len(starts), self.max_len, 3), np.float32)
         win_emb = np.zeros((len(starts), H), np.float32)
         device = next(self.model_.parameters()).device
-        dtype = autocast_dtype(device, self.mixed_precision)
+        dtype = scoring_dtype(device, self.mixed_precision, self.score_precision)
         for batch in iter_window_batches(tok, starts, lengths, max_len=self.max_len,
                                          batch_size=self.score_batch_size, shuffle=False):
             w = batch.pop("window").numpy()

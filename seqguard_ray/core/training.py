@@ -65,6 +65,26 @@ def autocast_dtype(device: torch.device, mixed_precision: str) -> torch.dtype | 
     return torch.float16
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX tiles or AVX-512 BF16)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return bool(amx() or avx())
+
+
+def scoring_dtype(device: torch.device, mixed_precision: str, score_precision: str = "fp32") -> torch.dtype | None:
+    """The autocast dtype of encoder scoring: ``mixed_precision``'s on a GPU; on a CPU bf16 when
+    ``score_precision`` is "bf16" and the CPU has bf16 instructions (else fp32, with a warning)."""
+    if device.type == "cuda":
+        return autocast_dtype(device, mixed_precision)
+    if score_precision != "bf16":
+        return None
+    if not cpu_has_bf16():
+        log.warning("score_precision bf16: this CPU has no bf16 instructions (AMX, AVX-512 BF16); scoring in fp32")
+        return None
+    return torch.bfloat16
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` on ``device`` with ``dtype``; a no-op context for None."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
@@ -143,8 +163,9 @@ def train_encoder(model: nn.Module, make_batches: Callable[[int], Iterable[dict[
                 sched.step()
             loss_sum += step_loss
             steps += 1
-        metrics = {"epoch": epoch, "loss": loss_sum / max(1, steps), "windows_per_s": n / (time.perf_counter() - t0),
-                   "steps": steps}
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "loss": loss_sum / max(1, steps), "windows_per_s": n / seconds,
+                   "steps": steps, "seconds": seconds}
         log.info("epoch %d: loss %.4f, %.0f windows/s", epoch, metrics["loss"], metrics["windows_per_s"])
         history.append(metrics)
         if on_epoch_end is not None:

@@ -90,6 +90,7 @@ class BatchOptions:
 
     concurrency: int | None = None       # encoder actors; None = default_pool_size()
     batch_size: int | None = None        # windows per encoder forward pass; None = the bundle's score_batch_size
+    score_precision: str | None = None   # encoder scoring on CPU, "fp32" or "bf16"; None = the bundle's
     events_per_bucket: int = DEFAULT_EVENTS_PER_BUCKET  # events per group the encoder scores at once
     detect_concurrency: int | None = None  # detector actors; None = max(1, concurrency // 2)
     spread: bool = False                 # SPREAD actors across nodes, one block in flight per actor
@@ -123,7 +124,7 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
     kwargs = {} if out is None else dict(stage_kwargs or {})
     return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
         stage, fn_constructor_args=args,
-        fn_constructor_kwargs={"score_batch_size": opts.batch_size, "threads": opts.threads, "pool_size": conc,
+        fn_constructor_kwargs={"score_batch_size": opts.batch_size, "score_precision": opts.score_precision, "threads": opts.threads, "pool_size": conc,
                                **kwargs},
         compute=pool, batch_format="pyarrow", **encoder_resources(conc), **extra), conc
 
