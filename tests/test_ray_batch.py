@@ -15,7 +15,7 @@ from seqguard_ray.core.config import TrainConfig
 from seqguard_ray.core.pipeline import SeqGuard
 from seqguard_ray.core.readers import read_events
 from seqguard_ray.core.schema import EventsError
-from seqguard_ray.core.tokens import Vocab
+from seqguard_ray.core.tokens import N_SPECIAL, Vocab
 from seqguard_ray.io.outputs import merge_summaries, read_output
 from seqguard_ray.io.read_plan import plan_reads, read_unit, user_bucket
 
@@ -380,6 +380,38 @@ def test_score_on_ray_reports_bad_rows(data, ray_local, tmp_path):
     step = 1.0 / (len(sg.user_detectors.combined_.reference_) + 1) + 1e-9
     assert (ev["row"].to_numpy() == local.events["row"].to_numpy()).all()
     assert np.abs(ev["event_score"].to_numpy() - local.events["event_score"].to_numpy()).max() <= step
+
+
+@pytest.mark.ray
+def test_training_reads_the_log_once_and_groups_it_once(data, ray_local, tmp_path):
+    """Ray training reads the log and shuffles it by user once (read_grouped materializes the
+    grouped dataset): with the input file deleted after that, the vocabulary, the windows and the
+    encodings still come out, equal to the in-process engine's. The control: the lazy dataset
+    read_validated gives fails once the file is gone, so a re-read would be caught."""
+    import shutil
+
+    import ray
+
+    from seqguard_ray.runtime.ray.batch import BatchOptions, encode_dataset, read_validated
+    from seqguard_ray.runtime.ray.payload import partial_payload
+    from seqguard_ray.runtime.ray.train import build_vocab, read_grouped, windows_dataset
+
+    src = tmp_path / "train.parquet"
+    shutil.copy(data / "train.parquet", src)
+    lazy, _, _ = read_validated(src, events_per_bucket=5000)
+    ds, _, n_buckets = read_grouped(src, events_per_bucket=5000)
+    src.unlink()
+    with pytest.raises(Exception, match="train.parquet"):
+        lazy.count()
+    sg = SeqGuard(TINY)
+    sg.vocab = build_vocab(ds, min_count=TINY.min_item_count)
+    log_ = read_events(data / "train.parquet")
+    assert sg.vocab.items_ == Vocab(min_count=TINY.min_item_count).fit(log_.item, log_.action).items_
+    _, n_windows = windows_dataset(ds, sg, n_buckets, grouped=True)
+    assert n_windows == len(sg.encoder.windows(sg.tokenize(log_))[0])
+    sg.encoder.init_model(len(sg.vocab.items_) + N_SPECIAL, len(sg.vocab.actions_) + N_SPECIAL)
+    enc, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets, BatchOptions(concurrency=1), grouped=True)
+    assert enc.count() == log_.n_events
 
 
 @pytest.mark.ray

@@ -84,6 +84,22 @@ def read_validated(path: str | Path, *, on_bad_rows: str = "error",
     return ds, units, n_buckets
 
 
+def _as_is(table: pa.Table) -> pa.Table:
+    return table
+
+
+def group_users(ds, n_buckets: int):
+    """The one shuffle by user: a dataset whose blocks each hold whole buckets (every event of a
+    user in one block), as :func:`encode_dataset` and the trainer's windows need them. Lazy:
+    training materializes it once and reads the vocabulary, the windows and the encodings from it."""
+    import ray
+
+    # the sort-based shuffle runs as plain tasks on the workers already up; the default hash
+    # shuffle starts aggregator actors first, which leaves a small machine idle meanwhile
+    ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(_as_is, batch_format="pyarrow", num_cpus=0.25)
+
+
 @dataclass
 class BatchOptions:
     """How the Ray Data scoring pipeline runs."""
@@ -101,10 +117,11 @@ class BatchOptions:
 
 
 def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: str | None = None,
-                   stage_kwargs: dict | None = None):
-    """Group validated events into buckets of whole users and run the encoder actor pool over them;
-    returns (dataset, pool size). With ``out``, the pool runs :class:`ScoreStage` (encode, detect,
-    repair, write; ``stage_kwargs`` its ``allow`` / ``keep``) instead of :class:`EncodeStage`."""
+                   stage_kwargs: dict | None = None, grouped: bool = False):
+    """Group validated events into buckets of whole users (unless ``grouped``: ``ds`` is
+    :func:`group_users`' already) and run the encoder actor pool over them; returns (dataset, pool
+    size). With ``out``, the pool runs :class:`ScoreStage` (encode, detect, repair, write;
+    ``stage_kwargs`` its ``allow`` / ``keep``) instead of :class:`EncodeStage`."""
     import ray
 
     conc = opts.concurrency or default_pool_size(n_buckets)
@@ -116,14 +133,12 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
         ds.context.wait_for_min_actors_s = max(ds.context.wait_for_min_actors_s, 600)
     if opts.actor_resources:
         extra["resources"] = dict(opts.actor_resources)
-    # the sort-based shuffle runs as plain tasks on the workers already up; the default hash
-    # shuffle starts aggregator actors first, which leaves a small machine idle meanwhile
-    ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     pool = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1 if opts.spread else None)
     stage, args = (EncodeStage, (payload_ref,)) if out is None else (ScoreStage, (payload_ref, out))
     kwargs = {} if out is None else dict(stage_kwargs or {})
-    return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
-        stage, fn_constructor_args=args,
+    ds = ds if grouped else group_users(ds, n_buckets)
+    return ds.map_batches(
+        stage, batch_size=None, fn_constructor_args=args,
         fn_constructor_kwargs={"score_batch_size": opts.batch_size, "score_precision": opts.score_precision, "threads": opts.threads, "pool_size": conc,
                                **kwargs},
         compute=pool, batch_format="pyarrow", **encoder_resources(conc), **extra), conc

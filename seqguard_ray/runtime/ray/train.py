@@ -38,7 +38,7 @@ from ...core.results import Encoded
 from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import cap_block, count_rows
-from .batch import BatchOptions, encode_dataset, read_validated
+from .batch import BatchOptions, encode_dataset, group_users, read_validated
 from .cluster import cluster_gpus
 from .payload import load_payload, partial_payload
 from .stages import encoded_from_table
@@ -114,11 +114,22 @@ def bucket_windows(table: pa.Table, payload: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False):
-    """The training windows of a :func:`batch.read_validated` dataset, materialized; and their number."""
+def read_grouped(events: str | Path, **kw):
+    """The training log read once and shuffled by user once: :func:`batch.read_validated`'s dataset
+    grouped into whole-user buckets and materialized (in the object store, spilled to disk when it
+    is full), whence the vocabulary, the windows and the encodings are read without another read
+    or shuffle. Returns (dataset, units, n_buckets)."""
+    ds, units, n_buckets = read_validated(events, **kw)
+    return group_users(ds, n_buckets).materialize(), units, n_buckets
+
+
+def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False, grouped: bool = False):
+    """The training windows of a :func:`batch.read_validated` dataset (or, ``grouped``, of its
+    :func:`batch.group_users`), materialized; and their number."""
     extra = {"scheduling_strategy": "SPREAD"} if spread else {}
-    win = ds.groupby("_bucket", num_partitions=n_buckets).map_groups(
-        bucket_windows, fn_args=(partial_payload(sg, encoder=False),), batch_format="pyarrow", num_cpus=0.25, **extra).materialize()
+    ds = ds if grouped else group_users(ds, n_buckets)
+    win = ds.map_batches(bucket_windows, batch_size=None, fn_args=(partial_payload(sg, encoder=False),),
+                         batch_format="pyarrow", num_cpus=0.25, **extra).materialize()
     return win, win.count()
 
 
@@ -313,18 +324,18 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     sg = SeqGuard(config or TrainConfig())
     c = sg.config
     t0 = time.perf_counter()
-    ds, units, n_buckets = read_validated(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
-                                          max_events=c.max_events_per_user)
+    ds, units, n_buckets = read_grouped(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
+                                        max_events=c.max_events_per_user)
     sg.vocab = build_vocab(ds, min_count=c.min_item_count)
     log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
              time.perf_counter() - t0)
-    win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread)
+    win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread, grouped=True)
     init = init_encoder(sg.encoder, sg.vocab, c)  # fresh, or --init-from's encoder adapted (new items: unknown bucket)
     history, info = train_encoder_ray(sg, win_ds, n_windows, model_dir, opts)
     t_train = time.perf_counter() - t0
     del win_ds
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
-                               BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread))
+                               BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread), grouped=True)
     enc, enc_nodes, cut = collect_encoded(sg, enc_ds)
     sg.fit_detectors(enc, history=history, t_train=t_train,
                      bad_rows=count_rows(units) - len(enc.seqs.ts) - cut["events_truncated"])
@@ -333,3 +344,31 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
                        **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg
+
+
+def pretrain(events: str | Path, out: str | Path, config: TrainConfig | None = None, *,
+             on_bad_rows: str = "error", options: RayTrainOptions | None = None) -> dict:
+    """`seqguard pretrain --engine ray`: the encoder alone trained on Ray Train (the log read,
+    grouped and windowed by Ray Data as :func:`fit` does) and saved as a pretrained encoder to
+    ``out``; returns its metrics. Item text is not embedded on this path (the log's titles would
+    have to be gathered on the driver): new items of a later ``--init-from`` start as the unknown
+    bucket unless the in-process ``pretrain`` wrote the encoder."""
+    from ...core.pretrained import save_pretrained
+
+    opts = options or RayTrainOptions()
+    sg = SeqGuard(config or TrainConfig())
+    c = sg.config
+    t0 = time.perf_counter()
+    ds, units, n_buckets = read_grouped(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
+                                        max_events=c.max_events_per_user)
+    sg.vocab = build_vocab(ds, min_count=c.min_item_count)
+    win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread, grouped=True)
+    init = init_encoder(sg.encoder, sg.vocab, c)
+    history, info = train_encoder_ray(sg, win_ds, n_windows, out, opts)
+    metrics = {"train_events": count_rows(units), "train_users": None, "vocab_items": len(sg.vocab.items_),
+               "windows": int(n_windows), "epochs": info["last_epoch"] + 1,
+               "final_loss": history[-1]["loss"] if history else None, "history": history, "items_with_text": 0,
+               "init_from": init, "engine": "ray", "fit_s": round(time.perf_counter() - t0, 2),
+               **{k: info[k] for k in ("start_epoch", "global_step") if k in info}}
+    save_pretrained(out, config=c, encoder=sg.encoder, vocab=sg.vocab, metrics=metrics)
+    return metrics
