@@ -182,3 +182,30 @@ def test_init_from_places_new_items_with_minilm_where_the_log_has_text(encoder_d
     from seqguard_ray.core.encoder import Encoder
     info = init_encoder(Encoder(**cfg.encoder_params()), vocab, cfg, lg)
     assert info["text_model"] == "all-MiniLM-L6-v2" and info["items_new_by_text"] == info["items_new"] > 0
+
+
+@pytest.mark.ray
+def test_pretrain_and_init_from_on_ray_train(logs, tmp_path, ray_local):
+    """`seqguard pretrain --engine ray` writes an encoder that `seqguard train --engine ray
+    --init-from` adapts and fine-tunes on Ray Train, as the in-process commands do."""
+    from seqguard_ray.core.pipeline import SeqGuard
+
+    big, target = logs
+    big.to_parquet(tmp_path / "big.parquet")
+    target.to_parquet(tmp_path / "target.parquet")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("hidden_size: 16\nnum_layers: 1\nmax_len: 32\ncontext: 4\nepochs: 2\nitem_text: false\n")
+    enc = tmp_path / "enc"
+    assert main(["-q", "pretrain", "--engine", "ray", "--workers", "1", "--events", str(tmp_path / "big.parquet"),
+                 "--out", str(enc), "--config", str(cfg)]) == 0
+    pre = load_pretrained(enc)
+    m = json.loads((enc / "encoder.json").read_text())["metrics"]
+    assert m["engine"] == "ray" and m["epochs"] == 2 and m["train_events"] == len(big)
+    assert pre.vocab.items_ == Vocab().fit(big["item_id"].to_numpy(), big["action"].to_numpy()).items_
+    assert main(["-q", "train", "--engine", "ray", "--workers", "1", "--events", str(tmp_path / "target.parquet"),
+                 "--model", str(tmp_path / "m"), "--init-from", str(enc), "--epochs", "1"]) == 0
+    sg = SeqGuard.load(tmp_path / "m")
+    info = sg.metrics["init_from"]
+    assert sg.metrics["engine"] == "ray" and info["encoder_id"] == pre.encoder_id
+    assert info["items_kept"] > 0 and info["items_new"] > 0 and info["items_new_unknown"] == info["items_new"]
+    assert sg.model.config.hidden_size == 16 and sg.config.init_from == str(enc)

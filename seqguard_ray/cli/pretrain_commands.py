@@ -19,19 +19,27 @@ def add_parser(sub, add_config_args, add_on_bad_rows) -> None:
     p.add_argument("--out", required=True, metavar="ENCODER_DIR", help="output directory of the pretrained encoder")
     add_config_args(p)
     add_on_bad_rows(p)
+    from .ray_commands import add_ray_args
+    add_ray_args(p, command="train")
     p.set_defaults(handler=cmd_pretrain)
 
 
 def cmd_pretrain(args) -> int:
-    from ..core.pretrained import pretrain
     from .common import check_out_dir, train_config
+    from .ray_commands import choose_engine, ray_session, ray_train_options
 
     check_out_dir(args.out, "--out")
     cfg = train_config(args)
     t0 = time.perf_counter()
-    m = pretrain(args.events, args.out, cfg, on_bad_rows=args.on_bad_rows)
-    log.info("pretrained a %s encoder (%d layers x %d) on %d events of %d users in %.1f s: final loss %.3f, "
+    if choose_engine(args) == "ray":
+        from ..runtime.ray.train import pretrain
+        with ray_session(args.address):
+            m = pretrain(args.events, args.out, cfg, on_bad_rows=args.on_bad_rows, options=ray_train_options(args))
+    else:
+        from ..core.pretrained import pretrain
+        m = pretrain(args.events, args.out, cfg, on_bad_rows=args.on_bad_rows)
+    log.info("pretrained a %s encoder (%d layers x %d) on %d events in %.1f s: final loss %.3f, "
              "%d items (%d with text); encoder in %s", cfg.preset, cfg.num_layers, cfg.hidden_size, m["train_events"],
-             m["train_users"], time.perf_counter() - t0, m["final_loss"] or float("nan"), m["vocab_items"],
+             time.perf_counter() - t0, m["final_loss"] or float("nan"), m["vocab_items"],
              m["items_with_text"], args.out)
     return 0

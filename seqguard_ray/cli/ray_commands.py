@@ -104,14 +104,20 @@ def ray_session(address: str | None):
             ray.shutdown()
 
 
+def ray_train_options(args):
+    """The RayTrainOptions of `seqguard train` / `pretrain`'s Ray flags."""
+    from ..runtime.ray.train import RayTrainOptions
+
+    return RayTrainOptions(num_workers=args.workers, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
+                           max_failures=args.max_failures)
+
+
 def train_on_ray(args, cfg):
     """`seqguard train` on Ray: the fitted SeqGuard, its bundle saved to ``args.model``."""
-    from ..runtime.ray.train import RayTrainOptions, fit
+    from ..runtime.ray.train import fit
 
     with ray_session(args.address):
-        return fit(args.events, args.model, cfg, on_bad_rows=args.on_bad_rows,
-                   options=RayTrainOptions(num_workers=args.workers, resume=args.resume,
-                                           checkpoint_dir=args.checkpoint_dir, max_failures=args.max_failures))
+        return fit(args.events, args.model, cfg, on_bad_rows=args.on_bad_rows, options=ray_train_options(args))
 
 
 def score_on_ray(args, allow=None) -> dict:
