@@ -31,6 +31,9 @@ def test_train_and_score_spread_over_two_worker_nodes(tmp_path):
     # float rounding in the encoder's batch padding can move a calibrated score by a few steps
     # of the calibrator's reference (~1/125 here)
     assert res["share_equal"] >= 0.95 and res["max_user_score_diff"] < 0.05
+    # GPU placement with a logical GPU: the encoder actors on the GPU node (num_gpus from the cluster)
+    assert res["gpu_encode_nodes"] == [res["gpu_node"]], res
+    assert res["gpu_events_in"] == res["n_local_events"] and res["gpu_max_user_score_diff"] < 0.05
 
 
 def _free_port() -> int:
