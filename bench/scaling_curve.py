@@ -19,7 +19,8 @@ attacked users), clean users flagged, encoder train seconds and optimiser steps,
 loss, scoring throughput (events/s of ``SeqGuard.score``, the whole pipeline).
 
     python bench/scaling_curve.py --budget 300 --data both               # ~50 min on 2 cores
-    python bench/scaling_curve.py --budget 300 --data movielens --pretrain --pretrain-sizes small,base
+    python bench/scaling_curve.py --budget 300 --pretrain-only --pretrain-sizes small,base
+    python bench/scaling_curve.py --budget 300 --pretrain-only --pretrain-sizes small --text-ablation
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--pretrain-only", action="store_true", help="only the pretrain-then-adapt comparison")
     ap.add_argument("--pretrain-sizes", default="small,base")
     ap.add_argument("--pretrain-events", type=int, default=1_000_000)
+    ap.add_argument("--text-ablation", action="store_true",
+                    help="also adapt without item text (new films as the unknown bucket), to measure what text gives")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; budget {args.budget:.0f} s of encoder "
@@ -161,9 +164,13 @@ def main() -> None:
                 t_pre = time.perf_counter() - t0
                 cfg, cal = budget_config(labeled.events, size, args.budget, args.seed, init_from=tmp)
                 m = evaluate(labeled, cfg)
-            m["pretrain_s"] = t_pre
-            rows.append({"data": "movielens", "encoder": f"{size}, pretrained+adapted", **cal, **m})
-            show("movielens", f"{size}, pre {t_pre:.0f}s+adapt", m)
+                m["pretrain_s"] = t_pre
+                rows.append({"data": "movielens", "encoder": f"{size}, pretrained+adapted", **cal, **m})
+                show("movielens", f"{size}, pre {t_pre:.0f}s+adapt", m)
+                if args.text_ablation:  # the same adaptation with every film as the unknown bucket
+                    nt = evaluate(labeled, TrainConfig(**{**cfg.__dict__, "item_text": False}))
+                    rows.append({"data": "movielens", "encoder": f"{size}, pretrained+adapted, no text", **cal, **nt})
+                    show("movielens", f"{size}, adapt without text", nt)
             if args.pretrain_only:
                 cfg, cal = budget_config(labeled.events, size, args.budget, args.seed)
                 m = evaluate(labeled, cfg)
