@@ -136,12 +136,17 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
     pool = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1 if opts.spread else None)
     stage, args = (EncodeStage, (payload_ref,)) if out is None else (ScoreStage, (payload_ref, out))
     kwargs = {} if out is None else dict(stage_kwargs or {})
-    ds = ds if grouped else group_users(ds, n_buckets)
-    return ds.map_batches(
-        stage, batch_size=None, fn_constructor_args=args,
-        fn_constructor_kwargs={"score_batch_size": opts.batch_size, "score_precision": opts.score_precision, "threads": opts.threads, "pool_size": conc,
-                               **kwargs},
-        compute=pool, batch_format="pyarrow", **encoder_resources(conc), **extra), conc
+    res = encoder_resources(conc)
+    kw = dict(fn_constructor_args=args, compute=pool, batch_format="pyarrow", **res, **extra,
+              fn_constructor_kwargs={"score_batch_size": opts.batch_size, "score_precision": opts.score_precision,
+                                     "threads": opts.threads, "pool_size": conc, **kwargs})
+    if grouped and not res.get("num_gpus"):
+        return ds.map_batches(stage, batch_size=None, **kw), conc  # each block: whole buckets
+    # ungrouped, or on GPU actors, to which Ray Data 2.60's map_batches refuses whole-block batches
+    # (batch_size=None; map_groups passes them internally): group here, a second sort of an
+    # already grouped dataset on GPU clusters (no second read)
+    ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(stage, **kw), conc
 
 
 def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_rows: str = "error",
