@@ -315,33 +315,40 @@ def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set, dict]:
     return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes, cut
 
 
-def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
-        on_bad_rows: str = "error", options: RayTrainOptions | None = None) -> SeqGuard:
-    """Train on Ray and save the bundle to ``model_dir``; returns the fitted SeqGuard."""
-    import ray
-
-    opts = options or RayTrainOptions()
+def _train_on_ray(events, where: str | Path, config: TrainConfig | None, opts: RayTrainOptions, on_bad_rows: str):
+    """The log read and grouped once (:func:`read_grouped`), the vocabulary, the windows, the encoder
+    initialised (fresh, or --init-from's adapted: new items as the unknown bucket) and trained on
+    Ray Train (checkpoints beside ``where``). Returns sg, the grouped dataset, units, n_buckets,
+    history, the run's info (with ``windows``) and the init-from info."""
     sg = SeqGuard(config or TrainConfig())
-    c = sg.config
-    t0 = time.perf_counter()
+    c, t0 = sg.config, time.perf_counter()
     ds, units, n_buckets = read_grouped(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
                                         max_events=c.max_events_per_user)
     sg.vocab = build_vocab(ds, min_count=c.min_item_count)
     log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
              time.perf_counter() - t0)
     win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread, grouped=True)
-    init = init_encoder(sg.encoder, sg.vocab, c)  # fresh, or --init-from's encoder adapted (new items: unknown bucket)
-    history, info = train_encoder_ray(sg, win_ds, n_windows, model_dir, opts)
+    init = init_encoder(sg.encoder, sg.vocab, c)
+    history, info = train_encoder_ray(sg, win_ds, n_windows, where, opts)
+    return sg, ds, units, n_buckets, history, {**info, "windows": int(n_windows)}, init
+
+
+def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
+        on_bad_rows: str = "error", options: RayTrainOptions | None = None) -> SeqGuard:
+    """Train on Ray and save the bundle to ``model_dir``; returns the fitted SeqGuard."""
+    import ray
+
+    opts = options or RayTrainOptions()
+    t0 = time.perf_counter()
+    sg, ds, units, n_buckets, history, info, init = _train_on_ray(events, model_dir, config, opts, on_bad_rows)
     t_train = time.perf_counter() - t0
-    del win_ds
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread), grouped=True)
     enc, enc_nodes, cut = collect_encoded(sg, enc_ds)
     sg.fit_detectors(enc, history=history, t_train=t_train,
                      bad_rows=count_rows(units) - len(enc.seqs.ts) - cut["events_truncated"])
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
-                       "engine": "ray", "windows": int(n_windows),
-                       **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
+                       "engine": "ray", **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg
 
@@ -356,17 +363,11 @@ def pretrain(events: str | Path, out: str | Path, config: TrainConfig | None = N
     from ...core.pretrained import save_pretrained
 
     opts = options or RayTrainOptions()
-    sg = SeqGuard(config or TrainConfig())
-    c = sg.config
     t0 = time.perf_counter()
-    ds, units, n_buckets = read_grouped(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
-                                        max_events=c.max_events_per_user)
-    sg.vocab = build_vocab(ds, min_count=c.min_item_count)
-    win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread, grouped=True)
-    init = init_encoder(sg.encoder, sg.vocab, c)
-    history, info = train_encoder_ray(sg, win_ds, n_windows, out, opts)
+    sg, _, units, _, history, info, init = _train_on_ray(events, out, config, opts, on_bad_rows)
+    c = sg.config
     metrics = {"train_events": count_rows(units), "train_users": None, "vocab_items": len(sg.vocab.items_),
-               "windows": int(n_windows), "epochs": info["last_epoch"] + 1,
+               "windows": int(info["windows"]), "epochs": info["last_epoch"] + 1,
                "final_loss": history[-1]["loss"] if history else None, "history": history, "items_with_text": 0,
                "init_from": init, "engine": "ray", "fit_s": round(time.perf_counter() - t0, 2),
                **{k: info[k] for k in ("start_epoch", "global_step") if k in info}}
