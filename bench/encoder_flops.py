@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=1024)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--compile", action="store_true",
+                    help="also torch.compile(dynamic=True) the model's hidden states (not in the product yet)")
     ap.add_argument("--batch", default="128", help="windows per scoring call, comma-separated")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -143,11 +145,17 @@ def main() -> None:
                              intermediate_size=p["intermediate_size"], max_len=args.max_len)
         model = SeqGuardEncoder(cfg).eval()
         flops = useful_flops(model.config, lengths)
+        runs = variants
+        if args.compile:
+            compiled = SeqGuardEncoder(cfg).eval()
+            compiled.load_state_dict(model.state_dict())
+            compiled.hidden_states = torch.compile(compiled.hidden_states, dynamic=True)
+            runs = (*variants, ("compiled fp32", surprisal, None, compiled), ("compiled bf16", surprisal, torch.bfloat16, compiled))
         for batch in (int(b) for b in args.batch.split(",")):
             batches = product_batches(data, batch)
             base = ref = None
-            for variant, fn, dtype in variants:
-                s, out = timed(fn, model, batches, dtype=dtype)
+            for variant, fn, dtype, *m in runs:
+                s, out = timed(fn, m[0] if m else model, batches, dtype=dtype)
                 base, ref = base or s, out if ref is None else ref
                 diff = float((out - ref).abs().max())
                 print(f"{name:<7}{variant:<22}{batch:>6}{args.windows / s:>11.0f}{flops / s / 1e9:>9.1f}"
