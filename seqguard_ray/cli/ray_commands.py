@@ -45,7 +45,8 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
                             "2 CPUs across nodes; never more than the input's buckets of ~20k events)")
         g.add_argument("--batch-size", type=positive_int, default=None,
                        help="windows per encoder forward pass (default: the bundle's)")
-        p.add_argument("--score-precision", choices=("fp32", "bf16"), default=None,
+        from ..core.config import SCORE_PRECISIONS
+        p.add_argument("--score-precision", choices=SCORE_PRECISIONS, default=None,
                        help="encoder scoring on a CPU (both engines): fp32, or bf16 where the CPU has bf16 "
                             "instructions (AMX, AVX-512 BF16), faster within ~0.005 nats (default: the bundle's)")
 
