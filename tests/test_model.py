@@ -5,6 +5,7 @@ import torch
 from seqguard_ray.core.encoder import (
     SeqGuardConfig,
     SeqGuardEncoder,
+    compiled_hidden_states,
     iter_window_batches,
     surprisal,
     train_encoder,
@@ -95,3 +96,45 @@ def test_surprisal_on_selected_positions_equals_full_logits(stack_rows, monkeypa
                 expected[..., j] = torch.where(masked, -lp, expected[..., j])
     assert torch.allclose(s, expected, atol=1e-5)
     assert (s[~real] == 0).all() and (s[real] > 0).all()
+
+
+def _windows(B, T, seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    real = torch.arange(T)[None, :] < lengths[:, None]
+    ids = lambda lo, hi: torch.where(real, torch.randint(lo, hi, (B, T), generator=g), 0)
+    return {"items": ids(3, 20), "actions": ids(3, 5), "gaps": ids(2, 6)}
+
+
+def test_compiled_scoring_equals_eager_with_a_bounded_number_of_graphs():
+    """score_compile: one compiled pass per model, equal to eager within float rounding, at batch
+    sizes and window lengths it was not compiled for (symbolic shapes: no recompile per shape; only
+    length 1, which torch specialises, adds a graph)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = tiny().eval()
+    fn = compiled_hidden_states(m)
+    assert compiled_hidden_states(m) is fn
+    for i, (B, T) in enumerate([(8, 12), (3, 16), (1, 5), (40, 2), (17, 9), (5, 1), (2, 14)]):
+        w = _windows(B, T, i)
+        (a, ea), (b, eb) = surprisal(m, **w), surprisal(m, **w, hidden_states=fn)
+        assert torch.allclose(a, b, atol=1e-4) and torch.allclose(ea, eb, atol=1e-4), (B, T)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2
+
+
+def test_a_failed_compile_scores_eager_with_a_warning(monkeypatch, caplog):
+    def broken(*_, **__):
+        def fn(*args):
+            raise RuntimeError("no C++ compiler found")
+        return fn
+
+    monkeypatch.setattr(torch, "compile", broken)
+    m = tiny().eval()
+    w = _windows(6, 10, 0)
+    with caplog.at_level("WARNING"):
+        got = surprisal(m, **w, hidden_states=compiled_hidden_states(m))[0]
+    assert "torch.compile failed (RuntimeError: no C++ compiler found); scoring eager" in caplog.text
+    assert torch.equal(got, surprisal(m, **w)[0])
+    assert compiled_hidden_states(m) == m.hidden_states  # eager from then on, no second attempt

@@ -206,3 +206,30 @@ def test_score_cli_bf16_scores_within_a_hair_of_fp32(tmp_path):
     assert not np.array_equal(a["score"].to_numpy(), b["score"].to_numpy())  # bf16 really ran
     assert np.corrcoef(a["score"], b["score"])[0, 1] > 0.999
     assert (a["anomalous"] != b["anomalous"]).mean() <= 0.01
+
+
+def test_score_cli_compiled_scores_equal_eager(tmp_path, monkeypatch):
+    """`seqguard score --score-compile on` (the bundle trained without): the same outputs as eager
+    up to float rounding (flags within 1%, as bf16's test); a non-boolean score_compile is refused."""
+    import pandas as pd
+
+    from seqguard_ray.core import encoder
+    from seqguard_ray.synth import generate
+
+    ev = tmp_path / "events.parquet"
+    generate(n_users=120, seed=4).events.to_parquet(ev)
+    assert main(["-q", "train", "--events", str(ev), "--model", str(tmp_path / "m"), "--epochs", "1"]) == 0
+    calls = []
+    real = encoder.compiled_hidden_states
+    monkeypatch.setattr(encoder, "compiled_hidden_states", lambda m: calls.append(m) or real(m))
+    outs = {}
+    for flag in ("off", "on"):
+        assert main(["-q", "score", "--events", str(ev), "--model", str(tmp_path / "m"), "--out",
+                     str(tmp_path / flag), "--engine", "local", "--score-compile", flag]) == 0
+        outs[flag] = [pd.read_parquet(tmp_path / flag / f"{t}.parquet") for t in ("events", "users")]
+    assert calls  # the compiled pass really ran
+    for on, off in zip(outs["on"], outs["off"]):  # calibrated scores: steep steps can move a rounding-size change
+        assert np.corrcoef(on.filter(like="score").iloc[:, 0], off.filter(like="score").iloc[:, 0])[0, 1] > 0.999
+        assert (on["anomalous"] != off["anomalous"]).mean() <= 0.01
+    with pytest.raises(ValueError, match="score_compile"):
+        TrainConfig(score_compile="yes")

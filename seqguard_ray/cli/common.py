@@ -62,6 +62,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score-precision", choices=SCORE_PRECISIONS, default=None,
                    help="encoder scoring on a CPU: fp32 (default) or bf16 where the CPU has bf16 instructions "
                         "(AMX, AVX-512 BF16): faster, surprisal within ~0.005 nats; stored in the bundle")
+    g.add_argument("--score-compile", action="store_const", const=True, default=None,
+                   help="score through torch.compile: compiled once per process on its first batch (tens of "
+                        "seconds), faster after (docs/benchmarks.md); stored in the bundle")
     g.add_argument("--max-events-per-user", type=positive_int, default=None, metavar="N",
                    help="most events of one user trained on and scored with this bundle: older ones are left out "
                         "and counted in the summary, longer gRPC sequences rejected (default 10000)")
@@ -77,7 +80,8 @@ def train_config(args):
 
     flags = {"preset": args.preset, "epochs": args.epochs, "batch_size": args.train_batch_size,
              "grad_accum": args.grad_accum, "lr": args.lr, "mixed_precision": args.mixed_precision,
-             "seed": args.seed, "score_precision": args.score_precision, "init_from": args.init_from, "max_events_per_user": args.max_events_per_user,
+             "seed": args.seed, "score_precision": args.score_precision,
+             "score_compile": args.score_compile, "init_from": args.init_from, "max_events_per_user": args.max_events_per_user,
              "target_fpr": getattr(args, "target_fpr", None), "trim_share": getattr(args, "trim_share", None)}
     cfg = resolve_config(args.config, flags)
     if cfg.init_from is not None:

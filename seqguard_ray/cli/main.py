@@ -21,7 +21,13 @@ from .common import (
     summary_counts,
     train_config,
 )
-from .ray_commands import add_ray_args, choose_engine, score_on_ray, train_on_ray
+from .ray_commands import (
+    add_ray_args,
+    choose_engine,
+    compile_choice,
+    score_on_ray,
+    train_on_ray,
+)
 
 log = logging.getLogger("seqguard")
 DEMO_CAMPAIGN = "lockstep_new_accounts_hours"
@@ -147,6 +153,8 @@ def cmd_score(args) -> int:
         sg = SeqGuard.load(args.model)
         if args.score_precision:
             sg.encoder.score_precision = args.score_precision
+        if args.score_compile:
+            sg.encoder.score_compile = compile_choice(args.score_compile)
         result = sg.score(args.events, on_bad_rows=args.on_bad_rows, allow=allow)
         summary = write_outputs(sg, result, args.out)
     if args.report:

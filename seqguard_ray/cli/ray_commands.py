@@ -49,6 +49,14 @@ def add_ray_args(p: argparse.ArgumentParser, *, command: str) -> None:
         p.add_argument("--score-precision", choices=SCORE_PRECISIONS, default=None,
                        help="encoder scoring on a CPU (both engines): fp32, or bf16 where the CPU has bf16 "
                             "instructions (AMX, AVX-512 BF16), faster within ~0.005 nats (default: the bundle's)")
+        p.add_argument("--score-compile", choices=("on", "off"), default=None,
+                       help="score through torch.compile (both engines): compiled once per process or actor on "
+                            "its first batch, faster after; scores within float rounding (default: the bundle's)")
+
+
+def compile_choice(flag: str | None) -> bool | None:
+    """--score-compile on/off as a bool; None (not given) keeps the bundle's."""
+    return None if flag is None else flag == "on"
 
 
 def input_size(path: str | Path) -> tuple[int | None, int, int]:
@@ -129,4 +137,5 @@ def score_on_ray(args, allow=None) -> dict:
     with ray_session(args.address):
         return score(args.model, args.events, args.out, on_bad_rows=args.on_bad_rows,
                      options=BatchOptions(concurrency=args.concurrency, batch_size=args.batch_size,
-                                          score_precision=args.score_precision), allow=allow)
+                                          score_precision=args.score_precision,
+                                          score_compile=compile_choice(args.score_compile)), allow=allow)

@@ -64,6 +64,10 @@ class TrainConfig:
     # AVX-512 BF16): 1.3x (small) to 2.4x (base) the windows/s, surprisal within ~0.005 nats
     # (docs/benchmarks.md); a CPU without them scores in fp32. A GPU follows mixed_precision.
     score_precision: str = "fp32"
+    # torch.compile the encoder's Transformer for scoring (opt-in): compiled once per process on its
+    # first scoring call (~20-60 s of one core for small), then faster (small: 1.2x fp32, 1.7x with
+    # bf16; docs/benchmarks.md); where compiling fails (no C++ compiler) scoring stays eager, with a warning
+    score_compile: bool = False
     # the campaign stage (core/campaigns): groups of accounts pushing a few items; False: no stage
     campaigns: bool = True
     # share of the target false-positive rate the campaign stage spends: on a log without
@@ -117,7 +121,8 @@ class TrainConfig:
 
 
 ENCODER_PARAMS = ("max_len", "context", "hidden_size", "num_layers", "num_heads", "intermediate_size", "epochs",
-                  "target_steps", "batch_size", "grad_accum", "lr", "mixed_precision", "seed", "score_batch_size", "score_precision")
+                  "target_steps", "batch_size", "grad_accum", "lr", "mixed_precision", "seed", "score_batch_size", "score_precision",
+                  "score_compile")
 
 
 def _allowed(hint) -> tuple[type, ...]:

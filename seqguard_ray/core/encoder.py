@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -128,12 +130,59 @@ class SeqGuardEncoder(PreTrainedModel):
         return out
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled hidden_states, or None
+_COMPILE_LOCK = threading.Lock()
+
+
+def compiled_hidden_states(model: SeqGuardEncoder) -> Callable[..., torch.Tensor]:
+    """``model.hidden_states`` under ``torch.compile(dynamic=True)``, made once per model and process
+    (the first call compiles: batch size and window length are symbolic, so later shapes reuse the
+    graph; torch's own recompile limit bounds the rest, past which a shape runs eager). Where
+    compiling fails (e.g. no C++ compiler for the CPU backend) it logs a warning and returns the
+    eager method, for this model from then on."""
+    with _COMPILE_LOCK:
+        fn = _COMPILED.get(model, False)
+        if fn is False:
+            fn = _COMPILED[model] = _Compiled(model)
+    return fn if fn.ok else model.hidden_states
+
+
+class _Compiled:
+    """The compiled hidden states of one model, falling back to eager after a failed compile."""
+
+    def __init__(self, model: SeqGuardEncoder) -> None:
+        self.eager = model.hidden_states
+        self.fn = torch.compile(model.hidden_states, dynamic=True)
+        self.ok = True
+        self.lock = threading.Lock()
+        self.warm = False
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if not self.ok:
+            return self.eager(*args)
+        if self.warm:
+            return self.fn(*args)
+        with self.lock:  # one thread compiles; concurrent first calls wait for it
+            try:
+                out = self.fn(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: score eager instead
+                log.warning("score_compile: torch.compile failed (%s: %s); scoring eager", type(exc).__name__,
+                            str(exc).splitlines()[0] if str(exc) else "")
+                self.ok = False
+                return self.eager(*args)
+            self.warm = True
+            return out
+
+
 @torch.inference_mode()
-def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, *,
+              hidden_states: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-event surprisal (B, T, 3) [item, action, gap] in nats and window embeddings (B, H).
 
-    Each event is masked in exactly one of ``n_mask_groups`` passes.
+    Each event is masked in exactly one of ``n_mask_groups`` passes. ``hidden_states``: the model's
+    Transformer pass to use (default ``model.hidden_states``; :func:`compiled_hidden_states`'s).
     """
+    hidden_states = hidden_states or model.hidden_states
     model.eval()
     k = model.config.n_mask_groups
     B, T = items.shape
@@ -152,7 +201,7 @@ def surprisal(model: SeqGuardEncoder, items: torch.Tensor, actions: torch.Tensor
         G = masked.shape[0]
         flat = masked.reshape(G * B, T)
         tiled = (x.unsqueeze(0).expand(G, B, T).reshape(G * B, T) for x in (items, actions, gaps))
-        hidden = model.hidden_states(*mask_events(*tiled, flat))  # (G*B, T, H)
+        hidden = hidden_states(*mask_events(*tiled, flat))  # (G*B, T, H)
         h = hidden[flat]  # (M, H): the masked positions, row-major
         _, b, t = masked.nonzero(as_tuple=True)      # the same order
         out[b, t, 0] = model.item_nats(h, items[b, t])
@@ -217,7 +266,8 @@ class Encoder:
     ``context`` (windows), ``hidden_size``, ``num_layers``, ``num_heads``, ``intermediate_size``
     (the model; None: 2 x hidden), ``epochs``, ``target_steps``, ``batch_size``, ``grad_accum``,
     ``lr``, ``seed`` (training), ``mixed_precision`` (training and scoring on a GPU), ``score_batch_size``,
-    ``score_precision`` ("fp32" or "bf16": scoring on a CPU with bf16 instructions).
+    ``score_precision`` ("fp32" or "bf16": scoring on a CPU with bf16 instructions), ``score_compile``
+    (scoring through :func:`compiled_hidden_states`).
     Fitted: ``model_`` (a SeqGuardEncoder) and, after :meth:`fit`, ``history_`` (per-epoch metrics).
     """
 
@@ -225,7 +275,7 @@ class Encoder:
                  num_heads: int = 2, intermediate_size: int | None = None, epochs: int | None = None,
                  target_steps: int = 300, batch_size: int = 64, grad_accum: int = 1, lr: float = 2e-3,
                  mixed_precision: str = "off", seed: int = 0, score_batch_size: int = 128,
-                 score_precision: str = "fp32") -> None:
+                 score_precision: str = "fp32", score_compile: bool = False) -> None:
         self.max_len = max_len
         self.context = context
         self.hidden_size = hidden_size
@@ -241,6 +291,7 @@ class Encoder:
         self.seed = seed
         self.score_batch_size = score_batch_size
         self.score_precision = score_precision
+        self.score_compile = score_compile
 
     def model_config(self, n_items: int, n_actions: int) -> SeqGuardConfig:
         """The model's config for a vocabulary of ``n_items`` item and ``n_actions`` action ids."""
@@ -308,11 +359,12 @@ class Encoder:
         win_emb = np.zeros((len(starts), H), np.float32)
         device = next(self.model_.parameters()).device
         dtype = scoring_dtype(device, self.mixed_precision, self.score_precision)
+        hidden = compiled_hidden_states(self.model_) if self.score_compile else None
         for batch in iter_window_batches(tok, starts, lengths, max_len=self.max_len,
                                          batch_size=self.score_batch_size, shuffle=False):
             w = batch.pop("window").numpy()
             with autocast(device, dtype):
-                s, e = surprisal(self.model_, **{k: v.to(device) for k, v in batch.items()})
+                s, e = surprisal(self.model_, **{k: v.to(device) for k, v in batch.items()}, hidden_states=hidden)
             win_sur[w, : s.shape[1]] = s.cpu().numpy()
             win_emb[w] = e.float().cpu().numpy()
         win, pos = owner_positions(starts, lengths, own, len(seqs.ts))

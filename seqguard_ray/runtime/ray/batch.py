@@ -107,6 +107,7 @@ class BatchOptions:
     concurrency: int | None = None       # encoder actors; None = default_pool_size()
     batch_size: int | None = None        # windows per encoder forward pass; None = the bundle's score_batch_size
     score_precision: str | None = None   # encoder scoring on CPU, "fp32" or "bf16"; None = the bundle's
+    score_compile: bool | None = None    # score through torch.compile (once per actor); None = the bundle's
     events_per_bucket: int = DEFAULT_EVENTS_PER_BUCKET  # events per group the encoder scores at once
     detect_concurrency: int | None = None  # detector actors; None = max(1, concurrency // 2)
     spread: bool = False                 # SPREAD actors across nodes, one block in flight per actor
@@ -139,6 +140,7 @@ def encode_dataset(ds, payload_ref, n_buckets: int, opts: BatchOptions, *, out: 
     res = encoder_resources(conc)
     kw = dict(fn_constructor_args=args, compute=pool, batch_format="pyarrow", **res, **extra,
               fn_constructor_kwargs={"score_batch_size": opts.batch_size, "score_precision": opts.score_precision,
+                                     "score_compile": opts.score_compile,
                                      "threads": opts.threads, "pool_size": conc, **kwargs})
     if grouped and not res.get("num_gpus"):
         return ds.map_batches(stage, batch_size=None, **kw), conc  # each block: whole buckets

@@ -88,7 +88,8 @@ class EncodeStage:
     """
 
     def __init__(self, payload: dict, *, score_batch_size: int | None = None, threads: int | None = None,
-                 pool_size: int = 1, score_precision: str | None = None):
+                 pool_size: int = 1, score_precision: str | None = None,
+                 score_compile: bool | None = None):
         import torch
 
         # torch threads: as asked, else this node's cores shared by the pool (OMP_NUM_THREADS is 1)
@@ -98,6 +99,8 @@ class EncodeStage:
             self.sg.encoder.score_batch_size = score_batch_size
         if score_precision:
             self.sg.encoder.score_precision = score_precision
+        if score_compile is not None:
+            self.sg.encoder.score_compile = score_compile
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.sg.model.to(self.device)
         self.node_id = node_id()
