@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,24 +28,59 @@ import numpy as np
 MODEL = dict(epochs=1, hidden_size=32, num_layers=1, num_heads=2, max_len=64, context=8)
 
 
-def make_events(n: int, seed: int = 0, *, events_per_user: int = 80, n_items: int = 20_000):
-    """A random log: Zipf items, per-user increasing times, 4 actions, a value column."""
+GEN = {"events_per_user": 80, "n_items": 20_000, "rows_per_file": 500_000, "row_group": 100_000}
+
+
+def event_chunks(n: int, seed: int = 0, *, events_per_user: int = 80, n_items: int = 20_000,
+                 rows_per_file: int = 500_000, **_):
+    """A random log of ``n`` events, one frame of at most ``rows_per_file`` rows at a time: Zipf items,
+    per-user increasing times, 4 actions, a value column. Each frame holds its own range of users
+    (the clock runs on across frames), its rows shuffled."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    n_users = max(5, n // events_per_user)
-    user = np.sort(rng.integers(0, n_users, n))
-    item = np.minimum(rng.zipf(1.3, n), n_items)
-    ts = 1_700_000_000 + user * 7 + np.cumsum(rng.exponential(60, n)).astype(np.int64)
-    return pd.DataFrame({"user_id": np.char.add("u", user.astype(str)), "item_id": item, "ts": ts,
-                         "action": rng.choice(["view", "click", "cart", "purchase"], n, p=[.6, .3, .07, .03]),
-                         "value": rng.gamma(2.0, 10.0, n).round(2)}).sample(frac=1.0, random_state=seed)
+    first_user, clock = 0, 0.0
+    for a in range(0, n, rows_per_file):
+        m = min(rows_per_file, n - a)
+        n_users = max(5, m // events_per_user)
+        user = first_user + np.sort(rng.integers(0, n_users, m))
+        first_user += n_users
+        item = np.minimum(rng.zipf(1.3, m), n_items)
+        t = clock + np.cumsum(rng.exponential(60, m))
+        clock = float(t[-1])
+        ts = 1_700_000_000 + user * 7 + t.astype(np.int64)
+        df = pd.DataFrame({"user_id": np.char.add("u", user.astype(str)), "item_id": item, "ts": ts,
+                           "action": rng.choice(["view", "click", "cart", "purchase"], m, p=[.6, .3, .07, .03]),
+                           "value": rng.gamma(2.0, 10.0, m).round(2)})
+        yield df.sample(frac=1.0, random_state=int(rng.integers(2**31)))
 
 
-def write_dir(df, path: Path, rows_per_file: int = 500_000, row_group: int = 100_000) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    for i, a in enumerate(range(0, len(df), rows_per_file)):
-        df.iloc[a:a + rows_per_file].to_parquet(path / f"part-{i:04d}.parquet", index=False, row_group_size=row_group)
+def make_events(n: int, seed: int = 0):
+    """:func:`event_chunks` as one frame (small logs)."""
+    import pandas as pd
+
+    return pd.concat(event_chunks(n, seed, **GEN), ignore_index=True)
+
+
+def write_events(n: int, path: Path, seed: int = 1) -> Path:
+    """The log of :func:`event_chunks` as a Parquet directory, one file per frame (so memory stays
+    at one frame, ~50 MB, at any ``n``). Cached: kept while ``<path>.json`` records the same
+    generator settings; written under a temporary name first, so a killed run leaves no half log."""
+    spec = {"events": n, "seed": seed, **GEN, "layout": "users contiguous per file, rows shuffled within"}
+    marker = path.with_name(path.name + ".json")
+    if path.is_dir() and marker.exists() and json.loads(marker.read_text()) == spec:
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    for i, df in enumerate(event_chunks(n, seed, **GEN)):
+        df.to_parquet(tmp / f"part-{i:04d}.parquet", index=False, row_group_size=GEN["row_group"])
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    marker.write_text(json.dumps(spec))
+    print(f"generated {n:,} events in {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return path
 
 
 def _tree_pss_kb(root: int) -> int:
@@ -186,8 +222,7 @@ def main() -> None:
     tp_sizes = [int(n) for n in a.events.split(",") if n]
     sizes = sorted({*tp_sizes, *[int(s) for s in a.rss_events.split(",") if s]})
     for n in sizes:
-        if not (w / f"ev{n}").exists():
-            write_dir(make_events(n, seed=1), w / f"ev{n}")
+        write_events(n, w / f"ev{n}")
     try:
         read_manifest(w / "model")
     except BundleError as exc:  # none yet, or one an older seqguard wrote
