@@ -64,7 +64,8 @@ class Encoder(_Stage):
 
     def __init__(self):
         # the campaign table is applied by the DetectorEnsemble: the encoder does not load it
-        super().__init__(lambda d: load_engine(d, device=_device(), torch_threads=_torch_threads(), campaigns=False))
+        super().__init__(lambda d: load_engine(d, device=_device(), torch_threads=_torch_threads(), campaigns=False,
+                                                  warm_up=True))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def encode(self, batches: list[SeqBatch]) -> list[EncodedBatch]:

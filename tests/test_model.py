@@ -138,3 +138,14 @@ def test_a_failed_compile_scores_eager_with_a_warning(monkeypatch, caplog):
     assert "torch.compile failed (RuntimeError: no C++ compiler found); scoring eager" in caplog.text
     assert torch.equal(got, surprisal(m, **w)[0])
     assert compiled_hidden_states(m) == m.hidden_states  # eager from then on, no second attempt
+
+
+def test_warm_up_compiles_before_the_first_request_only_with_score_compile():
+    from seqguard_ray.core import encoder as enc_mod
+
+    for flag in (False, True):
+        enc = enc_mod.Encoder(max_len=16, context=2, score_compile=flag)
+        enc.model_ = tiny().eval()
+        enc.warm_up()
+        assert (enc.model_ in enc_mod._COMPILED) is flag
+    assert enc_mod._COMPILED[enc.model_].warm and enc_mod._COMPILED[enc.model_].ok

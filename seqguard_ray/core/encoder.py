@@ -26,7 +26,7 @@ from .config import ENCODER_PARAMS
 from .features import Seqs
 from .results import Encoded
 from .stage import check_is_fitted
-from .tokens import N_GAP_BUCKETS, PAD, gap_buckets, owner_positions, windows
+from .tokens import N_GAP_BUCKETS, N_SPECIAL, PAD, gap_buckets, owner_positions, windows
 from .training import autocast, mask_events, masked_loss, scoring_dtype, train_encoder
 
 __all__ = ["Encoder", "SeqGuardConfig", "SeqGuardEncoder", "masked_loss", "surprisal", "train_encoder"]
@@ -374,6 +374,18 @@ class Encoder:
         np.add.at(user_emb, win_user, win_emb * lengths[:, None])
         user_emb /= np.maximum(np.diff(seqs.offsets), 1)[:, None]
         return Encoded(seqs, user_emb.astype(np.float32))
+
+    def warm_up(self) -> None:
+        """With ``score_compile``: compile the scoring pass now, on two short dummy windows under the
+        scoring dtype, rather than on the first real batch (a server calls this when it loads a
+        bundle, so that no request waits for the compile). Without it, nothing."""
+        check_is_fitted(self, ["model_"])
+        if not self.score_compile:
+            return
+        device = next(self.model_.parameters()).device
+        ids = torch.full((2, min(8, self.max_len)), N_SPECIAL, dtype=torch.long, device=device)
+        with autocast(device, scoring_dtype(device, self.mixed_precision, self.score_precision)):
+            surprisal(self.model_, ids, ids, ids, hidden_states=compiled_hidden_states(self.model_))
 
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ENCODER_PARAMS}

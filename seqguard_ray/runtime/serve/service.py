@@ -108,7 +108,7 @@ class InProcessBackend(StagedBackend):
 
     @classmethod
     def from_dir(cls, model_dir: str, *, torch_threads: int | None = 1, **kw) -> InProcessBackend:
-        return cls(load_engine(model_dir, torch_threads=torch_threads), model_dir=model_dir, **kw)
+        return cls(load_engine(model_dir, torch_threads=torch_threads, warm_up=True), model_dir=model_dir, **kw)
 
     def _engine(self):
         if self.sg is None:

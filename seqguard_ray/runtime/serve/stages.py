@@ -179,8 +179,10 @@ def load_policy(model_dir: str) -> PolicyModel:
 
 
 def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int | None = None,
-                campaigns: bool = True, campaigns_check_s: float = 1.0):
+                campaigns: bool = True, campaigns_check_s: float = 1.0, warm_up: bool = False):
     """A SeqGuard from a bundle for a serving process (encoder on ``device``, few torch threads).
+    ``warm_up``: a process that encodes compiles a ``score_compile`` bundle's pass here, before
+    its first request (:meth:`~seqguard_ray.core.encoder.Encoder.warm_up`).
     ``campaigns``: also load the campaign table published with it (``sg.campaign_watch``, re-read
     when a new one is published, looked at every ``campaigns_check_s`` seconds); a broken table
     fails the load like a broken bundle."""
@@ -196,6 +198,8 @@ def load_engine(model_dir: str, *, device: str | None = None, torch_threads: int
     sg = SeqGuard.load(model_dir)
     if device and device != "cpu":
         sg.model.to(device)
+    if warm_up:
+        sg.encoder.warm_up()
     sg.model_dir = str(model_dir)
     if campaigns:
         try:
