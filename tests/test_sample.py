@@ -69,3 +69,13 @@ def test_fit_within_the_budget_is_unchanged_and_over_it_fits_the_sample(tiny_eve
     # item popularity stays the whole log's: the vocabulary's counts, not the sample's
     np.testing.assert_allclose(sg.stats.log_count_, tiny_model.stats.log_count_)
     assert sg.score(tiny_events).users["score"].between(0, 1).all()
+
+
+def test_the_train_command_takes_the_budget_into_the_stored_config():
+    from seqguard_ray.cli.common import train_config
+    from seqguard_ray.cli.main import build_parser
+
+    args = build_parser().parse_args(["train", "--events", "x.parquet", "--model", "m", "--fit-sample-events", "500000"])
+    assert train_config(args).fit_sample_events == 500_000
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--events", "x.parquet", "--model", "m", "--fit-sample-events", "0"])
