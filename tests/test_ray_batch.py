@@ -414,6 +414,36 @@ def test_training_reads_the_log_once_and_groups_it_once(data, ray_local, tmp_pat
     assert enc.count() == log_.n_events
 
 
+def test_the_driver_receives_only_the_fit_sample_the_in_process_engine_picks(data, ray_local):
+    """Over the budget, Ray's workers leave out the users outside the fit sample before the
+    encodings are collected: the driver gets exactly the sample's rows, and its users are the ones
+    the in-process engine fits on (core.sample decides for both)."""
+    import ray
+
+    from seqguard_ray.core.sample import fit_sample
+    from seqguard_ray.runtime.ray.batch import BatchOptions, encode_dataset
+    from seqguard_ray.runtime.ray.payload import partial_payload
+    from seqguard_ray.runtime.ray.train import collect_encoded, plan_fit_sample, read_grouped, sample_block
+
+    log_ = read_events(data / "train.parquet")
+    budget = log_.n_events // 3
+    cfg = TrainConfig(epochs=1, hidden_size=32, fit_sample_events=budget)
+    ds, _, n_buckets = read_grouped(data / "train.parquet", events_per_bucket=3000)
+    plan, cut = plan_fit_sample(ds, cfg)
+    want, keep = fit_sample(log_.users, np.diff(log_.offsets), budget, cfg.seed)
+    assert plan == want and 0 < plan.fit_events <= budget and cut == {"users_truncated": 0, "events_truncated": 0}
+    sg = SeqGuard(cfg)
+    sg.vocab = Vocab(min_count=cfg.min_item_count).fit(log_.item, log_.action)
+    sg.encoder.init_model(len(sg.vocab.items_) + N_SPECIAL, len(sg.vocab.actions_) + N_SPECIAL)
+    sampled = ds.map_batches(sample_block, fn_args=(plan, cfg.max_events_per_user), batch_size=None,
+                             batch_format="pyarrow")
+    enc_ds, _ = encode_dataset(sampled, ray.put(partial_payload(sg)), n_buckets, BatchOptions(concurrency=1),
+                               grouped=True)
+    enc, _ = collect_encoded(sg, enc_ds)
+    assert (enc.seqs.n_users, len(enc.seqs.ts)) == (plan.fit_users, plan.fit_events)
+    assert sorted(np.diff(enc.seqs.offsets)) == sorted(np.diff(log_.offsets)[keep])
+
+
 @pytest.mark.ray
 def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved_epoch(data, ray_local, tmp_path):
     from seqguard_ray.runtime.ray.batch import read_validated

@@ -68,6 +68,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-events-per-user", type=positive_int, default=None, metavar="N",
                    help="most events of one user trained on and scored with this bundle: older ones are left out "
                         "and counted in the summary, longer gRPC sequences rejected (default 10000)")
+    g.add_argument("--fit-sample-events", type=positive_int, default=None, metavar="N",
+                   help="most events of whole users the detectors are fitted on (a seeded, length-stratified "
+                        "user sample; the encoder trains on everything; default 2000000: ordinary logs whole)")
     g.add_argument("--init-from", default=None, metavar="ENCODER_DIR",
                    help="start from a pretrained encoder (`seqguard pretrain --out`) and fine-tune it; "
                         "without --preset or sizes its sizes are taken")
@@ -82,6 +85,7 @@ def train_config(args):
              "grad_accum": args.grad_accum, "lr": args.lr, "mixed_precision": args.mixed_precision,
              "seed": args.seed, "score_precision": args.score_precision,
              "score_compile": args.score_compile, "init_from": args.init_from, "max_events_per_user": args.max_events_per_user,
+             "fit_sample_events": args.fit_sample_events,
              "target_fpr": getattr(args, "target_fpr", None), "trim_share": getattr(args, "trim_share", None)}
     cfg = resolve_config(args.config, flags)
     if cfg.init_from is not None:

@@ -76,6 +76,10 @@ class TrainConfig:
     # most events of one user trained on and scored (validate.MAX_EVENTS_PER_USER): batch paths keep
     # the most recent ones and count the rest in the summary; gRPC rejects a longer sequence
     max_events_per_user: int = MAX_EVENTS_PER_USER
+    # most events of whole users the detectors and their calibration are fitted on (core/sample.py:
+    # users picked by a seeded hash of their id, stratified by history length); the encoder trains
+    # on the whole log. A log within it is used whole
+    fit_sample_events: int = 2_000_000
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -102,6 +106,7 @@ class TrainConfig:
             "score_batch_size": self.score_batch_size >= 1,
             "score_precision": self.score_precision in SCORE_PRECISIONS, "campaign_share": 0 < self.campaign_share < 1,
             "max_events_per_user": self.max_events_per_user >= 1,
+            "fit_sample_events": self.fit_sample_events >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -37,10 +37,11 @@ from .pretrained import init_encoder
 from .readers import read_events
 from .repair import RepairPolicy
 from .results import CampaignResult, Encoded, RepairResult, Scored, ScoreResult, score_result
+from .sample import FitSample, fit_sample, take_users
 from .schema import EventLog, cap_history, from_frame
 from .stage import NotFittedError, is_fitted
 from .strata import LengthStrata
-from .tokens import Vocab
+from .tokens import N_SPECIAL, Vocab
 
 log = logging.getLogger(__name__)
 _WARNED_ONCE: set[str] = set()  # check_log warnings given with once=True in this process
@@ -169,7 +170,9 @@ class SeqGuard:
 
     # ------------------------------------------------------------------ training
     def fit(self, events: EventLog | pd.DataFrame | str | Path, *, on_bad_rows: str = "error") -> SeqGuard:
-        """Train the encoder on the log (self-supervised), then fit and calibrate the detectors."""
+        """Train the encoder on the log (self-supervised), then fit and calibrate the detectors on
+        the users of the fit sample (:mod:`~.sample`: the whole log unless it holds more than
+        ``config.fit_sample_events`` events)."""
         c = self.config
         t0 = time.perf_counter()
         log_ = cap_history(as_log(events, on_bad_rows=on_bad_rows), c.max_events_per_user)
@@ -179,8 +182,9 @@ class SeqGuard:
         self.encoder = Encoder(**c.encoder_params())
         init = init_encoder(self.encoder, self.vocab, c, log_)  # fresh, or c.init_from's encoder adapted
         history = self.encoder.history_ = self.encoder.train(seqs)
-        self.fit_detectors(self.encode(seqs), history=history, t_train=time.perf_counter() - t0,
-                           bad_rows=log_.bad_rows.count)
+        sample, keep = fit_sample(log_.users, np.diff(log_.offsets), c.fit_sample_events, c.seed)
+        self.fit_detectors(self.encode(seqs if sample.whole else take_users(seqs, keep)), history=history,
+                           t_train=time.perf_counter() - t0, bad_rows=log_.bad_rows.count, sample=sample)
         self.metrics["fit_s"] = round(time.perf_counter() - t0, 2)
         if init:
             self.metrics["init_from"] = init
@@ -194,15 +198,20 @@ class SeqGuard:
         """Train the encoder's model (``model``, already initialised) in this process."""
         return self.encoder.train(seqs)
 
-    def fit_detectors(self, enc: Encoded, *, history: list[dict], t_train: float, bad_rows: int) -> None:
+    def fit_detectors(self, enc: Encoded, *, history: list[dict], t_train: float, bad_rows: int,
+                      sample: FitSample | None = None) -> None:
         """Fit everything after the encoder on encoded training data: item statistics, the event
         detector, the user detectors and the explainer; record the training metrics. Both engines
         (in-process and Ray Train) end their training here. ``history``: the encoder's per-epoch
-        metrics; ``t_train``: seconds spent until the encoder was trained; ``bad_rows``: rows skipped."""
+        metrics; ``t_train``: seconds spent until the encoder was trained; ``bad_rows``: rows skipped;
+        ``sample``: the fit sample ``enc`` holds (None: ``enc`` is the whole training log). Item
+        popularity is the whole log's (the vocabulary's counts) when ``enc`` is a sample."""
         c = self.config
         seqs = enc.seqs
         _check_trainable(seqs.n_users)
-        self.stats = ItemStats(seed=c.seed).fit(seqs, self.vocab.n_items, items=self.vocab.items_)
+        sample = sample or FitSample(c.seed, [], seqs.n_users, len(seqs.ts), seqs.n_users, len(seqs.ts))
+        counts = None if sample.whole else np.r_[np.zeros(N_SPECIAL, np.int64), self.vocab.item_counts_]
+        self.stats = ItemStats(seed=c.seed).fit(seqs, self.vocab.n_items, items=self.vocab.items_, counts=counts)
         ef = event_features(seqs, self.stats)
         event_detector = EventDetector(seed=c.seed).fit(ef)
         uf, _ = user_features(seqs, self.stats, ef, event_detector.score(ef))
@@ -228,7 +237,8 @@ class SeqGuard:
                 seqs.offsets, codes.reshape(-1), seqs.ts, seqs.value, train_score, n_items=int(codes.max(initial=-1)) + 1)
             self.metrics["campaign_train"] = self.campaign_detector.train_
         self.metrics.update({
-            "train_events": len(seqs.ts), "train_users": int(seqs.n_users), "vocab_items": len(self.vocab.items_),
+            "train_events": sample.seen_events, "train_users": sample.seen_users,
+            "fit_events": len(seqs.ts), "fit_users": int(seqs.n_users), "vocab_items": len(self.vocab.items_),
             "epochs": len(history), "final_loss": history[-1]["loss"] if history else None,
             "encoder_train_s": round(t_train, 2), "bad_rows_skipped": int(bad_rows),
             "value_share": float(np.isfinite(seqs.value).mean()) if len(seqs.value) else 0.0,
@@ -238,6 +248,8 @@ class SeqGuard:
             "length_strata": self.strata.bounds_, "shortest_history": int(n_ev.min()) if len(n_ev) else 0,
             "presumed_users": int(presumed.sum()), "max_events_per_user": c.max_events_per_user,
         })
+        log.info("detectors fitted on %d of %d users (%d of %d events)%s", seqs.n_users, sample.seen_users,
+                 len(seqs.ts), sample.seen_events, "" if sample.whole else " (the fit sample)")
 
     # ------------------------------------------------------------------ API
     def check_log(self, log_: EventLog, *, once: bool = False) -> list[str]:

@@ -40,12 +40,19 @@ class ItemStats:
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed
 
-    def fit(self, seqs: Seqs, n_items: int, *, items: list[str] | None = None) -> ItemStats:
+    def fit(self, seqs: Seqs, n_items: int, *, items: list[str] | None = None,
+            counts: np.ndarray | None = None) -> ItemStats:
         """Learn from training sequences over a vocabulary of ``n_items`` ids; ``items``: the item ids
-        of vocab ids N_SPECIAL.. (for the catalogue order; None: no catalogue rank)."""
+        of vocab ids N_SPECIAL.. (for the catalogue order; None: no catalogue rank); ``counts``
+        (n_items,): each id's events in the whole log when ``seqs`` is a sample of its users (the
+        popularity a scored log is judged by; None: counted on ``seqs``)."""
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        counts = np.bincount(seqs.item, minlength=n_items).astype(np.float64)
+        if counts is None:
+            counts = np.bincount(seqs.item, minlength=n_items)
+        elif np.shape(counts) != (n_items,):
+            raise ValueError(f"counts must have one entry per vocab id ({n_items}), got shape {np.shape(counts)}")
+        counts = np.asarray(counts, np.float64)
         log_count = np.log1p(counts)
         log_count[:N_SPECIAL] = 0.0
         v = seqs.value

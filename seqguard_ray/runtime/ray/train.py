@@ -8,9 +8,13 @@ read + validate (batch.read_validated)               Ray tasks, one per Parquet 
                    materialized once and re-read every epoch
   -> TorchTrainer  each worker: get_dataset_shard("train") -> the core loop encoder.train_encoder
                    on a DDP-wrapped SeqGuardEncoder; a checkpoint per epoch; resume from the last
-  -> encode        the trained encoder on the batch pipeline's actor pool (stages.EncodeStage)
-  -> detectors     the driver fits ItemStats and the detectors (SeqGuard.fit_detectors) on
-                   compact arrays (ids, times, values, surprisal; an embedding per user)
+  -> fit sample    map_batches: core.sample.sample_counts per block, added up on the driver and
+                   planned (core.sample.plan_sample); each block then keeps its users in the sample
+  -> encode        the trained encoder on the batch pipeline's actor pool (stages.EncodeStage),
+                   over the sample's users only
+  -> detectors     the driver fits ItemStats and the detectors (SeqGuard.fit_detectors) on the
+                   sample's compact arrays (ids, times, values, surprisal; an embedding per user):
+                   at most TrainConfig.fit_sample_events events, whatever the log's size
 ```
 The result is the same kind of model bundle as ``SeqGuard.fit``.
 """
@@ -35,8 +39,11 @@ from ...core.features import Seqs
 from ...core.pipeline import SeqGuard
 from ...core.pretrained import init_encoder
 from ...core.results import Encoded
+from ...core.sample import N_BINS, FitSample, plan_sample, sample_counts
+from ...core.strata import STRATA
 from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
+from ...core.validate import ids_to_str
 from ...io.read_plan import cap_block, count_rows
 from .batch import BatchOptions, encode_dataset, group_users, read_validated
 from .cluster import cluster_gpus
@@ -97,6 +104,42 @@ def vocab_from_blocks(blocks: Iterable[dict[str, np.ndarray]], *, min_count: int
     total = np.zeros(len(uniq), np.int64)
     np.add.at(total, inv.ravel(), np.concatenate(counts))
     return Vocab(min_count=min_count).fit_counts(uniq, total, np.array(sorted(actions)))
+
+
+def _block_users(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block of whole users: (U,) their ids as the engine reads them, (U,) their rows, (N,) each row's user."""
+    ids = ids_to_str(table.column("user_id").to_pandas(), "user_id", lambda mask, reason: None)  # rows valid already
+    users, row_user, n = np.unique(ids.astype(str), return_inverse=True, return_counts=True)
+    return users, n, row_user.reshape(-1)
+
+
+def block_sample_counts(table: pa.Table, seed: int, max_events: int) -> dict[str, np.ndarray]:
+    """One row: the block's :func:`~seqguard_ray.core.sample.sample_counts` (flattened) and the
+    history cap's counts (users_truncated, events_truncated: the read tasks' cuts and the cap's)."""
+    users, n, row_user = _block_users(table)
+    cut_rows = table.column("_cut").to_numpy() if "_cut" in table.column_names else np.zeros(len(row_user))
+    cut = np.bincount(row_user, weights=cut_rows, minlength=len(users)) + np.maximum(n - max_events, 0)
+    return {"counts": sample_counts(users, np.minimum(n, max_events), seed).reshape(1, -1),
+            "cut": np.array([[int((cut > 0).sum()), int(cut.sum())]], np.int64)}
+
+
+def plan_fit_sample(ds, config: TrainConfig) -> tuple[FitSample, dict]:
+    """The fit sample of a grouped dataset (the blocks' counts added up here: a few KB a block) and
+    the history cap's counts over the whole log (users_truncated, events_truncated)."""
+    blocks = ds.map_batches(block_sample_counts, fn_args=(config.seed, config.max_events_per_user), batch_size=None,
+                            batch_format="pyarrow", num_cpus=0.25).iter_batches(batch_size=None, batch_format="numpy")
+    counts, cut = np.zeros(len(STRATA) * N_BINS * 2, np.int64), np.zeros(2, np.int64)
+    for b in blocks:
+        counts += np.asarray(b["counts"], np.int64).sum(0)
+        cut += np.asarray(b["cut"], np.int64).sum(0)
+    plan = plan_sample(counts.reshape(len(STRATA), N_BINS, 2), config.fit_sample_events, config.seed)
+    return plan, {"users_truncated": int(cut[0]), "events_truncated": int(cut[1])}
+
+
+def sample_block(table: pa.Table, plan: FitSample, max_events: int) -> pa.Table:
+    """The rows of a block of whole users whose users are in the fit sample."""
+    users, n, row_user = _block_users(table)
+    return table.filter(pa.array(plan.keep(users, np.minimum(n, max_events))[row_user]))
 
 
 def bucket_windows(table: pa.Table, payload: dict) -> dict[str, np.ndarray]:
@@ -297,22 +340,19 @@ def _concat_seqs(parts: list[Seqs]) -> Seqs:
                 action=cat("action"), value=cat("value"), surprisal=cat("surprisal"), key=cat("item_key"))
 
 
-def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set, dict]:
-    """Driver: the encoded blocks as one compact Encoded (no frames kept), the encoder nodes and the
-    history cap's counts (users_truncated, events_truncated)."""
+def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set]:
+    """Driver: the encoded blocks as one compact Encoded (no frames kept) and the encoder nodes."""
     parts, embs, nodes = [], [], set()
-    cut = {"users_truncated": 0, "events_truncated": 0}
     for table in enc_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         if table.num_rows == 0:
             continue
         nodes.update(table.column("_encode_node").unique().to_pylist())
-        lg, enc = encoded_from_table(sg, table)
-        cut = {k: v + lg.truncated[k] for k, v in cut.items()}
+        _, enc = encoded_from_table(sg, table)
         parts.append(enc.seqs)
         embs.append(enc.user_emb)
     if not parts:
         raise ValueError("no events to train on")
-    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes, cut
+    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes
 
 
 def _train_on_ray(events, where: str | Path, config: TrainConfig | None, opts: RayTrainOptions, on_bad_rows: str):
@@ -342,11 +382,17 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     t0 = time.perf_counter()
     sg, ds, units, n_buckets, history, info, init = _train_on_ray(events, model_dir, config, opts, on_bad_rows)
     t_train = time.perf_counter() - t0
+    c = sg.config
+    sample, cut = plan_fit_sample(ds, c)
+    if not sample.whole:  # the workers leave out the users outside the sample: the driver never sees them
+        ds = ds.map_batches(sample_block, fn_args=(sample, c.max_events_per_user), batch_size=None,
+                            batch_format="pyarrow", num_cpus=0.25)
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread), grouped=True)
-    enc, enc_nodes, cut = collect_encoded(sg, enc_ds)
-    sg.fit_detectors(enc, history=history, t_train=t_train,
-                     bad_rows=count_rows(units) - len(enc.seqs.ts) - cut["events_truncated"])
+    enc, enc_nodes = collect_encoded(sg, enc_ds)
+    assert (enc.seqs.n_users, len(enc.seqs.ts)) == (sample.fit_users, sample.fit_events), "the sample moved"
+    sg.fit_detectors(enc, history=history, t_train=t_train, sample=sample,
+                     bad_rows=count_rows(units) - sample.seen_events - cut["events_truncated"])
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
                        "engine": "ray", **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
     sg.save(model_dir)
