@@ -34,13 +34,15 @@ from seqguard_ray.synth import NORMAL  # noqa: E402
 ROC_TOL, EVENT_PR_TOL = 0.005, 0.01
 
 
-def sampled_twin(sg: SeqGuard, events, budget: int) -> SeqGuard:
+def sampled_twin(sg: SeqGuard, events, budget: int, min_users: int | None = None) -> SeqGuard:
     """A SeqGuard with ``sg``'s vocabulary and encoder whose detectors are fitted on the fit sample
-    of ``budget`` events (as SeqGuard.fit does past the budget)."""
-    twin = SeqGuard(replace(sg.config, fit_sample_events=budget))
+    of ``budget`` events and ``min_users`` per stratum (as SeqGuard.fit does past the budget)."""
+    twin = SeqGuard(replace(sg.config, fit_sample_events=budget,
+                            fit_sample_min_users=min_users or sg.config.fit_sample_min_users))
     twin.vocab, twin.encoder = sg.vocab, sg.encoder
     log_ = cap_history(as_log(events), twin.config.max_events_per_user)
-    plan, keep = fit_sample(log_.users, np.diff(log_.offsets), budget, twin.config.seed)
+    plan, keep = fit_sample(log_.users, np.diff(log_.offsets), budget, twin.config.seed,
+                            twin.config.fit_sample_min_users)
     twin.fit_detectors(twin.encode(take_users(twin.tokenize(log_), keep)), history=sg.encoder.history_,
                        t_train=0.0, bad_rows=0, sample=plan)
     return twin
@@ -63,13 +65,13 @@ def quality(sg: SeqGuard, labeled) -> dict:
             "attacked_flagged": float(flagged[(ut != NORMAL).to_numpy()].mean()), "campaign_members": members}
 
 
-def run(data: str, users: int, share: float, seed: int) -> None:
+def run(data: str, users: int, share: float, seed: int, min_users: int | None) -> None:
     labeled = load(data, users=users, seed=seed, holdout=False)
     n = len(labeled.events)
     t0 = time.perf_counter()
     full = SeqGuard(TrainConfig(seed=seed)).fit(labeled.events)
     t1 = time.perf_counter()
-    twin = sampled_twin(full, labeled.events, int(share * n))
+    twin = sampled_twin(full, labeled.events, int(share * n), min_users)
     t2 = time.perf_counter()
     a, b = quality(full, labeled), quality(twin, labeled)
     m = twin.metrics
@@ -91,9 +93,11 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000, help="users of the generated log")
     ap.add_argument("--share", type=float, default=0.35, help="the fit budget as a share of the log's events")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-users", type=int, default=None,
+                    help="users each length stratum keeps at least (default: TrainConfig.fit_sample_min_users)")
     args = ap.parse_args()
     for data in (("gen", "movielens") if args.data == "both" else (args.data,)):
-        run(data, args.users, args.share, args.seed)
+        run(data, args.users, args.share, args.seed, args.min_users)
 
 
 if __name__ == "__main__":

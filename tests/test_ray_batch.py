@@ -427,10 +427,10 @@ def test_the_driver_receives_only_the_fit_sample_the_in_process_engine_picks(dat
 
     log_ = read_events(data / "train.parquet")
     budget = log_.n_events // 3
-    cfg = TrainConfig(epochs=1, hidden_size=32, fit_sample_events=budget)
+    cfg = TrainConfig(epochs=1, hidden_size=32, fit_sample_events=budget, fit_sample_min_users=20)
     ds, _, n_buckets = read_grouped(data / "train.parquet", events_per_bucket=3000)
     plan, cut = plan_fit_sample(ds, cfg)
-    want, keep = fit_sample(log_.users, np.diff(log_.offsets), budget, cfg.seed)
+    want, keep = fit_sample(log_.users, np.diff(log_.offsets), budget, cfg.seed, cfg.fit_sample_min_users)
     assert plan == want and 0 < plan.fit_events <= budget and cut == {"users_truncated": 0, "events_truncated": 0}
     sg = SeqGuard(cfg)
     sg.vocab = Vocab(min_count=cfg.min_item_count).fit(log_.item, log_.action)

@@ -20,25 +20,31 @@ def _users(n_users: int = 3000, seed: int = 0):
 
 def test_the_sample_is_the_same_whatever_the_order_or_partitioning():
     users, n = _users()
-    plan, keep = fit_sample(users, n, 60_000, seed=3)
+    plan, keep = fit_sample(users, n, 60_000, seed=3, min_users=100)
+    assert not plan.whole
     parts = np.array_split(np.random.default_rng(0).permutation(len(users)), 7)
     added = sum(sample_counts(users[p], n[p], seed=3) for p in parts)
-    assert plan_sample(added, 60_000, seed=3) == plan
+    assert plan_sample(added, 60_000, seed=3, min_users=100) == plan
     for p in parts:  # each part decides its own users alone, as a Ray block does
         np.testing.assert_array_equal(plan.keep(users[p], n[p]), keep[p])
-    assert not np.array_equal(fit_sample(users, n, 60_000, seed=4)[1], keep)  # the seed picks another sample
+    assert not np.array_equal(fit_sample(users, n, 60_000, seed=4, min_users=100)[1], keep)  # another seed, another sample
 
 
 def test_the_sample_fits_the_budget_and_keeps_the_short_strata():
     users, n = _users()
+    short = length_strata(n) < length_strata(np.array([10]))[0]
     plan, keep = fit_sample(users, n, 60_000, seed=0)
+    assert short.sum() < MIN_STRATUM_USERS and keep.all() and plan.whole  # the default floor: all 3,000 users
+    plan, keep = fit_sample(users, n, 60_000, seed=0, min_users=100)
     assert plan.fit_events == n[keep].sum() <= 60_000 < plan.seen_events == n.sum()
     assert plan.fit_users == keep.sum() and not plan.whole
-    short = length_strata(n) < length_strata(np.array([10]))[0]
-    assert short.sum() < MIN_STRATUM_USERS and keep[short].all()  # every short history: fewer than the floor
+    assert plan.fit_events <= 60_000 and 100 <= keep[short].sum() < short.sum()  # a lower floor: sampled too
     assert 0.2 < keep[~short].mean() < 0.3  # the rest at one rate
-    tiny = plan_sample(sample_counts(users, n, 0), 100, 0)
-    assert tiny.fit_events <= 100  # a budget below the floors still holds
+    tiny = plan_sample(sample_counts(users, n, 0), 100, 0, min_users=50)
+    tiny_keep = tiny.keep(users, n)
+    per_stratum = np.bincount(length_strata(n))
+    assert tiny.fit_events > 100  # the floors beat the budget: 50 users a stratum, all of a smaller one
+    assert (np.bincount(length_strata(n)[tiny_keep], minlength=len(per_stratum)) >= np.minimum(per_stratum, 50)).all()
 
 
 def test_a_log_within_the_budget_is_used_whole():
@@ -60,9 +66,9 @@ def test_fit_within_the_budget_is_unchanged_and_over_it_fits_the_sample(tiny_eve
     assert whole.metrics["fit_events"] == whole.metrics["train_events"] == len(tiny_events)
 
     budget = len(tiny_events) // 2
-    sg = SeqGuard(TrainConfig(**FAST, fit_sample_events=budget)).fit(tiny_events)
+    sg = SeqGuard(TrainConfig(**FAST, fit_sample_events=budget, fit_sample_min_users=20)).fit(tiny_events)
     lg = as_log(tiny_events)
-    plan, keep = fit_sample(lg.users, np.diff(lg.offsets), budget, 0)
+    plan, keep = fit_sample(lg.users, np.diff(lg.offsets), budget, 0, 20)
     m = sg.metrics
     assert (m["fit_events"], m["fit_users"]) == (plan.fit_events, plan.fit_users)
     assert m["fit_events"] <= budget and (m["train_events"], m["train_users"]) == (lg.n_events, lg.n_users)

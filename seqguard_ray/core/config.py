@@ -80,6 +80,9 @@ class TrainConfig:
     # users picked by a seeded hash of their id, stratified by history length); the encoder trains
     # on the whole log. A log within it is used whole
     fit_sample_events: int = 2_000_000
+    # fewest users of each history-length stratum in that sample (all it has, if fewer), budget or
+    # not: the calibrated 1% tail needs them (core/sample.py)
+    fit_sample_min_users: int = 5_000
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -106,7 +109,7 @@ class TrainConfig:
             "score_batch_size": self.score_batch_size >= 1,
             "score_precision": self.score_precision in SCORE_PRECISIONS, "campaign_share": 0 < self.campaign_share < 1,
             "max_events_per_user": self.max_events_per_user >= 1,
-            "fit_sample_events": self.fit_sample_events >= 1,
+            "fit_sample_events": self.fit_sample_events >= 1, "fit_sample_min_users": self.fit_sample_min_users >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

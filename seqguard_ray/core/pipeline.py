@@ -182,7 +182,8 @@ class SeqGuard:
         self.encoder = Encoder(**c.encoder_params())
         init = init_encoder(self.encoder, self.vocab, c, log_)  # fresh, or c.init_from's encoder adapted
         history = self.encoder.history_ = self.encoder.train(seqs)
-        sample, keep = fit_sample(log_.users, np.diff(log_.offsets), c.fit_sample_events, c.seed)
+        sample, keep = fit_sample(log_.users, np.diff(log_.offsets), c.fit_sample_events, c.seed,
+                                   c.fit_sample_min_users)
         self.fit_detectors(self.encode(seqs if sample.whole else take_users(seqs, keep)), history=history,
                            t_train=time.perf_counter() - t0, bad_rows=log_.bad_rows.count, sample=sample)
         self.metrics["fit_s"] = round(time.perf_counter() - t0, 2)

@@ -106,6 +106,8 @@ class EncodeStage:
         self.node_id = node_id()
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        if table.num_rows == 0:  # e.g. a block none of whose users is in the training fit sample
+            return table
         lg, enc = encode_bucket(self.sg, table)
         frame = lg.frame.drop(columns="_row")
         frame["_cut"] = cut_column(lg)

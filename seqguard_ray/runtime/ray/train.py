@@ -132,7 +132,8 @@ def plan_fit_sample(ds, config: TrainConfig) -> tuple[FitSample, dict]:
     for b in blocks:
         counts += np.asarray(b["counts"], np.int64).sum(0)
         cut += np.asarray(b["cut"], np.int64).sum(0)
-    plan = plan_sample(counts.reshape(len(STRATA), N_BINS, 2), config.fit_sample_events, config.seed)
+    plan = plan_sample(counts.reshape(len(STRATA), N_BINS, 2), config.fit_sample_events, config.seed,
+                       config.fit_sample_min_users)
     return plan, {"users_truncated": int(cut[0]), "events_truncated": int(cut[1])}
 
 
