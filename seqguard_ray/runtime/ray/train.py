@@ -8,7 +8,7 @@ read + validate (batch.read_validated)               Ray tasks, one per Parquet 
                    materialized once and re-read every epoch
   -> TorchTrainer  each worker: get_dataset_shard("train") -> the core loop encoder.train_encoder
                    on a DDP-wrapped SeqGuardEncoder; a checkpoint per epoch; resume from the last
-  -> fit sample    map_batches: core.sample.sample_counts per block, added up on the driver and
+  -> fit sample    (fit_sample.py) core.sample.sample_counts per block, added up on the driver and
                    planned (core.sample.plan_sample); each block then keeps its users in the sample
   -> encode        the trained encoder on the batch pipeline's actor pool (stages.EncodeStage),
                    over the sample's users only
@@ -39,14 +39,12 @@ from ...core.features import Seqs
 from ...core.pipeline import SeqGuard
 from ...core.pretrained import init_encoder
 from ...core.results import Encoded
-from ...core.sample import N_BINS, FitSample, plan_sample, sample_counts
-from ...core.strata import STRATA
 from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
-from ...core.validate import ids_to_str
 from ...io.read_plan import cap_block, count_rows
 from .batch import BatchOptions, encode_dataset, group_users, read_validated
 from .cluster import cluster_gpus
+from .fit_sample import plan_fit_sample, sample_block
 from .payload import load_payload, partial_payload
 from .stages import encoded_from_table
 
@@ -104,43 +102,6 @@ def vocab_from_blocks(blocks: Iterable[dict[str, np.ndarray]], *, min_count: int
     total = np.zeros(len(uniq), np.int64)
     np.add.at(total, inv.ravel(), np.concatenate(counts))
     return Vocab(min_count=min_count).fit_counts(uniq, total, np.array(sorted(actions)))
-
-
-def _block_users(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A block of whole users: (U,) their ids as the engine reads them, (U,) their rows, (N,) each row's user."""
-    ids = ids_to_str(table.column("user_id").to_pandas(), "user_id", lambda mask, reason: None)  # rows valid already
-    users, row_user, n = np.unique(ids.astype(str), return_inverse=True, return_counts=True)
-    return users, n, row_user.reshape(-1)
-
-
-def block_sample_counts(table: pa.Table, seed: int, max_events: int) -> dict[str, np.ndarray]:
-    """One row: the block's :func:`~seqguard_ray.core.sample.sample_counts` (flattened) and the
-    history cap's counts (users_truncated, events_truncated: the read tasks' cuts and the cap's)."""
-    users, n, row_user = _block_users(table)
-    cut_rows = table.column("_cut").to_numpy() if "_cut" in table.column_names else np.zeros(len(row_user))
-    cut = np.bincount(row_user, weights=cut_rows, minlength=len(users)) + np.maximum(n - max_events, 0)
-    return {"counts": sample_counts(users, np.minimum(n, max_events), seed).reshape(1, -1),
-            "cut": np.array([[int((cut > 0).sum()), int(cut.sum())]], np.int64)}
-
-
-def plan_fit_sample(ds, config: TrainConfig) -> tuple[FitSample, dict]:
-    """The fit sample of a grouped dataset (the blocks' counts added up here: a few KB a block) and
-    the history cap's counts over the whole log (users_truncated, events_truncated)."""
-    blocks = ds.map_batches(block_sample_counts, fn_args=(config.seed, config.max_events_per_user), batch_size=None,
-                            batch_format="pyarrow", num_cpus=0.25).iter_batches(batch_size=None, batch_format="numpy")
-    counts, cut = np.zeros(len(STRATA) * N_BINS * 2, np.int64), np.zeros(2, np.int64)
-    for b in blocks:
-        counts += np.asarray(b["counts"], np.int64).sum(0)
-        cut += np.asarray(b["cut"], np.int64).sum(0)
-    plan = plan_sample(counts.reshape(len(STRATA), N_BINS, 2), config.fit_sample_events, config.seed,
-                       config.fit_sample_min_users)
-    return plan, {"users_truncated": int(cut[0]), "events_truncated": int(cut[1])}
-
-
-def sample_block(table: pa.Table, plan: FitSample, max_events: int) -> pa.Table:
-    """The rows of a block of whole users whose users are in the fit sample."""
-    users, n, row_user = _block_users(table)
-    return table.filter(pa.array(plan.keep(users, np.minimum(n, max_events))[row_user]))
 
 
 def bucket_windows(table: pa.Table, payload: dict) -> dict[str, np.ndarray]:
