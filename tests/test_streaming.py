@@ -162,6 +162,28 @@ def test_redis_client_takes_the_password_from_the_environment_and_tls_files_only
         redis_client(StreamConfig(), env={})
 
 
+def test_app_args_and_cli_check_stream_settings(caplog):
+    import argparse
+
+    from seqguard_ray.cli import serve_commands
+    from seqguard_ray.runtime.serve.app import AppArgs, check_app_args, ingress_kwargs
+
+    with pytest.raises(ValueError, match="unknown stream setting"):
+        check_app_args(AppArgs(model_dir="m", stream={"windw": 8}))
+    with caplog.at_level("WARNING"):
+        args = check_app_args(AppArgs(model_dir="m", insecure_no_auth=True, stream={"window": 8},
+                                      deployments={"SeqGuardIngress": {"num_replicas": 2}}))
+    assert "stream.redis_url" in caplog.text  # in-process state with several ingress replicas: said
+    assert ingress_kwargs(args)["stream"] == {"window": 8}
+    p = argparse.ArgumentParser()
+    serve_commands.add_parser(p.add_subparsers())
+    given = serve_commands._stream(p.parse_args(["serve", "--model", "m", "--state-redis", "rediss://h:6380/0",
+                                                 "--state-redis-ca", "ca.pem", "--stream-window", "32"]))
+    assert given == {"redis_url": "rediss://h:6380/0", "redis_ca_file": "ca.pem", "window": 32}
+    with pytest.raises(ValueError, match="SEQGUARD_REDIS_PASSWORD"):
+        serve_commands._stream(p.parse_args(["serve", "--model", "m", "--state-redis", "redis://:pw@h:6379"]))
+
+
 def test_stream_action_words():
     assert stream_action(True, 1.0, "pass") == "keep"
     assert stream_action(True, 0.5, "downweight") == "down_weight"
