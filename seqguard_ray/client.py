@@ -125,7 +125,7 @@ class SeqGuardClient:
     def model_info(self) -> pb.ModelInfoResponse:
         return self._call("ModelInfo", pb.ModelInfoRequest())
 
-    def stream(self, stream_id: str | None = None, *, max_unacked: int = 256) -> StreamSession:
+    def stream(self, stream_id: str | None = None, *, max_unacked: int = 64) -> StreamSession:
         """A :class:`StreamSession` (ScoreStream) on this client's channel, token and retries."""
         return StreamSession(self, stream_id, max_unacked=max_unacked)
 
@@ -157,7 +157,7 @@ class StreamSession:
     answers with ``state == STREAM_STATE_LOST`` say which users were affected.
     """
 
-    def __init__(self, client: SeqGuardClient, stream_id: str | None = None, *, max_unacked: int = 256):
+    def __init__(self, client: SeqGuardClient, stream_id: str | None = None, *, max_unacked: int = 64):
         if max_unacked < 1:
             raise ValueError(f"max_unacked must be >= 1, got {max_unacked}")
         self.client = client

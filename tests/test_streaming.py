@@ -70,7 +70,7 @@ def test_state_sizes_are_small_and_linear_in_the_window():
     s128, s256 = state_sizes(128), state_sizes(256)
     assert s128["user_window"] < 8_000 and s256["user_window"] < 2 * s128["user_window"] + 100
     print("bytes per user at W=128:", s128["user_window"], "W=256:", s256["user_window"],
-          "per stream record (256 answers):", s128["stream_record"])
+          "per stream record (64 answers):", s128["stream_record"])
 
 
 class Clock:

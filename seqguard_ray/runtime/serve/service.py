@@ -208,11 +208,13 @@ class ScoringService:
                                            limits=limits, window=window, timeout_s=self.timeout_s):
                 yield Reply(answer)
         except BaseException as exc:  # noqa: BLE001 - every error becomes a status, never a trace
-            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):  # the client went away: nothing to send
+                code = grpc.StatusCode.CANCELLED
+                raise
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             code, details = status_for(exc)
-            if code != grpc.StatusCode.CANCELLED:
-                yield Reply(empty_response("ScoreStream"), code, details)
+            yield Reply(empty_response("ScoreStream"), code, details)
         finally:
             if opened:
                 self._open_streams -= 1

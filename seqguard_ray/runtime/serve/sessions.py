@@ -44,9 +44,10 @@ class StreamConfig:
     ttl_s: float = 7 * 24 * 3600.0   # a user's state, or a stream's record, idle this long is dropped
     max_users: int = 100_000         # in-process store: users held; the least recently used go first
     max_streams: int = 10_000        # in-process store: stream records held (LRU)
-    answers_kept: int = 256          # answers kept per stream: a resent seq among them is replayed
-    max_batch: int = 64              # messages of one stream scored in one backend call
-    max_in_flight: int = 256         # messages read ahead of their answers per stream; reading stops when full
+    answers_kept: int = 64           # answers kept per stream: a resent seq among them is replayed (>= the
+                                     # client's unanswered messages: StreamSession's max_unacked, 64)
+    max_batch: int = 32              # messages of one stream scored in one backend call
+    max_in_flight: int = 64          # messages read ahead of their answers per stream; reading stops when full
     max_open_streams: int = 1_000    # streams open at once per server (replica); more: RESOURCE_EXHAUSTED
     redis_url: str | None = None     # redis://host:6379/0 or rediss:// (TLS); None: in-process store
     redis_prefix: str = "seqguard:"  # key prefix, so several apps can share one Redis
@@ -357,7 +358,7 @@ async def open_store(config: StreamConfig, env: dict | None = None) -> SessionSt
     return MemoryStore(config)
 
 
-def state_sizes(window: int, *, item_len: int = 10, answers: int = 256, answer_bytes: int = 200) -> dict[str, int]:
+def state_sizes(window: int, *, item_len: int = 10, answers: int = 64, answer_bytes: int = 210) -> dict[str, int]:
     """Serialized bytes of one user's full window and one stream's record (docs/serving.md's sizes)."""
     w = UserWindow(["x" * item_len] * window, [1_700_000_000_000] * window, ["click"] * window, [1.5] * window,
                    window, 7)
