@@ -6,23 +6,33 @@ and LOST when in-process state is gone."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
 import time
 
 import grpc
-import numpy as np
 import pytest
 from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 
-from seqguard_ray.client import SeqGuardClient, StreamSession
+from seqguard_ray.client import SeqGuardClient
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
-from seqguard_ray.runtime.serve import Authenticator, Limits, ScoringService, token_digest
+from seqguard_ray.runtime.serve import (
+    Authenticator,
+    Limits,
+    ScoringService,
+    token_digest,
+)
 from seqguard_ray.runtime.serve.convert import stream_action
 from seqguard_ray.runtime.serve.sessions import (
-    REDIS_PASSWORD_ENV, Conflict, MemoryStore, RedisStore, StreamConfig, StreamRecord, UserWindow, redis_client,
+    REDIS_PASSWORD_ENV,
+    Conflict,
+    MemoryStore,
+    RedisStore,
+    StreamConfig,
+    StreamRecord,
+    UserWindow,
+    redis_client,
     state_sizes,
 )
 
@@ -387,7 +397,7 @@ def test_resume_over_redis_after_the_server_dies_scores_every_event_once(engine,
 
 
 def test_resume_without_redis_on_a_fresh_server_says_lost(engine, bundle):
-    answers, session, _, feed = _resume_across_servers(engine, bundle, lambda: None)
+    answers, session, _, _ = _resume_across_servers(engine, bundle, lambda: None)
     assert session.reconnects >= 1 and session.state_reset  # the new server's memory is another epoch
     after = [a for a in answers if a.state_epoch != answers[0].state_epoch]
     assert after and all(a.state == pb.STREAM_STATE_LOST for a in after)
@@ -425,12 +435,9 @@ def test_resume_over_a_real_redis_server_with_auth(engine, bundle, redis_server,
         run(RedisStore.open(cfg, redis_client(cfg, env={})))
     monkeypatch.setenv(REDIS_PASSWORD_ENV, password)
 
-    def make_store():
-        return None  # each server opens its own from the config, password from the environment
-
-    feed = _feed(3)[:18]
+    feed = _feed(3)[:18]  # each server opens its own store from the config, the password from the environment
     port = _free_port()
-    srv_kw = dict(redis_url=url)
+    srv_kw = {"redis_url": url}
     first, b1 = _server(engine, bundle, address=f"127.0.0.1:{port}", max_batch=2, max_in_flight=2, **srv_kw)
     counts = [b1]
 

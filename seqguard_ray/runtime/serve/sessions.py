@@ -317,7 +317,7 @@ class RedisStore:
 
         keys = [self._skey(stream_id), *map(self._ukey, users)]
         expected = [0 if loaded.stream is None else loaded.stream.version, *(_expected(loaded, u) for u in users)]
-        ttl = max(1, int(math.ceil(self.config.ttl_s)))
+        ttl = max(1, math.ceil(self.config.ttl_s))
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(*keys)

@@ -39,7 +39,14 @@ from .convert import (
 )
 from .errors import InvalidArgument, Unavailable
 from .limits import Limits
-from .sessions import Conflict, Loaded, SessionStore, StreamConfig, StreamRecord, UserWindow
+from .sessions import (
+    Conflict,
+    Loaded,
+    SessionStore,
+    StreamConfig,
+    StreamRecord,
+    UserWindow,
+)
 
 log = logging.getLogger(__name__)
 
