@@ -16,13 +16,17 @@ import asyncio
 
 import grpc
 from ray import serve
-from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.grpc_util import RayServegRPCContext, gRPCInputStream
 from ray.serve.handle import DeploymentHandle
 
 from seqguard_ray.runtime.serve import (
-    Authenticator, Limits, ModelInfo, ScoringService, StageCalls, StagedBackend,
+    Authenticator, Limits, ModelInfo, ScoringService, StageCalls, StagedBackend, StreamConfig,
 )
 from seqguard_ray.runtime.serve.metrics import RayMetrics
+
+
+class StreamEnded(Exception):
+    """Ends a ScoreStream with the status set on its context (the message is the status details)."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256,
@@ -30,14 +34,17 @@ from seqguard_ray.runtime.serve.metrics import RayMetrics
 class SeqGuardIngress:
     def __init__(self, encoder: DeploymentHandle, detector: DeploymentHandle, repair: DeploymentHandle, *,
                  token_sha256: str | None, limits: dict | None = None, timeout_s: float | None = None,
-                 max_batch_size: int = 32, max_concurrent_batches: int = 2):
+                 max_batch_size: int = 32, max_concurrent_batches: int = 2, stream: dict | None = None):
         self.metrics = RayMetrics()
         calls = StageCalls(encode=lambda b: encoder.encode.remote(b), detect=lambda e: detector.detect.remote(e),
                            repair=lambda s: repair.apply.remote(s))
         self.backend = StagedBackend(calls, max_batch=max_batch_size, concurrency=max_concurrent_batches,
                                      metrics=self.metrics)
+        # ScoreStream's state: in Redis when stream.redis_url (or $SEQGUARD_REDIS_URL on the node) names
+        # one, any replica serving any user; else in this replica's memory (a stream stays on the
+        # replica that took it; a user's events must come on streams to this replica)
         self.service = ScoringService(self.backend, Authenticator(token_sha256), Limits.from_dict(limits), timeout_s,
-                                      self.metrics)
+                                      self.metrics, StreamConfig.from_dict(stream))
 
     async def reconfigure(self, config: dict) -> None:
         self.backend.info = await asyncio.to_thread(ModelInfo.from_dir, config.get("model_dir"))
@@ -62,6 +69,18 @@ class SeqGuardIngress:
 
     async def ModelInfo(self, request, grpc_context: RayServegRPCContext):  # noqa: N802
         return await self._rpc("ModelInfo", request, grpc_context)
+
+    async def ScoreStream(self, request_stream: gRPCInputStream,  # noqa: N802
+                          grpc_context: RayServegRPCContext):
+        """Bidirectional: Serve's proxy hands the client's messages in as ``request_stream`` and
+        sends what this generator yields. An error status is set on the context and raised, which
+        the replica passes on to the proxy with that code."""
+        async for reply in self.service.score_stream(request_stream, grpc_context.invocation_metadata()):
+            if reply.code != grpc.StatusCode.OK:
+                grpc_context.set_code(reply.code)
+                grpc_context.set_details(reply.details)
+                raise StreamEnded(reply.details)
+            yield reply.message
 
     def check_health(self) -> None:
         if self.backend.info is None:

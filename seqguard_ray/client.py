@@ -9,7 +9,8 @@ Every rpc is a read, so retrying is safe: UNAVAILABLE (replica restarting), RESO
 (overload) and DEADLINE_EXCEEDED (per attempt) are retried with exponential backoff and jitter,
 at most ``retries`` times, and so is the INTERNAL that Ray Serve's gRPC proxy answers when the
 ingress replica it called died mid-call (a node or replica lost: see :func:`replica_lost`).
-Other codes raise :class:`grpc.RpcError` at once.
+Other codes raise :class:`grpc.RpcError` at once. :class:`StreamSession` (``client.stream()``)
+runs ScoreStream and resumes it after such errors without scoring an event twice.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from __future__ import annotations
 import logging
 import random
 import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 
@@ -121,6 +125,10 @@ class SeqGuardClient:
     def model_info(self) -> pb.ModelInfoResponse:
         return self._call("ModelInfo", pb.ModelInfoRequest())
 
+    def stream(self, stream_id: str | None = None, *, max_unacked: int = 64) -> StreamSession:
+        """A :class:`StreamSession` (ScoreStream) on this client's channel, token and retries."""
+        return StreamSession(self, stream_id, max_unacked=max_unacked)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -129,6 +137,132 @@ class SeqGuardClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class StreamSession:
+    """One logical ScoreStream: events of many users in, one answer per message out, in order.
+
+        with SeqGuardClient(target, token) as c:
+            s = c.stream()
+            for a in s.run([("u1", {"item_id": "9", "ts": 1718000000}), ("u2", ev), ("u1", None)]):
+                print(a.seq, a.user_id, a.user_score, a.action)   # ("u1", None): delete u1's state
+
+    Messages are numbered ``seq`` 1, 2, ...; the ones not yet answered are kept (at most
+    ``max_unacked``: sending waits beyond that). On a retryable error (the client's ``retry_on``
+    codes, and a lost Serve replica) it reconnects with the same ``stream_id`` and ``resume`` set
+    and sends the unanswered ones again; the server answers an already applied seq from its record,
+    so no event is scored twice and none is lost. Each message's answer is yielded once. The
+    client's ``retries`` bound the reconnects in a row without an answer in between.
+    ``state_reset`` turns true when the server's ``state_epoch`` changes (its state was lost);
+    answers with ``state == STREAM_STATE_LOST`` say which users were affected.
+    """
+
+    def __init__(self, client: SeqGuardClient, stream_id: str | None = None, *, max_unacked: int = 64):
+        if max_unacked < 1:
+            raise ValueError(f"max_unacked must be >= 1, got {max_unacked}")
+        self.client = client
+        self.stream_id = stream_id or uuid.uuid4().hex
+        self.max_unacked = max_unacked
+        self.next_seq = 1
+        self.delivered = 0        # highest seq whose answer was yielded
+        self.reconnects = 0
+        self.epoch: str | None = None
+        self.state_reset = False
+        self._unacked: OrderedDict[int, pb.StreamRequest] = OrderedDict()
+        self._cv = threading.Condition()
+        self._call_no = 0
+        self._stash: list = []    # an item pulled from the source by a call that ended meanwhile
+
+    def _message(self, user_id: str, event) -> pb.StreamRequest:
+        from .runtime.serve.convert import events_to_proto
+
+        m = pb.StreamRequest(seq=self.next_seq, user_id=str(user_id), stream_id=self.stream_id)
+        if event is None:
+            m.delete_user = True
+        else:
+            m.event.CopyFrom(event if isinstance(event, pb.Event) else events_to_proto([event])[0])
+        self.next_seq += 1
+        return m
+
+    def _requests(self, source: Iterator, call_no: int, state: dict) -> Iterator[pb.StreamRequest]:
+        with self._cv:
+            resend = list(self._unacked.values())
+        for i, m in enumerate(resend):
+            if i == 0 and call_no > 1:
+                m = pb.StreamRequest.FromString(m.SerializeToString())
+                m.resume = True
+            yield m
+        first = not resend
+        while True:
+            with self._cv:
+                while len(self._unacked) >= self.max_unacked and self._call_no == call_no:
+                    self._cv.wait(0.5)
+                if self._call_no != call_no:
+                    return  # a newer call took over
+                item = self._stash.pop() if self._stash else None
+            if item is None:
+                try:  # outside the lock: a live source may block here while answers come in
+                    item = next(source)
+                except StopIteration:
+                    state["exhausted"] = True
+                    return
+            with self._cv:
+                if self._call_no != call_no:  # pulled for a call that ended: the next call sends it
+                    self._stash.append(item)
+                    return
+                m = self._message(*item)
+                self._unacked[m.seq] = m
+            if first and call_no > 1:
+                m = pb.StreamRequest.FromString(m.SerializeToString())
+                m.resume = True
+            first = False
+            yield m
+
+    def run(self, messages: Iterable[tuple[str, dict | pb.Event | None]]) -> Iterator[pb.StreamAnswer]:
+        """Send ``(user_id, event)`` pairs (``event=None``: delete the user's state) and yield each
+        message's answer, in order. Raises :class:`grpc.RpcError` on a non-retryable status, or
+        when ``retries`` reconnects in a row got no answer."""
+        source = iter(messages)
+        state = {"exhausted": False}
+        delay, failures = self.client.backoff_s, 0
+        while True:
+            with self._cv:
+                self._call_no += 1
+                call_no = self._call_no
+            self.client.attempts += 1
+            try:
+                for a in self.client._stub.ScoreStream(self._requests(source, call_no, state),
+                                                       metadata=self.client._metadata):
+                    failures, delay = 0, self.client.backoff_s
+                    with self._cv:
+                        self._unacked.pop(a.seq, None)
+                        self._cv.notify_all()
+                    if a.state_epoch:
+                        if self.epoch is not None and a.state_epoch != self.epoch:
+                            self.state_reset = True
+                        self.epoch = a.state_epoch
+                    if a.seq > self.delivered:
+                        self.delivered = a.seq
+                        yield a
+                if state["exhausted"] and not self._unacked and not self._stash:
+                    return
+                err = None  # the server ended the call early: go on in a new one
+            except grpc.RpcError as exc:
+                if not self.client._retryable(exc):
+                    raise
+                err = exc
+            failures += 1
+            if failures > self.client.retries:
+                if err is not None:
+                    raise err
+                raise RuntimeError(f"stream {self.stream_id}: the server ended {failures} calls in a row "
+                                   "without answering")
+            self.reconnects += 1
+            self.client.retried += 1
+            log.info("stream %s: %s; resuming (%d unanswered) in %.2fs", self.stream_id,
+                     err.code().name if err is not None else "ended early", len(self._unacked), delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.client.max_backoff_s)
 
 
 def _request(user_id: str, events) -> pb.ScoreRequest:

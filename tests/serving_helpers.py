@@ -58,20 +58,23 @@ def campaign_out(tmp_path: Path, name: str, members, targets, *, cid=0, score=0.
 class PlainServer:
     """A plain grpc.aio server (no Ray) on its own event-loop thread."""
 
-    def __init__(self, service, backend=None):
+    def __init__(self, service, backend=None, address: str = "127.0.0.1:0"):
         from seqguard_ray.runtime.serve.grpc_server import create_server
 
         self.backend = backend
+        self.service = service
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server, self.port = asyncio.run_coroutine_threadsafe(create_server("127.0.0.1:0", service), self.loop).result(30)
+        self.server, self.port = asyncio.run_coroutine_threadsafe(create_server(address, service), self.loop).result(30)
 
     def stop(self) -> None:
         async def shut():
             await self.server.stop(0.5)
             if self.backend is not None:  # on this loop, where its batcher's workers run
                 await self.backend.aclose()
+            if hasattr(self.service, "aclose"):  # its stream state store's connections
+                await self.service.aclose()
 
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -341,3 +341,34 @@ def test_rolling_bundle_update_fails_no_request(app, bundles, tmp_path):
         member = c.score("m1", [{"item_id": "t1", "ts": 1_700_000_000 + 60 * i, "action": "view"} for i in range(3)])
     assert info.model_version == new_version and (info.campaigns_version, info.campaign_members) == (table, 3)
     assert member.campaign_id == 0 and member.campaigns_version == table and all(member.event_campaign)
+
+
+def test_score_stream_through_the_ingress_equals_repair_and_replays_a_resent_seq(app):
+    """ScoreStream through Serve's gRPC proxy (bidirectional, gRPCInputStream in the ingress):
+    interleaved users answered in order, each answer equal to Repair of the same window (in-process
+    state in the one ingress replica), and a resent seq on a new call answered from the record."""
+    from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
+
+    df = score_events(n_users=3)
+    df = df.assign(k=df.groupby("user_id").cumcount()).sort_values(["k", "user_id"], kind="stable").head(15)
+    feed = [(u, {"item_id": str(i), "ts": int(t), "action": a})
+            for u, i, t, a in df[["user_id", "item_id", "ts", "action"]].itertuples(index=False)]
+    with _client(app, retries=3) as c:
+        assert c.model_info().model_version  # default window: the bundle's encoder max_len (> these histories)
+        session = c.stream("serve-stream-1")
+        answers = list(session.run(feed))
+        assert [a.seq for a in answers] == list(range(1, len(feed) + 1)) and not any(a.error for a in answers)
+        history: dict[str, list] = {}
+        for (u, ev), a in zip(feed, answers):
+            history.setdefault(u, []).append(ev)
+            rep = c.repair(u, history[u])
+            assert a.user_score == pytest.approx(rep.score.score, abs=1e-6)
+            assert a.event_score == pytest.approx(rep.score.event_scores[-1], abs=1e-6)
+            assert a.window_events == len(history[u]) and a.anomaly_type == rep.score.anomaly_type
+        again = pb.StreamRequest(seq=3, user_id=feed[2][0], stream_id="serve-stream-1", resume=True,
+                                 event=pb.Event(item_id="x", ts=1_700_000_000))
+        replayed = list(c._stub.ScoreStream(iter([again]), metadata=c._metadata))
+        assert replayed[0].replayed and replayed[0].user_score == answers[2].user_score
+        with pytest.raises(grpc.RpcError) as e:
+            list(_client(app, "wrong")._stub.ScoreStream(iter([again]), metadata=(("authorization", "Bearer wrong"),)))
+        assert e.value.code() == SC.UNAUTHENTICATED

@@ -49,12 +49,37 @@ def add_parser(sub) -> None:
     s.add_argument("--no-ray", action="store_true", help="run a plain in-process grpc.aio server instead of Ray Serve")
     s.add_argument("--max-batch", type=positive_int, default=64,
                    help="--no-ray only: requests merged into one engine call (1 = no batching; default 64)")
+    st = s.add_argument_group("ScoreStream state (docs/serving.md, 'Streaming')")
+    st.add_argument("--state-redis", default=None, metavar="URL",
+                    help="keep per-user stream state in Redis (redis://host:6379/0, rediss:// for TLS; default "
+                         "$SEQGUARD_REDIS_URL; password from $SEQGUARD_REDIS_PASSWORD, never in the URL here); "
+                         "without it: in-process, bounded, a user's events must reach one replica")
+    st.add_argument("--state-redis-ca", default=None, metavar="FILE", help="TLS: CA bundle to trust (rediss://)")
+    st.add_argument("--state-redis-cert", default=None, metavar="FILE", help="TLS: client certificate")
+    st.add_argument("--state-redis-key", default=None, metavar="FILE", help="TLS: client key")
+    st.add_argument("--stream-window", type=positive_int, default=None,
+                    help="events per user window (default: the bundle's encoder window, max_len)")
+    st.add_argument("--stream-ttl", type=float, default=None, help="seconds an idle user's state is kept (default 7 days)")
+    st.add_argument("--stream-max-users", type=positive_int, default=None,
+                    help="in-process state: users held, least recently used dropped first (default 100000)")
     s.set_defaults(handler=cmd_serve)
 
 
 def _limits(args) -> dict:
     return {"max_events_per_sequence": args.max_events_per_sequence,
             "max_sequences_per_batch": args.max_sequences_per_batch, "max_message_bytes": args.max_message_bytes}
+
+
+def _stream(args) -> dict:
+    """The ScoreStream settings given on the command line (StreamConfig fields)."""
+    url = args.state_redis
+    if url and "@" in url.partition("://")[2]:
+        raise ValueError("--state-redis: put the Redis password in $SEQGUARD_REDIS_PASSWORD, not in the URL "
+                         "(a command line is visible to every user of the machine)")
+    given = {"redis_url": url, "redis_ca_file": args.state_redis_ca, "redis_cert_file": args.state_redis_cert,
+             "redis_key_file": args.state_redis_key, "window": args.stream_window, "ttl_s": args.stream_ttl,
+             "max_users": args.stream_max_users}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _token_digest(args) -> str | None:
@@ -71,24 +96,27 @@ def _token_digest(args) -> str | None:
 
 def cmd_serve(args) -> int:
     from ..core.bundle import read_manifest
+    from ..runtime.serve.sessions import StreamConfig
 
     from ..io.campaign_table import read_current
 
     manifest = read_manifest(args.model)  # a bad bundle fails here, before anything starts
     read_current(args.model)              # and so does a bad campaign table published with it
     digest = _token_digest(args)
+    StreamConfig.from_dict(_stream(args))  # bad stream settings fail here, before anything starts
     if args.no_ray:
         return _serve_plain(args, digest, manifest["model_version"])
     return _serve_ray(args, digest, manifest["model_version"])
 
 
 def _serve_plain(args, digest, version) -> int:
-    from ..runtime.serve import Authenticator, InProcessBackend, Limits, ScoringService
+    from ..runtime.serve import Authenticator, InProcessBackend, Limits, ScoringService, StreamConfig
     from ..runtime.serve.grpc_server import create_server
 
     async def main() -> None:
         backend = InProcessBackend.from_dir(args.model, batching=args.max_batch > 1, max_batch=args.max_batch)
-        service = ScoringService(backend, Authenticator(digest), Limits.from_dict(_limits(args)), args.request_timeout)
+        service = ScoringService(backend, Authenticator(digest), Limits.from_dict(_limits(args)), args.request_timeout,
+                                 stream=StreamConfig.from_dict(_stream(args)))
         server, port = await create_server(f"{args.host}:{args.grpc_port}", service)
         print(f"seqguard serving model {version} on grpc {args.host}:{port} (plain grpc.aio, no Ray); Ctrl-C stops",
               flush=True)
@@ -99,6 +127,7 @@ def _serve_plain(args, digest, version) -> int:
         await stop.wait()
         await server.stop(grace=2.0)
         await backend.aclose()
+        await service.aclose()
 
     asyncio.run(main())
     print("stopped", flush=True)
@@ -137,6 +166,7 @@ def _serve_ray(args, digest, version) -> int:
     app_args = AppArgs.model_validate({**cfg_args, "model_dir": args.model, "token_sha256": digest,
                                        "insecure_no_auth": digest is None, "token_file": None,
                                        "limits": limits, "timeout_s": args.request_timeout,
+                                       "stream": {**cfg_args.get("stream", {}), **_stream(args)},
                                        "deployments": {**cfg_args.get("deployments", {}), **overrides}})
     started_ray = ensure_ray()
     try:

@@ -6,7 +6,8 @@ One concern a module: :mod:`.errors` (errors -> gRPC status codes, in one place)
 (bearer token), :mod:`.limits`, :mod:`.batches` (the numpy data passed between stages),
 :mod:`.convert` (protobuf <-> domain; protobuf types stop there), :mod:`.stages` (the three stage
 functions and their one sequencing, models in a replica), :mod:`.batching` (ContinuousBatcher),
-:mod:`.service` (ScoringService and its backends), :mod:`.metrics`.
+:mod:`.service` (ScoringService and its backends), :mod:`.sessions` (ScoreStream's per-user state
+stores) and :mod:`.streaming` (ScoreStream's batches, replays and commits), :mod:`.metrics`.
 """
 
 from .auth import TOKEN_ENV, Authenticator, load_token, token_digest
@@ -31,6 +32,7 @@ from .errors import (
     status_for,
 )
 from .limits import Limits
+from .sessions import MemoryStore, RedisStore, SessionStore, StreamConfig, open_store
 from .service import Backend, InProcessBackend, Reply, ScoringService, StagedBackend
 from .stages import (
     ModelInfo,
@@ -53,6 +55,7 @@ __all__ = [
     "DeadlineExceeded", "InvalidArgument", "ResourceExhausted", "ServingError", "Unauthenticated", "Unavailable",
     "status_for",
     "Limits",
+    "MemoryStore", "RedisStore", "SessionStore", "StreamConfig", "open_store",
     "Backend", "InProcessBackend", "Reply", "ScoringService", "StagedBackend",
     "ModelInfo", "ModelStore", "StageCalls", "detect_stage", "encode_stage", "load_engine", "load_policy",
     "repair_stage", "run_stages",

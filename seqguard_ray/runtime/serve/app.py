@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...core import storage
 from .auth import load_token, token_digest
 from .limits import Limits
+from .sessions import StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class AppArgs(BaseModel):
     max_concurrent_batches: int = 2                   # merged batches in the stages at once (per ingress replica)
     encoder_gpus: Optional[float] = None              # GPUs per Encoder replica; None: 1 if the cluster has GPUs
     deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-deployment .options() overrides
+    stream: dict[str, Any] = Field(default_factory=dict)  # ScoreStream settings (StreamConfig fields: window,
+                                                          # ttl_s, max_users, redis_url, ...); password: env only
 
 
 def check_app_args(args: AppArgs | dict) -> AppArgs:
@@ -65,6 +68,14 @@ def check_app_args(args: AppArgs | dict) -> AppArgs:
     if unknown:
         raise ValueError(f"unknown deployment name(s) {sorted(unknown)}; known: {list(DEPLOYMENT_NAMES)}")
     Limits.from_dict(args.limits)
+    stream = StreamConfig.from_dict(args.stream)
+    ingress = args.deployments.get("SeqGuardIngress", {})
+    several = ingress.get("num_replicas", 1) != 1 or "autoscaling_config" in ingress
+    if several and not stream.redis_url:
+        log.warning("ScoreStream without stream.redis_url keeps each user's state in the ingress replica that "
+                    "served the stream; with several ingress replicas a user's next stream may reach another "
+                    "(answers then show a new state_epoch): set stream.redis_url (or $SEQGUARD_REDIS_URL on "
+                    "every node) so any replica serves any user")
     return args
 
 
@@ -81,7 +92,8 @@ def ingress_kwargs(args: AppArgs) -> dict[str, Any]:
         digest = None
         log.warning("serving WITHOUT auth: anyone who can reach the gRPC port can call it")
     return {"token_sha256": digest, "limits": args.limits, "timeout_s": args.timeout_s,
-            "max_batch_size": args.max_batch_size, "max_concurrent_batches": args.max_concurrent_batches}
+            "max_batch_size": args.max_batch_size, "max_concurrent_batches": args.max_concurrent_batches,
+            "stream": dict(args.stream)}
 
 
 def _cluster_has_gpus() -> bool:

@@ -8,7 +8,7 @@ event dicts become request messages, ids printed as the batch path prints them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,21 +36,31 @@ def parse_score_request(req: pb.ScoreRequest, limits: Limits, where: str = "") -
     errors name the field (``events[3].item_id``) and the bad value."""
     evs = req.events
     n = len(evs)
+    return parse_events(req.user_id, np.array([e.item_id for e in evs], dtype=object),
+                        np.fromiter((e.ts for e in evs), dtype=np.int64, count=n),
+                        np.array([e.action for e in evs], dtype=object),
+                        np.fromiter((e.value if e.HasField("value") else np.nan for e in evs), dtype=np.float64, count=n),
+                        limits, where)
+
+
+def parse_events(user_id: str, item: np.ndarray, ts_raw: np.ndarray, action: np.ndarray, value: np.ndarray,
+                 limits: Limits, where: str = "", event_name: Callable[[int], str] = lambda i: f"events[{i}]") -> SeqBatch:
+    """One user's events as sent (item (N,) str, ts_raw (N,) int64 seconds or ms, action (N,) str
+    with "" = unset, value (N,) float64 with NaN = unset), validated like a ScoreRequest: the one
+    parse that every rpc's sequences go through. ``event_name(i)`` names event i in errors."""
+    n = len(ts_raw)
 
     def fail(path: str, reason: str, v: object) -> None:
         raise InvalidArgument(f"{where}{path}{reason}" + ("" if isinstance(v, str) and not v else f": got {shown(v)}"))
 
-    bad = first_failure(id_checks("user_id", np.array([req.user_id], dtype=object)))
+    bad = first_failure(id_checks("user_id", np.array([user_id], dtype=object)))
     if bad:
-        fail("", bad[1], req.user_id)
+        fail("", bad[1], user_id)
     if n == 0:
         raise InvalidArgument(f"{where}events is empty: send at least one event")
     if n > limits.max_events_per_sequence:
         raise InvalidArgument(f"{where}events has {n} events, over the limit of {limits.max_events_per_sequence} per sequence")
-    item = np.array([e.item_id for e in evs], dtype=object)
-    ts_raw = np.fromiter((e.ts for e in evs), dtype=np.int64, count=n)
-    action = np.array([e.action or DEFAULT_ACTION for e in evs], dtype=object)
-    value = np.fromiter((e.value if e.HasField("value") else np.nan for e in evs), dtype=np.float64, count=n)
+    action = np.array([a or DEFAULT_ACTION for a in action], dtype=object)
     # the batch path's unit rule, applied per sequence (milliseconds when most values are above 1e11)
     ts, other_unit = to_seconds(ts_raw)
     # proto3 sends an unset ts as 0
@@ -59,8 +69,8 @@ def parse_score_request(req: pb.ScoreRequest, limits: Limits, where: str = "") -
                         (value, value_checks(value)), (action, action_checks(action))):
         bad = first_failure(checks)
         if bad:
-            fail(f"events[{bad[0]}].", bad[1], raw[bad[0]])
-    return SeqBatch([req.user_id], np.array([0, n], np.int64), item, ts, action, value)
+            fail(f"{event_name(bad[0])}.", bad[1], raw[bad[0]])
+    return SeqBatch([user_id], np.array([0, n], np.int64), item, ts, action, value)
 
 
 def parse_batch_request(req: pb.ScoreBatchRequest, limits: Limits) -> SeqBatch:
@@ -158,12 +168,123 @@ def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse
 
 
 _EMPTY = {"Score": pb.ScoreResponse, "ScoreBatch": pb.ScoreBatchResponse, "Repair": pb.RepairResponse,
-          "ModelInfo": pb.ModelInfoResponse}
+          "ModelInfo": pb.ModelInfoResponse, "ScoreStream": pb.StreamAnswer}
 
 
 def empty_response(rpc: str) -> Any:
     """The empty response message of ``rpc``, sent along with a non-OK status."""
     return _EMPTY[rpc]()
+
+
+# --------------------------------------------------------------------------- ScoreStream
+MAX_STREAM_ID = 128   # characters of a StreamRequest.stream_id
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """A StreamRequest as domain values. ``error``: why it cannot be applied (names the field); the
+    seq is still consumed and answered with it."""
+
+    seq: int
+    user_id: str
+    stream_id: str
+    resume: bool
+    delete: bool = False
+    item: str = ""
+    ts: int = 0
+    action: str = ""
+    value: float | None = None
+    error: str = ""
+
+
+def parse_stream_message(msg: pb.StreamRequest, limits: Limits) -> StreamMessage:
+    """Validate one StreamRequest. A broken protocol (seq 0, a stream_id too long, an undecodable or
+    oversized message) raises InvalidArgument / ResourceExhausted and ends the call; bad data (user_id,
+    the event's fields, no event) comes back as ``error``, naming the field as Score does."""
+    if isinstance(msg, UndecodableRequest):
+        raise InvalidArgument(f"a message is not a valid {msg.message_type} message ({msg.reason})")
+    check_size(msg, limits)
+    if msg.seq == 0:
+        raise InvalidArgument("seq is 0 (unset): number the messages of a stream from 1, increasing")
+    if len(msg.stream_id) > MAX_STREAM_ID:
+        raise InvalidArgument(f"seq {msg.seq}: stream_id is longer than {MAX_STREAM_ID} characters")
+    base = StreamMessage(int(msg.seq), msg.user_id, msg.stream_id, bool(msg.resume))
+    bad = first_failure(id_checks("user_id", np.array([msg.user_id], dtype=object)))
+    if bad:
+        return replace(base, error=f"{bad[1]}" + (f": got {shown(msg.user_id)}" if msg.user_id else ""))
+    kind = msg.WhichOneof("kind")
+    if kind == "delete_user":
+        return replace(base, delete=bool(msg.delete_user),
+                       error="" if msg.delete_user else "delete_user is false: send an event or delete_user = true")
+    if kind != "event":
+        return replace(base, error="event is missing: send an event or delete_user = true")
+    e = msg.event
+    value = e.value if e.HasField("value") else None
+    try:
+        parse_events(msg.user_id, np.array([e.item_id], dtype=object), np.array([e.ts], np.int64),
+                     np.array([e.action], dtype=object), np.array([np.nan if value is None else value]), limits,
+                     event_name=lambda i: "event")
+    except InvalidArgument as exc:
+        return replace(base, error=str(exc))
+    return replace(base, item=e.item_id, ts=int(e.ts), action=e.action, value=value)
+
+
+def parse_window(user_id: str, item: list[str], ts: list[int], action: list[str], value: list[float | None],
+                 limits: Limits) -> SeqBatch:
+    """A user's stream window (oldest first, as sent) as the sequence Score would get for the same
+    events. Each event passed its own checks, so an error here is the new event's ts disagreeing
+    with the earlier ones' (the per-sequence unit rule)."""
+    n = len(ts)
+    try:
+        return parse_events(user_id, np.array(item, dtype=object), np.array(ts, np.int64), np.array(action, dtype=object),
+                            np.array([np.nan if v is None else v for v in value], np.float64), limits,
+                            event_name=lambda i: "event" if i == n - 1 else f"window[{i}]")
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"event.ts disagrees with the user's window of its last {n} events: {exc}") from None
+
+
+# what a stream answer says to do with its event; "block_user" wins over the event's own fate
+STREAM_ACTIONS = ("keep", "down_weight", "drop", "block_user")
+
+
+def stream_action(kept: bool, weight: float, user_action: str) -> str:
+    """The repair of one event, in the stream's words (one of :data:`STREAM_ACTIONS`)."""
+    if user_action == "quarantine":
+        return "block_user"
+    if not kept:
+        return "drop"
+    return "down_weight" if weight < 1.0 else "keep"
+
+
+_STATES = {"new": pb.STREAM_STATE_NEW, "continued": pb.STREAM_STATE_CONTINUED, "lost": pb.STREAM_STATE_LOST}
+
+
+def stream_answer(m: StreamMessage, rb: RepairedBatch, state: str, epoch: str) -> pb.StreamAnswer:
+    """The answer to event ``m`` from the repair of its window (``rb``: one sequence, ``m``'s event
+    the last one sent). ``state``: new | continued | lost (see the proto's StreamState)."""
+    sb = rb.scored
+    n = len(sb.order)
+    last = int(sb.input_order()[n - 1])  # sorted position of the event just sent
+    kept, weight, text = bool(rb.keep[last]), float(rb.weight[last]), str(rb.event_action[last])
+    return pb.StreamAnswer(
+        seq=m.seq, user_id=m.user_id, event_score=float(sb.event_score[last]), user_score=float(sb.score[0]),
+        anomalous=bool(sb.anomalous[0]), anomaly_type=str(sb.anomaly_type[0]),
+        action=stream_action(kept, weight, str(rb.user_action[0])),
+        reasons=[str(x) for x in sb.reasons[0]] + ([text] if text else []), window_events=n,
+        model_version=sb.model_version, threshold=sb.threshold, state=_STATES[state], state_epoch=epoch, weight=weight,
+    )
+
+
+def stream_note(m: StreamMessage, epoch: str, *, error: str = "", deleted: bool = False) -> pb.StreamAnswer:
+    """The answer to a message that is not scored: a delete, or one that cannot be applied (``error``)."""
+    return pb.StreamAnswer(seq=m.seq, user_id=m.user_id, state_epoch=epoch, deleted=deleted, error=error)
+
+
+def replayed_answer(stored: bytes) -> pb.StreamAnswer:
+    """A stored answer, sent again for a resent seq."""
+    a = pb.StreamAnswer.FromString(stored)
+    a.replayed = True
+    return a
 
 
 # --------------------------------------------------------------------------- frames -> proto (clients)

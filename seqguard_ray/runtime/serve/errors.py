@@ -53,6 +53,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, EventsError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if type(exc).__module__.startswith("redis."):  # the ScoreStream state store (any redis-py error)
+        log.warning("stream state store error: %s: %s", type(exc).__name__, exc)
+        return grpc.StatusCode.UNAVAILABLE, "the stream state store is unavailable: retry"
     if "BundleError" in names:
         log.error("model bundle error: %s", exc)
         return grpc.StatusCode.UNAVAILABLE, "the model bundle cannot be loaded on the server"

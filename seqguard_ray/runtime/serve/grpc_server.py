@@ -44,13 +44,22 @@ class SeqGuardServicer(pb_grpc.SeqGuardServicer):
     async def ModelInfo(self, request, context):  # noqa: N802
         return await self._call("ModelInfo", request, context)
 
+    async def ScoreStream(self, request_iterator, context):  # noqa: N802
+        async for reply in self.service.score_stream(request_iterator, context.invocation_metadata()):
+            if reply.code != grpc.StatusCode.OK:
+                await context.abort(reply.code, reply.details)
+            yield reply.message
+
 
 def add_servicer(servicer: SeqGuardServicer, server: grpc.aio.Server) -> None:
-    """The generated ``add_SeqGuardServicer_to_server``, built from the proto's descriptor, with
-    deserializers that let an undecodable request reach the service (INVALID_ARGUMENT, not UNKNOWN)."""
+    """The generated ``add_SeqGuardServicer_to_server``, built from the proto's descriptor (each
+    method's handler kind from its streaming flags), with deserializers that let an undecodable
+    request reach the service (INVALID_ARGUMENT, not UNKNOWN)."""
     svc = pb.DESCRIPTOR.services_by_name["SeqGuard"]
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(
+        m.name: kinds[(m.client_streaming, m.server_streaming)](
             getattr(servicer, m.name), request_deserializer=lenient_deserializer(getattr(pb, m.input_type.name)),
             response_serializer=getattr(pb, m.output_type.name).SerializeToString)
         for m in svc.methods

@@ -9,7 +9,7 @@ handles), :class:`InProcessBackend` in this process (the plain grpc.aio server).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,10 +30,12 @@ from .convert import (
     score_batch_response,
     score_responses,
 )
-from .errors import InvalidArgument, Unavailable, status_for
+from .errors import InvalidArgument, ResourceExhausted, Unavailable, status_for
 from .limits import Limits
 from .metrics import NullMetrics, ServingMetrics
+from .sessions import SessionStore, StreamConfig, open_store
 from .stages import ModelInfo, StageCalls, load_engine, local_stage_calls, run_stages
+from .streaming import run_stream
 
 
 class Backend(Protocol):
@@ -76,6 +78,10 @@ class StagedBackend:
     def history_cap(self) -> int | None:
         """The served bundle's ``max_events_per_user`` (None: no bundle loaded yet)."""
         return None if self.info is None else self.info.max_events_per_user
+
+    def encoder_window(self) -> int | None:
+        """The served bundle's encoder window ``max_len`` (None: no bundle loaded yet)."""
+        return None if self.info is None else self.info.max_len
 
     async def model_info(self) -> ModelInfo:
         """The bundle's info, with the campaign table published with it now."""
@@ -122,6 +128,9 @@ class InProcessBackend(StagedBackend):
     def history_cap(self) -> int | None:
         return None if self.sg is None else self.sg.config.max_events_per_user
 
+    def encoder_window(self) -> int | None:
+        return None if self.sg is None else self.sg.config.max_len
+
     async def model_info(self) -> ModelInfo:
         if self.info is None:
             self._engine()
@@ -145,13 +154,18 @@ class Reply:
 @dataclass
 class ScoringService:
     """The SeqGuard rpcs over a :class:`Backend`: auth, limits, conversion, status codes, and
-    one ``metrics.request`` per answered call."""
+    one ``metrics.request`` per answered call; ScoreStream (:meth:`score_stream`) keeps its per-user
+    state in ``store`` (:mod:`.sessions`)."""
 
     backend: Backend
     auth: Authenticator
     limits: Limits = field(default_factory=Limits)
-    timeout_s: float | None = None   # server-side limit on one call (None: no limit)
+    timeout_s: float | None = None   # server-side limit on one call; on a stream, on one batch (None: no limit)
     metrics: ServingMetrics = field(default_factory=NullMetrics)
+    stream: StreamConfig = field(default_factory=StreamConfig)  # ScoreStream's window, state store and bounds
+    store: SessionStore | None = None  # ScoreStream's state; None: opened from ``stream`` on the first stream
+    _open_streams: int = field(default=0, init=False, repr=False)
+    _store_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
     async def call(self, rpc: str, request, metadata: Iterable[tuple[str, Any]] | None) -> Reply:
         reply = await self._reply(rpc, request, metadata)
@@ -173,6 +187,53 @@ class ScoringService:
             code, details = status_for(exc)
             return Reply(empty_response(rpc), code, details)
 
+    # ---------------------------------------------------------------- ScoreStream
+    async def score_stream(self, requests: AsyncIterable, metadata: Iterable[tuple[str, Any]] | None) -> AsyncIterator[Reply]:
+        """The ScoreStream rpc: a Reply per answer, in the order the requests came; a call that
+        ends in an error ends with one Reply carrying its status (answers sent before it stand).
+        Auth is checked on the call's metadata before anything is read."""
+        code, details = grpc.StatusCode.OK, ""
+        opened = False
+        try:
+            self.auth.check(metadata)
+            if self._open_streams >= self.stream.max_open_streams:
+                raise ResourceExhausted(f"{self._open_streams} streams are open, the most this server takes: "
+                                        "retry with backoff")
+            self._open_streams += 1
+            opened = True
+            store = await self._session_store()
+            limits = self._limits()
+            window = self.stream.window_for(_ask(self.backend, "encoder_window"), _ask(self.backend, "history_cap"))
+            async for answer in run_stream(requests, backend=self.backend, store=store, config=self.stream,
+                                           limits=limits, window=window, timeout_s=self.timeout_s):
+                yield Reply(answer)
+        except BaseException as exc:  # noqa: BLE001 - every error becomes a status, never a trace
+            if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):  # the client went away: nothing to send
+                code = grpc.StatusCode.CANCELLED
+                raise
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            code, details = status_for(exc)
+            yield Reply(empty_response("ScoreStream"), code, details)
+        finally:
+            if opened:
+                self._open_streams -= 1
+            self.metrics.request("ScoreStream", code.name)
+
+    async def _session_store(self) -> SessionStore:
+        if self.store is None:
+            if self._store_lock is None:
+                self._store_lock = asyncio.Lock()
+            async with self._store_lock:
+                if self.store is None:
+                    self.store = await open_store(self.stream)
+        return self.store
+
+    async def aclose(self) -> None:
+        """Close the stream state store (a Redis connection pool), if one was opened."""
+        if self.store is not None:
+            await self.store.close()
+
     def _limits(self) -> Limits:
         """The configured limits with the served bundle's history cap (a backend without one: as configured)."""
         cap = getattr(self.backend, "history_cap", None)
@@ -193,3 +254,9 @@ class ScoringService:
             info = await self.backend.model_info()
             return model_info_response(info, self.limits.capped(info.max_events_per_user))
         raise InvalidArgument(f"unknown method {rpc}")
+
+
+def _ask(backend, method: str) -> int | None:
+    """``backend.<method>()`` where the backend has it (a test double may not)."""
+    fn = getattr(backend, method, None)
+    return None if fn is None else fn()

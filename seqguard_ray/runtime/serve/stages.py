@@ -224,6 +224,7 @@ class ModelInfo:
     campaign_members: int = 0
     campaign_targets: int = 0
     max_events_per_user: int | None = None  # the bundle's history cap (TrainConfig.max_events_per_user)
+    max_len: int | None = None              # the encoder's window (TrainConfig.max_len): ScoreStream's default window
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelInfo:
@@ -232,10 +233,12 @@ class ModelInfo:
         from ...core.validate import MAX_EVENTS_PER_USER
 
         m = read_manifest(model_dir)
-        cap = int(m.get("train_config", {}).get("max_events_per_user", MAX_EVENTS_PER_USER))
+        tc = m.get("train_config", {})
+        cap = int(tc.get("max_events_per_user", MAX_EVENTS_PER_USER))
+        max_len = int(tc["max_len"]) if "max_len" in tc else None
         return cls(m["model_version"], str(m["format_version"]), float(m["detectors"]["threshold"]),
                    float(m["detectors"]["target_fpr"]), dict(m["repair_policy"]["actions"]),
-                   str(model_dir), max_events_per_user=cap).with_campaigns()
+                   str(model_dir), max_events_per_user=cap, max_len=max_len).with_campaigns()
 
     def with_campaigns(self) -> ModelInfo:
         """This info with the campaign table published now (read from its table.json: cheap)."""

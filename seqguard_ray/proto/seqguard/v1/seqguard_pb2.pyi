@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class StreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_STATE_UNSPECIFIED: _ClassVar[StreamState]
+    STREAM_STATE_NEW: _ClassVar[StreamState]
+    STREAM_STATE_CONTINUED: _ClassVar[StreamState]
+    STREAM_STATE_LOST: _ClassVar[StreamState]
+STREAM_STATE_UNSPECIFIED: StreamState
+STREAM_STATE_NEW: StreamState
+STREAM_STATE_CONTINUED: StreamState
+STREAM_STATE_LOST: StreamState
 
 class Event(_message.Message):
     __slots__ = ("item_id", "ts", "action", "value")
@@ -128,3 +140,57 @@ class ModelInfoResponse(_message.Message):
     campaign_members: int
     campaign_targets: int
     def __init__(self, model_version: _Optional[str] = ..., format_version: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., server_version: _Optional[str] = ..., max_events_per_sequence: _Optional[int] = ..., max_sequences_per_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., anomaly_types: _Optional[_Iterable[str]] = ..., repair_actions: _Optional[_Iterable[str]] = ..., campaigns_version: _Optional[str] = ..., campaigns: _Optional[int] = ..., campaign_members: _Optional[int] = ..., campaign_targets: _Optional[int] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("seq", "user_id", "event", "delete_user", "stream_id", "resume")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_USER_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    user_id: str
+    event: Event
+    delete_user: bool
+    stream_id: str
+    resume: bool
+    def __init__(self, seq: _Optional[int] = ..., user_id: _Optional[str] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., delete_user: _Optional[bool] = ..., stream_id: _Optional[str] = ..., resume: _Optional[bool] = ...) -> None: ...
+
+class StreamAnswer(_message.Message):
+    __slots__ = ("seq", "user_id", "event_score", "user_score", "anomalous", "anomaly_type", "action", "reasons", "window_events", "model_version", "threshold", "replayed", "state", "state_epoch", "deleted", "weight", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    USER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ANOMALOUS_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    user_id: str
+    event_score: float
+    user_score: float
+    anomalous: bool
+    anomaly_type: str
+    action: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    window_events: int
+    model_version: str
+    threshold: float
+    replayed: bool
+    state: StreamState
+    state_epoch: str
+    deleted: bool
+    weight: float
+    error: str
+    def __init__(self, seq: _Optional[int] = ..., user_id: _Optional[str] = ..., event_score: _Optional[float] = ..., user_score: _Optional[float] = ..., anomalous: _Optional[bool] = ..., anomaly_type: _Optional[str] = ..., action: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., window_events: _Optional[int] = ..., model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., replayed: _Optional[bool] = ..., state: _Optional[_Union[StreamState, str]] = ..., state_epoch: _Optional[str] = ..., deleted: _Optional[bool] = ..., weight: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class SeqGuardStub:
                 request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.ScoreStream = channel.stream_stream(
+                '/seqguard.v1.SeqGuard/ScoreStream',
+                request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.SerializeToString,
+                response_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.FromString,
+                _registered_method=True)
 
 
 class SeqGuardServicer:
@@ -87,6 +92,16 @@ class SeqGuardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreStream(self, request_iterator, context):
+        """Events of many users, interleaved on one stream as they happen; each is answered (in the order
+        sent) with its score against the user's recent window, held server-side (docs/serving.md,
+        "Streaming (ScoreStream)"). Resume: a new call with the same stream_id re-sends every message
+        not yet answered; an already applied seq is answered from the stored answer (replayed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeqGuardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +124,11 @@ def add_SeqGuardServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.ModelInfoRequest.FromString,
                     response_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'ScoreStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScoreStream,
+                    request_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.FromString,
+                    response_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +239,33 @@ class SeqGuard:
             '/seqguard.v1.SeqGuard/ModelInfo',
             seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.ModelInfoRequest.SerializeToString,
             seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/seqguard.v1.SeqGuard/ScoreStream',
+            seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.SerializeToString,
+            seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.FromString,
             options,
             channel_credentials,
             insecure,
