@@ -15,6 +15,7 @@ Growth (issue 30): how cost and memory grow with the log, both engines in one ru
     python bench/batch.py --growth 1000000,4000000,16000000 --local-max 4000000 --plot docs/img/growth.svg --plan
     python bench/batch.py --growth 20000,80000 --local-max 80000 --work /tmp/bw   # a check in ~5 minutes
     python bench/batch.py --plot docs/img/growth.svg --plan    # again from WORK/growth.json, no rerun
+    python bench/batch.py --growth 16000000 --phases score --append   # one more size, scoring only
 
 At each size: Ray training (``runtime.ray.train.fit``, what `seqguard train --engine ray` runs, with
 --workers Ray Train workers), Ray scoring (``runtime.ray.batch.score``, the defaults), and up to
@@ -354,13 +355,16 @@ def growth(a, w: Path, model: Path, out: Path) -> dict:
     """Ray training and scoring at each size of --growth, the in-process engine's up to --local-max,
     each in its own child process; the results written to ``out`` after every run."""
     sizes = sorted(int(n) for n in a.growth.split(",") if n)
+    phases = [p for p in ("train", "score") if p in a.phases.split(",")]
     res = {"model": MODEL, "generator": GEN, "cpus": os.cpu_count(), "workers": a.workers, "local_max": a.local_max,
            "date": time.strftime("%Y-%m-%d %H:%M"), "bytes_per_event": {}, "runs": []}
+    if a.append and out.exists():  # add to an earlier run's results (e.g. a larger size, scoring only)
+        res = {**json.loads(out.read_text()), "date_appended": res["date"]}
     for n in sizes:
         ev = write_events(n, w / f"ev{n}")
         res["bytes_per_event"][str(n)] = event_bytes(ev, n)
         for engine in ("ray", "local") if n <= a.local_max else ("ray",):
-            for phase in ("train", "score"):
+            for phase in phases:
                 dest = w / f"growth_{phase}_{engine}{n}"
                 args = (["fit", engine, str(ev), str(dest), a.workers] if phase == "train"
                         else ["score", engine, str(model), str(ev), str(dest)])
@@ -567,6 +571,8 @@ def main() -> None:
     g.add_argument("--growth", default=None, help="sizes, comma-separated: Ray training and scoring at each")
     g.add_argument("--local-max", type=int, default=4_000_000, help="the in-process engine runs up to this size")
     g.add_argument("--json", default=None, help="the growth results (default WORK/growth.json)")
+    g.add_argument("--phases", default="train,score", help="which to run at each size: train, score or both")
+    g.add_argument("--append", action="store_true", help="add these runs to the results already in --json")
     g.add_argument("--plot", default=None, help="draw the log-log picture of the results to this .svg/.png")
     g.add_argument("--plan", action="store_true", help="print the cluster plan from the results")
     g.add_argument("--plan-events", type=float, default=1e9)
