@@ -19,10 +19,10 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext, gRPCInputStream
 from ray.serve.handle import DeploymentHandle
 
+from seqguard_ray.core.drift import MIN_COUNT
 from seqguard_ray.runtime.serve import (
     Authenticator, Limits, ModelInfo, ScoringService, StageCalls, StagedBackend, StreamConfig,
 )
-from seqguard_ray.core.drift import MIN_COUNT
 from seqguard_ray.runtime.serve.metrics import DRIFT_WINDOW, RayMetrics
 
 

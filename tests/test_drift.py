@@ -14,8 +14,17 @@ import pandas as pd
 import pytest
 
 from seqguard_ray.core.drift import (
-    PSI_ACT, PSI_SIGNALS, PSI_WATCH, SIGNALS, DriftMonitor, DriftReference, flagged_verdict, psi, psi_verdict,
-    report_table, two_proportion_z,
+    PSI_ACT,
+    PSI_SIGNALS,
+    PSI_WATCH,
+    SIGNALS,
+    DriftMonitor,
+    DriftReference,
+    flagged_verdict,
+    psi,
+    psi_verdict,
+    report_table,
+    two_proportion_z,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +241,12 @@ def test_the_serving_path_updates_the_drift_gauges(tiny_model, tiny_events):
     """Both front ends run run_stages: on the plain in-process backend each scored batch's counts
     (from the DetectorEnsemble stage) reach the metrics' monitor, and the gauges show its report."""
     from seqguard_ray.runtime.serve import InProcessBackend
-    from seqguard_ray.runtime.serve.metrics import DRIFT_FLAGGED, DRIFT_FLAGGED_Z, DRIFT_PSI, InMemoryMetrics
+    from seqguard_ray.runtime.serve.metrics import (
+        DRIFT_FLAGGED,
+        DRIFT_FLAGGED_Z,
+        DRIFT_PSI,
+        InMemoryMetrics,
+    )
 
     m = InMemoryMetrics(drift_every=1, drift_min_count=1)
     shifted = _longer_gaps(tiny_events)

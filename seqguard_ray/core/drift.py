@@ -33,6 +33,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,7 @@ def _range_labels(edges, fmt, *, integer: bool = False) -> list[str]:
         if not integer:
             return f"{fmt(a)}-{fmt(b)}"
         return fmt(a) if b - 1 == a else f"{fmt(a)}-{fmt(b - 1)}"
-    return [f"<{fmt(edges[0])}", *(mid(a, b) for a, b in zip(edges[:-1], edges[1:])), f">={fmt(edges[-1])}"]
+    return [f"<{fmt(edges[0])}", *(mid(a, b) for a, b in pairwise(edges)), f">={fmt(edges[-1])}"]
 
 
 def _seconds(s: float) -> str:
@@ -241,10 +242,10 @@ class SignalDrift:
 class DriftMonitor:
     """Live counts of every signal, added up batch by batch, compared with a :class:`DriftReference`.
 
-    Memory is fixed: one count vector of the reference's bins, or with ``window`` (users) ``blocks``
-    + 1 of them: the counts are kept in blocks of about window / blocks users, the oldest dropped
-    once ``blocks`` are full, so the report covers the last ``window`` to ``window * (1 + 1/blocks)``
-    users. ``min_count``: fewer live observations of a signal report "too few". ``reference``
+    Memory is fixed: one count vector of the reference's bins, or with ``window`` (users) at most
+    ``blocks`` + 1 of them: the counts are kept in blocks of at least window / blocks users, and the
+    oldest block is dropped while the others hold ``window`` users, so the report covers the last
+    ``window`` users plus less than one block and one batch. ``min_count``: fewer live observations of a signal report "too few". ``reference``
     None (a bundle without one): :meth:`update` ignores batches and every row says "no reference".
     """
 
@@ -259,8 +260,9 @@ class DriftMonitor:
         cuts = np.cumsum([0, *(self._sizes[s] for s in SIGNALS)]) if reference is not None else np.zeros(len(SIGNALS) + 1, int)
         self._slices = {s: slice(int(a), int(b)) for s, a, b in zip(SIGNALS, cuts[:-1], cuts[1:])}
         self._current = np.zeros(int(cuts[-1]), np.int64)
-        self._blocks: deque[np.ndarray] = deque(maxlen=blocks)
+        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (users, counts) of full blocks, oldest first
         self._block_users = math.ceil(window / blocks) if window else 0
+        self._users = 0  # in the blocks and the current one
 
     def update(self, counts: Mapping[str, np.ndarray]) -> None:
         """Add one batch's :meth:`DriftReference.count`; a count vector that does not fit the
@@ -272,14 +274,21 @@ class DriftMonitor:
             if c.shape != (self._sizes[s],):
                 raise ValueError(f"drift counts for signal {s!r} have shape {c.shape}, the reference's bins "
                                  f"need ({self._sizes[s]},): counted with another bundle's reference?")
-            self._current[self._slices[s]] += c.astype(np.int64)
-        if self._block_users and self._current[self._slices["flagged"]].sum() >= self._block_users:
-            self._blocks.append(self._current)
+        for s in SIGNALS:
+            self._current[self._slices[s]] += np.asarray(counts[s]).astype(np.int64)
+        self._users += int(np.asarray(counts["flagged"]).sum())
+        if not self.window:
+            return
+        current = int(self._current[self._slices["flagged"]].sum())
+        if current >= self._block_users:
+            self._blocks.append((current, self._current))
             self._current = np.zeros_like(self._current)
+        while self._blocks and self._users - self._blocks[0][0] >= self.window:
+            self._users -= self._blocks.popleft()[0]
 
     def totals(self) -> DriftCounts:
         """The live counts in the window (all since the start without one)."""
-        total = self._current + sum(self._blocks, np.zeros_like(self._current))
+        total = self._current + sum((v for _, v in self._blocks), np.zeros_like(self._current))
         return {s: total[sl] for s, sl in self._slices.items()}
 
     def report(self) -> list[SignalDrift]:

@@ -15,9 +15,9 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...core import storage
+from ...core.drift import MIN_COUNT
 from .auth import load_token, token_digest
 from .limits import Limits
-from ...core.drift import MIN_COUNT
 from .metrics import DRIFT_WINDOW
 from .sessions import StreamConfig
 
