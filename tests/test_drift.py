@@ -294,6 +294,18 @@ def test_metrics_count_only_batches_of_the_loaded_version_and_a_new_version_rest
     m.refresh()
 
 
+def test_app_args_carry_the_drift_window_to_the_ingress():
+    from pydantic import ValidationError
+
+    from seqguard_ray.runtime.serve.app import AppArgs, ingress_kwargs
+
+    kw = ingress_kwargs(AppArgs(model_dir="m", insecure_no_auth=True, drift_window=1000, drift_min_count=50))
+    assert (kw["drift_window"], kw["drift_min_count"]) == (1000, 50)
+    assert ingress_kwargs(AppArgs(model_dir="m", insecure_no_auth=True, drift_window=None))["drift_window"] is None
+    with pytest.raises(ValidationError, match="drift_window"):
+        AppArgs(model_dir="m", drift_window=0)
+
+
 def test_a_drift_signal_moving_to_act_is_logged_once(tiny_model, caplog):
     from seqguard_ray.runtime.serve.metrics import NullMetrics
 
