@@ -95,9 +95,9 @@ class ServingMetrics:
 
     Drift: :meth:`model_loaded` with the bundle's drift reference starts a
     :class:`~seqguard_ray.core.drift.DriftMonitor` over the last ``drift_window`` users (None: all
-    since the load); :meth:`scored` adds each batch's drift counts and every ``drift_every``
-    batches, and :meth:`refresh`, set the drift gauges from its report (signals with too few live
-    observations, fewer than ``drift_min_count``, are not set).
+    since the load); :meth:`scored` adds each batch's drift counts to it; every ``drift_every``
+    batches, and on :meth:`refresh`, the drift gauges are set from its report (not for a signal with
+    fewer than ``drift_min_count`` live observations).
     """
 
     def __init__(self, *, drift_window: int | None = DRIFT_WINDOW, drift_every: int = DRIFT_EVERY,
