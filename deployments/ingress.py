@@ -19,10 +19,11 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext, gRPCInputStream
 from ray.serve.handle import DeploymentHandle
 
+from seqguard_ray.core.drift import MIN_COUNT
 from seqguard_ray.runtime.serve import (
     Authenticator, Limits, ModelInfo, ScoringService, StageCalls, StagedBackend, StreamConfig,
 )
-from seqguard_ray.runtime.serve.metrics import RayMetrics
+from seqguard_ray.runtime.serve.metrics import DRIFT_WINDOW, RayMetrics
 
 
 class StreamEnded(Exception):
@@ -34,8 +35,11 @@ class StreamEnded(Exception):
 class SeqGuardIngress:
     def __init__(self, encoder: DeploymentHandle, detector: DeploymentHandle, repair: DeploymentHandle, *,
                  token_sha256: str | None, limits: dict | None = None, timeout_s: float | None = None,
-                 max_batch_size: int = 32, max_concurrent_batches: int = 2, stream: dict | None = None):
-        self.metrics = RayMetrics()
+                 max_batch_size: int = 32, max_concurrent_batches: int = 2, stream: dict | None = None,
+                 drift_window: int | None = DRIFT_WINDOW, drift_min_count: int = MIN_COUNT):
+        # drift: the DetectorEnsemble counts each batch in the reference's bins (it holds the vocabulary),
+        # this replica adds the counts up over the last drift_window users and exports the gauges
+        self.metrics = RayMetrics(drift_window=drift_window, drift_min_count=drift_min_count)
         calls = StageCalls(encode=lambda b: encoder.encode.remote(b), detect=lambda e: detector.detect.remote(e),
                            repair=lambda s: repair.apply.remote(s))
         self.backend = StagedBackend(calls, max_batch=max_batch_size, concurrency=max_concurrent_batches,
@@ -48,7 +52,7 @@ class SeqGuardIngress:
 
     async def reconfigure(self, config: dict) -> None:
         self.backend.info = await asyncio.to_thread(ModelInfo.from_dir, config.get("model_dir"))
-        self.metrics.model_loaded(self.backend.info.model_version)
+        self.metrics.model_loaded(self.backend.info.model_version, drift=self.backend.info.drift)
 
     # ---------------------------------------------------------------- rpcs (names = proto rpc names)
     async def _rpc(self, rpc: str, request, ctx: RayServegRPCContext):

@@ -36,7 +36,7 @@ def _args(model_dir):
 
     # a small ingress queue so a burst overflows it (backpressure test); batching still on
     return AppArgs(model_dir=str(model_dir), token_sha256=token_digest(TOKEN), limits={"max_message_bytes": 200_000},
-                   timeout_s=20, max_batch_size=16,
+                   timeout_s=20, max_batch_size=16, drift_min_count=1,
                    deployments={"SeqGuardIngress": {"max_ongoing_requests": 32, "max_queued_requests": 4}})
 
 
@@ -265,6 +265,7 @@ def _total(samples, name, **labels) -> float:
 def test_prometheus_endpoint_exports_seqguard_and_serve_metrics(app, served):
     """seqguard's own metrics and Serve's built-in ones reach the metrics endpoint (docs/metrics.md),
     and the model version gauge outlives Ray's drop of gauges not set for 2 export intervals."""
+    from seqguard_ray.core.drift import PSI_SIGNALS
     from seqguard_ray.runtime.serve import metrics as sm
 
     df = score_events()
@@ -293,6 +294,10 @@ def test_prometheus_endpoint_exports_seqguard_and_serve_metrics(app, served):
         "repair actions": lambda s: _total(s, sm.REPAIR_ACTIONS.exported, action=rep.user_action) >= 1,
         "model version": lambda s: _total(s, sm.MODEL_VERSION.exported, model_version=version) == 1
         and _total(s, sm.MODEL_VERSION.exported) == 1,
+        "drift PSI of every signal": lambda s: {lab.get("signal") for lab, _ in s.get(sm.DRIFT_PSI.exported, [])
+                                                if lab.get("application") == APP} >= set(PSI_SIGNALS),
+        "drift flagged share": lambda s: {lab.get("population") for lab, _ in s.get(sm.DRIFT_FLAGGED.exported, [])
+                                          if lab.get("application") == APP} == {"live", "reference"},
         "serve grpc requests": lambda s: _total(s, "ray_serve_num_grpc_requests_total", application=APP) >= 1,
         "serve grpc latency": lambda s: _total(s, "ray_serve_grpc_request_latency_ms_count", application=APP) >= 1,
         "serve replica latency": lambda s: _total(s, "ray_serve_deployment_processing_latency_ms_count",

@@ -332,6 +332,7 @@ class _Scored:
     def __init__(self, n: int):
         self.score, self.anomalous = np.full(n, 0.999), np.ones(n, bool)
         self.anomaly_type, self.user_action = np.array(["bot"] * n, object), np.array(["quarantine"] * n, object)
+        self.drift_counts, self.model_version = None, ""
         self.scored = self
 
 

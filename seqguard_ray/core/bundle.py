@@ -15,7 +15,10 @@ state.npz holds the arrays under the stage's prefix (:func:`~seqguard_ray.core.s
 ``event.residual_check`` and ``user.length_trend`` (names kept from format 11, so bundles of that
 format read unchanged), and the campaign stage's ``campaigns.*`` (format 12; its scalars in the
 manifest's ``campaigns``) and the change-point stage's ``changepoint.*`` (format 12; manifest
-``changepoint``; absent: scored with the best taste segments, as format 11). A format-11 bundle loads with the campaign stage off
+``changepoint``; absent: scored with the best taste segments, as format 11). The drift reference
+(:mod:`~seqguard_ray.core.drift`) is the manifest's ``drift`` object, plain JSON, no arrays: added
+within format 12 (an optional key; a bundle without one loads with ``drift`` None and reports "no
+reference"; an older seqguard ignores it). A format-11 bundle loads with the campaign stage off
 (``config.campaigns`` False): it has no reference to calibrate one. Nothing is unpickled. Loading checks the format version and every file's
 hash, so a truncated or tampered bundle gets a clear :class:`BundleError`.
 """
@@ -35,6 +38,7 @@ from . import storage
 from .campaigns import CampaignDetector
 from .changepoint import ChangePoint
 from .config import TrainConfig
+from .drift import DriftReference
 from .encoder import Encoder
 from .event_detector import EventDetector
 from .explain import Explainer
@@ -120,6 +124,7 @@ def save_bundle(sg, path: str | Path) -> str:
         "explainer": explainer_meta,
         "campaigns": campaigns_meta,
         "changepoint": changepoint_meta,
+        "drift": sg.drift.to_state()[1] if getattr(sg, "drift", None) is not None else None,
         "vocab": vocab_meta,
         "metrics": {**sg.metrics, "feature_quantiles": explained["quantiles"]},
         "files": {f: hashlib.sha256(blobs[f]).hexdigest() for f in FILES},
@@ -176,6 +181,15 @@ def _read_checked(path: str | Path) -> tuple[dict, dict[str, bytes]]:
     return manifest, blobs
 
 
+def read_drift(manifest: dict, *, token_count: np.ndarray | None = None, path: str = "") -> DriftReference | None:
+    """The drift reference of a bundle's manifest (None: trained before it); ``token_count`` (the
+    vocabulary's counts by token) lets it count batches, without it it only reports."""
+    meta = manifest.get("drift")
+    if not isinstance(meta, dict):
+        return None
+    return _restore(path, DriftReference, {} if token_count is None else {"token_count": token_count}, meta)
+
+
 def _restore(p: str, stage, arrays, meta):
     """``stage.from_state(arrays, meta)``; what does not fit is the bundle's error."""
     try:
@@ -187,7 +201,7 @@ def _restore(p: str, stage, arrays, meta):
 def load_stages(path: str | Path) -> dict:
     """The fitted stages of a bundle written by :func:`save_bundle`: ``config``, ``policy``, ``vocab``,
     ``encoder``, ``stats``, ``event_detector``, ``strata``, ``explainer``, ``campaign_detector``, ``changepoint``
-    (None: no campaign stage); its ``metrics`` and ``model_version``."""
+    (None: no campaign stage), ``drift`` (None: no drift reference); its ``metrics`` and ``model_version``."""
     from safetensors.numpy import load as safetensors_load
 
     p = str(path)
@@ -240,6 +254,7 @@ def load_stages(path: str | Path) -> dict:
             "strata": strata, "explainer": explainer, "campaign_detector": campaign_detector,
             "changepoint": (_restore(p, ChangePoint, unnest("changepoint", a), m["changepoint"])
                             if isinstance(m.get("changepoint"), dict) else None),
+            "drift": read_drift(m, token_count=np.r_[np.zeros(N_SPECIAL, np.int64), vocab.item_counts_], path=p),
             "metrics": m.get("metrics", {}), "model_version": m.get("model_version", ""),
         }
     except BundleError:

@@ -28,6 +28,7 @@ from .calibration import BUDGET, budget_scale, ensemble_share
 from .campaigns import CampaignDetector, apply_allow, apply_campaigns, detect_campaigns
 from .changepoint import ChangePoint
 from .config import TrainConfig
+from .drift import DriftReference
 from .encoder import Encoder, SeqGuardEncoder
 from .ensemble import UserDetectors
 from .event_detector import EventDetector
@@ -93,6 +94,7 @@ class SeqGuard:
         self.explainer = Explainer()
         self.campaign_detector: CampaignDetector | None = None
         self.changepoint: ChangePoint | None = None  # None: a format-11 bundle (taste segments stand in)
+        self.drift: DriftReference | None = None  # None: a bundle trained before the drift reference
         self.metrics: dict = {}
 
     def _user_detectors(self) -> UserDetectors:
@@ -211,7 +213,7 @@ class SeqGuard:
         seqs = enc.seqs
         _check_trainable(seqs.n_users)
         sample = sample or FitSample(c.seed, [], seqs.n_users, len(seqs.ts), seqs.n_users, len(seqs.ts))
-        counts = None if sample.whole else np.r_[np.zeros(N_SPECIAL, np.int64), self.vocab.item_counts_]
+        counts = None if sample.whole else self._token_counts()
         self.stats = ItemStats(seed=c.seed).fit(seqs, self.vocab.n_items, items=self.vocab.items_, counts=counts)
         ef = event_features(seqs, self.stats)
         event_detector = EventDetector(seed=c.seed).fit(ef)
@@ -231,6 +233,7 @@ class SeqGuard:
         self.explainer = Explainer().fit(local, seqs.offsets, uf, normal,
                                          main_stratum=self.strata.main_stratum_, drift_columns=drift)
         self.changepoint = ChangePoint().fit(seqs, self.stats, local)  # its null: these histories' changes
+        self.drift = self._fit_drift(enc)
         self.campaign_detector = None
         if c.campaigns:
             _, codes = np.unique(seqs.item_key, return_inverse=True)
@@ -251,6 +254,17 @@ class SeqGuard:
         })
         log.info("detectors fitted on %d of %d users (%d of %d events)%s", seqs.n_users, sample.seen_users,
                  len(seqs.ts), sample.seen_events, "" if sample.whole else " (the fit sample)")
+
+    def _fit_drift(self, enc: Encoded) -> DriftReference:
+        """The drift reference of the training sequences, with the scores :meth:`detect` gives them
+        (what the serving path counts live; campaign evidence is in neither)."""
+        scored = self.detect(enc)
+        return DriftReference().fit(enc.seqs, scored.score, scored.anomalous, token_count=self._token_counts(),
+                                    actions=self.vocab.actions_)
+
+    def _token_counts(self) -> np.ndarray:
+        """(n_items,) each item token's training count (0 for the special tokens)."""
+        return np.r_[np.zeros(N_SPECIAL, np.int64), self.vocab.item_counts_]
 
     # ------------------------------------------------------------------ API
     def check_log(self, log_: EventLog, *, once: bool = False) -> list[str]:

@@ -15,8 +15,10 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...core import storage
+from ...core.drift import MIN_COUNT
 from .auth import load_token, token_digest
 from .limits import Limits
+from .metrics import DRIFT_WINDOW
 from .sessions import StreamConfig
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class AppArgs(BaseModel):
     deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-deployment .options() overrides
     stream: dict[str, Any] = Field(default_factory=dict)  # ScoreStream settings (StreamConfig fields: window,
                                                           # ttl_s, max_users, redis_url, ...); password: env only
+    drift_window: Optional[int] = Field(DRIFT_WINDOW, ge=1)  # most recent users the drift gauges compare with
+                                                            # the training reference (None: all since the load)
+    drift_min_count: int = Field(MIN_COUNT, ge=0)           # fewer live observations of a drift signal: no gauge
 
 
 def check_app_args(args: AppArgs | dict) -> AppArgs:
@@ -93,7 +98,8 @@ def ingress_kwargs(args: AppArgs) -> dict[str, Any]:
         log.warning("serving WITHOUT auth: anyone who can reach the gRPC port can call it")
     return {"token_sha256": digest, "limits": args.limits, "timeout_s": args.timeout_s,
             "max_batch_size": args.max_batch_size, "max_concurrent_batches": args.max_concurrent_batches,
-            "stream": dict(args.stream)}
+            "stream": dict(args.stream), "drift_window": args.drift_window,
+            "drift_min_count": args.drift_min_count}
 
 
 def _cluster_has_gpus() -> bool:

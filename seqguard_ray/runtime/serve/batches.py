@@ -124,6 +124,9 @@ class ScoredBatch:
     campaign_id: np.ndarray | None = None     # (R,) int64 each sequence's campaign, -1 = none
     targeted: list[list[int]] | None = None   # (R,) campaigns whose targets each sequence has events on
     campaigns_version: str = ""
+    # the batch's drift counts (DriftReference.count: signal -> (bins,) int64); None: the bundle has no
+    # drift reference. Counts of the whole batch: a slice has none (they would be counted twice)
+    drift_counts: dict[str, np.ndarray] | None = None
 
     def input_order(self) -> np.ndarray:
         """(N,) for each input row, its sorted position."""
@@ -140,7 +143,7 @@ class ScoredBatch:
                        length_doubt=self.length_doubt[r0:r1],
                        event_campaign=None if self.event_campaign is None else self.event_campaign[e0:e1],
                        campaign_id=None if self.campaign_id is None else self.campaign_id[r0:r1],
-                       targeted=None if self.targeted is None else self.targeted[r0:r1])
+                       targeted=None if self.targeted is None else self.targeted[r0:r1], drift_counts=None)
 
     def split(self, bounds: np.ndarray) -> list[ScoredBatch]:
         return [self] if len(bounds) == 2 else [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]

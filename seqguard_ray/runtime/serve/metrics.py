@@ -2,7 +2,8 @@
 
 :class:`ServingMetrics` turns serving events (an rpc answered with a status code, a batch of
 sequences scored, a batch repaired, a model bundle loaded) into updates of the metrics in
-:data:`METRICS`. Subclasses only say where the updates go:
+:data:`METRICS`, and keeps the drift monitor whose report the drift gauges show
+(:mod:`seqguard_ray.core.drift`). Subclasses only say where the updates go:
 
 - :class:`NullMetrics`: nowhere (the default, e.g. for the plain ``grpc.aio`` server);
 - :class:`InMemoryMetrics`: a dict (unit tests);
@@ -18,10 +19,12 @@ Scores are in [0, 1]; higher means more anomalous.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from ...core.drift import MIN_COUNT, DriftMonitor, DriftReference
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,19 @@ MODEL_VERSION = MetricSpec("seqguard_model_version", "gauge",
                            "1 for the model version this replica serves, 0 for versions it served before",
                            ("model_version",))
 
-METRICS: tuple[MetricSpec, ...] = (REQUESTS, USER_SCORE, ANOMALIES, REPAIR_ACTIONS, BATCH_REQUESTS, MODEL_VERSION)
+DRIFT_PSI = MetricSpec("seqguard_drift_psi", "gauge",
+                       "population stability index of live inputs and scores against the training reference, "
+                       "by signal (0.1: watch, 0.25: act)", ("signal",))
+DRIFT_FLAGGED = MetricSpec("seqguard_drift_flagged_share", "gauge",
+                           "share of users flagged: live (the drift window) and in the training reference",
+                           ("population",))
+DRIFT_FLAGGED_Z = MetricSpec("seqguard_drift_flagged_z", "gauge",
+                             "two-proportion z of the live flagged share against the training reference's")
+
+METRICS: tuple[MetricSpec, ...] = (REQUESTS, USER_SCORE, ANOMALIES, REPAIR_ACTIONS, BATCH_REQUESTS, MODEL_VERSION,
+                                   DRIFT_PSI, DRIFT_FLAGGED, DRIFT_FLAGGED_Z)
+DRIFT_WINDOW = 50_000  # users the drift gauges compare by default (the most recent; blocks of a tenth)
+DRIFT_EVERY = 16       # scored batches between two exports of the drift gauges (refresh() exports too)
 
 
 def _counts(values: Iterable) -> list[tuple[str, int]]:
@@ -77,24 +92,46 @@ class ServingMetrics:
 
     A failing primitive never fails a request: the error is logged (with its traceback the first
     time for each metric) and the update is lost.
+
+    Drift: :meth:`model_loaded` with the bundle's drift reference starts a
+    :class:`~seqguard_ray.core.drift.DriftMonitor` over the last ``drift_window`` users (None: all
+    since the load); :meth:`scored` adds each batch's drift counts to it; every ``drift_every``
+    batches, and on :meth:`refresh`, the drift gauges are set from its report (not for a signal with
+    fewer than ``drift_min_count`` live observations).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, drift_window: int | None = DRIFT_WINDOW, drift_every: int = DRIFT_EVERY,
+                 drift_min_count: int = MIN_COUNT) -> None:
+        if isinstance(drift_every, bool) or not isinstance(drift_every, int) or drift_every < 1:
+            raise ValueError(f"drift_every must be an int >= 1, got {drift_every!r}")
+        DriftMonitor(None, window=drift_window, min_count=drift_min_count)  # checks them
         self._version: str | None = None
         self._failed: set[str] = set()
+        self.drift_window, self.drift_every, self.drift_min_count = drift_window, drift_every, drift_min_count
+        self.drift_monitor: DriftMonitor | None = None  # None: no bundle loaded yet
+        self._drift_batches = 0
+        self._drift_verdicts: dict[str, str] = {}  # the last export's, to log a change once
 
     # ------------------------------------------------------------------ events
     def request(self, rpc: str, code: str) -> None:
         """One rpc answered; ``code`` is the gRPC status name (``"OK"``, ``"INVALID_ARGUMENT"``...)."""
         self._safe(REQUESTS, self._inc, REQUESTS, 1, {"rpc": rpc, "code": code})
 
-    def scored(self, score: np.ndarray, anomalous: np.ndarray, anomaly_type: np.ndarray) -> None:
-        """A batch of R sequences scored: score (R,) in [0, 1], anomalous (R,) bool, anomaly_type (R,) str."""
+    def scored(self, score: np.ndarray, anomalous: np.ndarray, anomaly_type: np.ndarray, *,
+               drift: Mapping[str, np.ndarray] | None = None, model_version: str | None = None) -> None:
+        """A batch of R sequences scored: score (R,) in [0, 1], anomalous (R,) bool, anomaly_type (R,) str;
+        ``drift``: its drift counts (``ScoredBatch.drift_counts``), added to the drift monitor when
+        the batch was scored with the model version loaded here (``model_version`` None: assumed so)."""
         score = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
         flagged = np.asarray(anomaly_type, dtype=object)[np.asarray(anomalous, dtype=bool)]
         self._safe(USER_SCORE, self._observe, USER_SCORE, score)
         for t, n in _counts(flagged):
             self._safe(ANOMALIES, self._inc, ANOMALIES, n, {"anomaly_type": t})
+        if drift is not None and self.drift_monitor is not None and model_version in (None, self._version):
+            self._safe(DRIFT_PSI, self.drift_monitor.update, drift)
+            self._drift_batches += 1
+            if self._drift_batches % self.drift_every == 0:
+                self._export_drift()
 
     def repaired(self, user_action: np.ndarray) -> None:
         """A batch of R sequences repaired: user_action (R,) str, the action applied to each."""
@@ -105,19 +142,46 @@ class ServingMetrics:
         """One stage call carried ``n_requests`` merged requests."""
         self._safe(BATCH_REQUESTS, self._observe, BATCH_REQUESTS, np.array([n_requests], dtype=np.float64))
 
-    def model_loaded(self, version: str) -> None:
+    def model_loaded(self, version: str, drift: DriftReference | None = None) -> None:
         """This replica now serves ``version``: its gauge goes to 1, the previous version's to 0
-        (with Ray, that 0 is exported for a while and then the series is dropped, see :meth:`refresh`)."""
+        (with Ray, that 0 is exported for a while and then the series is dropped, see :meth:`refresh`).
+        ``drift``: the bundle's drift reference (None: it has none, no drift gauge is set); a new
+        version starts a new drift window, the same one reloaded keeps it."""
         old, self._version = self._version, version
         if old is not None and old != version:
             self._safe(MODEL_VERSION, self._set, MODEL_VERSION, 0.0, {"model_version": old})
         self._safe(MODEL_VERSION, self._set, MODEL_VERSION, 1.0, {"model_version": version})
+        if old != version or self.drift_monitor is None or self.drift_monitor.reference is None:
+            self.drift_monitor = DriftMonitor(drift, window=self.drift_window, min_count=self.drift_min_count)
+            self._drift_batches, self._drift_verdicts = 0, {}
 
     def refresh(self) -> None:
         """Set the gauges again. Call it every few seconds: Ray's metrics agent drops a gauge series
         that was not set for two export intervals (2 x 10 s by default), counters and histograms stay."""
         if self._version is not None:
             self._safe(MODEL_VERSION, self._set, MODEL_VERSION, 1.0, {"model_version": self._version})
+        self._export_drift()
+
+    def _export_drift(self) -> None:
+        """Set the drift gauges from the monitor's report; log a signal's move to watch or act once."""
+        if self.drift_monitor is None or self.drift_monitor.reference is None:
+            return
+        rows = self.drift_monitor.report()
+        for row in rows:
+            if row.verdict in ("watch", "act") and self._drift_verdicts.get(row.signal) != row.verdict:
+                log.warning("drift of %s from the training reference: %s %.3f, %s (%s)", row.signal, row.statistic,
+                            row.value, row.verdict, row.detail)
+        self._drift_verdicts = {r.signal: r.verdict for r in rows}
+        for row in rows:
+            if row.verdict in ("too few", "no reference"):
+                continue
+            if row.signal == "flagged":
+                live, ref = self.drift_monitor.totals()["flagged"], self.drift_monitor.reference.counts_["flagged"]
+                for population, (n0, k) in (("live", live), ("reference", ref)):
+                    self._safe(DRIFT_FLAGGED, self._set, DRIFT_FLAGGED, float(k / (n0 + k)), {"population": population})
+                self._safe(DRIFT_FLAGGED_Z, self._set, DRIFT_FLAGGED_Z, float(row.value), {})
+            else:
+                self._safe(DRIFT_PSI, self._set, DRIFT_PSI, float(row.value), {"signal": row.signal})
 
     # ------------------------------------------------------------------ primitives
     def _inc(self, spec: MetricSpec, n: int, tags: dict[str, str]) -> None:
@@ -154,8 +218,8 @@ class NullMetrics(ServingMetrics):
 class InMemoryMetrics(ServingMetrics):
     """Keeps counter totals, observed values and gauge values in dicts keyed by (name, sorted tags)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **drift) -> None:
+        super().__init__(**drift)
         self.counters: dict[tuple[str, tuple], float] = {}
         self.observed: dict[str, list[float]] = {}
         self.gauges: dict[tuple[str, tuple], float] = {}
@@ -177,8 +241,8 @@ class RayMetrics(ServingMetrics):
     are plain ``ray.util.metrics`` objects). Needs a connected Ray worker or driver.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **drift) -> None:
+        super().__init__(**drift)
         from ray.serve import metrics as m
 
         self._m = {}
@@ -205,6 +269,11 @@ class RayMetrics(ServingMetrics):
 __all__ = [
     "ANOMALIES",
     "BATCH_REQUESTS",
+    "DRIFT_EVERY",
+    "DRIFT_FLAGGED",
+    "DRIFT_FLAGGED_Z",
+    "DRIFT_PSI",
+    "DRIFT_WINDOW",
     "METRICS",
     "MODEL_VERSION",
     "REPAIR_ACTIONS",

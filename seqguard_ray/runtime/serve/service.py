@@ -111,6 +111,8 @@ class InProcessBackend(StagedBackend):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqguard-engine")
         super().__init__(local_stage_calls(self._engine, self._pool, self.model_dir), batching=batching,
                          max_batch=max_batch, metrics=metrics)
+        if sg is not None:
+            self.metrics.model_loaded(getattr(sg, "model_version", ""), drift=getattr(sg, "drift", None))
 
     @classmethod
     def from_dir(cls, model_dir: str, *, torch_threads: int | None = 1, **kw) -> InProcessBackend:

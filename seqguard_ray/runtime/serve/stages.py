@@ -15,11 +15,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .batches import EncodedBatch, RepairedBatch, ScoredBatch, SeqBatch
 from .errors import Unavailable
 from .metrics import NullMetrics, ServingMetrics
+
+if TYPE_CHECKING:
+    from ...core.drift import DriftReference
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,15 @@ def encode_stage(sg, batch: SeqBatch, model_dir: str = "") -> EncodedBatch:
 
 def detect_stage(sg, eb: EncodedBatch) -> ScoredBatch:
     """Score with the calibrated ensemble (the DetectorEnsemble deployment's work), then merge the
-    evidence of the campaign table published with the bundle (``sg.campaign_watch``), if any."""
+    evidence of the campaign table published with the bundle (``sg.campaign_watch``), if any. The
+    batch's drift counts ride along (``drift_counts``): this stage holds the vocabulary that bins
+    items, the front end's metrics add them up (:func:`run_stages`)."""
     from ...core.campaigns.published import apply_published
     from ...core.detectors import DETECTORS
 
     s = sg.detect(eb.encoded)
+    drift = getattr(sg, "drift", None)  # counted before the campaign table's evidence, as its reference was
+    counts = drift.count(eb.encoded.seqs, s.score, s.anomalous) if drift is not None else None
     watch = getattr(sg, "campaign_watch", None)
     table = watch.current() if watch is not None else None
     campaign = targeted = None
@@ -52,7 +59,7 @@ def detect_stage(sg, eb: EncodedBatch) -> ScoredBatch:
                        s.event_score, s.event_anomalous, s.detector_scores, s.length_doubt, tuple(DETECTORS),
                        float(sg.user_detectors.threshold_), eb.model_version, eb.model_dir,
                        s.event_campaign if campaign is not None else None, campaign, targeted,
-                       table.version if campaign is not None else "")
+                       table.version if campaign is not None else "", counts)
 
 
 def repair_stage(policy, sb: ScoredBatch) -> RepairedBatch:
@@ -84,10 +91,11 @@ async def run_stages(calls: StageCalls, batch: SeqBatch, repair: bool,
     scored = calls.detect(calls.encode(batch))
     if not repair:
         sb = await scored
-        metrics.scored(sb.score, sb.anomalous, sb.anomaly_type)
+        metrics.scored(sb.score, sb.anomalous, sb.anomaly_type, drift=sb.drift_counts, model_version=sb.model_version)
         return sb
     rb = await calls.repair(scored)
-    metrics.scored(rb.scored.score, rb.scored.anomalous, rb.scored.anomaly_type)
+    sb = rb.scored
+    metrics.scored(sb.score, sb.anomalous, sb.anomaly_type, drift=sb.drift_counts, model_version=sb.model_version)
     metrics.repaired(rb.user_action)
     return rb
 
@@ -225,10 +233,11 @@ class ModelInfo:
     campaign_targets: int = 0
     max_events_per_user: int | None = None  # the bundle's history cap (TrainConfig.max_events_per_user)
     max_len: int | None = None              # the encoder's window (TrainConfig.max_len): ScoreStream's default window
+    drift: DriftReference | None = None     # the bundle's drift reference, for reporting only (None: it has none)
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelInfo:
-        from ...core.bundle import read_manifest
+        from ...core.bundle import read_drift, read_manifest
 
         from ...core.validate import MAX_EVENTS_PER_USER
 
@@ -238,7 +247,8 @@ class ModelInfo:
         max_len = int(tc["max_len"]) if "max_len" in tc else None
         return cls(m["model_version"], str(m["format_version"]), float(m["detectors"]["threshold"]),
                    float(m["detectors"]["target_fpr"]), dict(m["repair_policy"]["actions"]),
-                   str(model_dir), max_events_per_user=cap, max_len=max_len).with_campaigns()
+                   str(model_dir), max_events_per_user=cap, max_len=max_len,
+                   drift=read_drift(m, path=str(model_dir))).with_campaigns()
 
     def with_campaigns(self) -> ModelInfo:
         """This info with the campaign table published now (read from its table.json: cheap)."""
