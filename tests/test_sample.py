@@ -62,7 +62,8 @@ def test_a_bad_budget_names_the_field(bad):
 def test_fit_within_the_budget_is_unchanged_and_over_it_fits_the_sample(tiny_events, tiny_model):
     whole = SeqGuard(TrainConfig(**FAST, fit_sample_events=len(tiny_events))).fit(tiny_events)
     ref = tiny_model.score(tiny_events).users
-    np.testing.assert_array_equal(whole.score(tiny_events).users["score"], ref["score"])
+    # two trainings of one config agree to float noise (torch's CPU kernels may sum in another order)
+    np.testing.assert_allclose(whole.score(tiny_events).users["score"], ref["score"], rtol=0, atol=1e-6)
     assert whole.metrics["fit_events"] == whole.metrics["train_events"] == len(tiny_events)
 
     budget = len(tiny_events) // 2
