@@ -108,9 +108,24 @@ def local_stage_calls(engine: Callable[[], Any], pool: Executor, model_dir: str 
         x = await upstream if inspect.isawaitable(upstream) else upstream
         return await asyncio.get_running_loop().run_in_executor(pool, fn, x)
 
-    return StageCalls(encode=lambda b: hop(lambda x: encode_stage(engine(), x, model_dir), b),
-                      detect=lambda e: hop(lambda x: detect_stage(engine(), x), e),
-                      repair=lambda s: hop(lambda x: repair_stage(engine().policy, x), s))
+    # a batch's later stages use the engine that encoded it, even if engine() changed meanwhile (a
+    # promoted rollout candidate): the last two engines by version (one thread: no lock needed)
+    used: OrderedDict[str, Any] = OrderedDict()
+
+    def encode(x: SeqBatch) -> EncodedBatch:
+        sg = engine()
+        used[getattr(sg, "model_version", "")] = sg
+        used.move_to_end(getattr(sg, "model_version", ""))
+        while len(used) > 2:
+            used.popitem(last=False)
+        return encode_stage(sg, x, model_dir)
+
+    def same(version: str) -> Any:
+        return used.get(version) or engine()
+
+    return StageCalls(encode=lambda b: hop(encode, b),
+                      detect=lambda e: hop(lambda x: detect_stage(same(x.model_version), x), e),
+                      repair=lambda s: hop(lambda x: repair_stage(same(x.model_version).policy, x), s))
 
 
 # --------------------------------------------------------------------------- models in a replica
