@@ -134,10 +134,10 @@ class ModelStore:
 
     During a rollout, upstream stages may still send work encoded with the previous bundle: a
     stage looks the version up here (loading it from ``model_dir`` if needed), so stages never mix
-    two bundles in one request.
+    two bundles in one request. ``keep`` 3: the current, the previous and a shadow rollout's candidate.
     """
 
-    def __init__(self, loader: Callable[[str], Any], *, keep: int = 2):
+    def __init__(self, loader: Callable[[str], Any], *, keep: int = 3):
         self._loader = loader
         self._keep = keep
         self._models: OrderedDict[str, Any] = OrderedDict()
@@ -151,6 +151,13 @@ class ModelStore:
             self._put(m)
             self._current = m.model_version
             log.info("serving model %s from %s", m.model_version, model_dir)
+            return m
+
+    def preload(self, model_dir: str) -> Any:
+        """Load ``model_dir`` beside the current bundle (a rollout's candidate), not making it current."""
+        with self._lock:
+            m = self._loader(str(model_dir))
+            self._put(m)
             return m
 
     def _put(self, m) -> None:
