@@ -130,7 +130,11 @@ def plain(model: str, max_batch: int, work, a, shadow: float | None = None) -> d
         return out
     finally:
         p.terminate()
-        p.wait(30)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:  # seen once with a candidate on a loaded machine: do not lose the figures
+            p.kill()
+            p.wait(30)
 
 
 def replica_counts(app: str = "seqguard") -> dict:
