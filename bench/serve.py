@@ -2,6 +2,7 @@
 
     python bench/serve.py --model model            # or without --model: trains a tiny bundle first
     python bench/serve.py --autoscale              # also: a load ramp, printing Encoder replica counts
+    python bench/serve.py --shadow 1.0 --skip serve,serve-opt   # also: plain batching with a rollout candidate
 
 Prints sequential p50/p99 latency of Score (one user's sequence) and throughput at --clients
 concurrent clients, for: plain server without batching, plain server with batching (both in a
@@ -93,7 +94,19 @@ def measure(target: str, work, *, n_seq: int, clients: int, seconds: float) -> d
             "rps": sum(done) / wall, "errors": sum(errors)}
 
 
-def plain(model: str, max_batch: int, work, a) -> dict:
+def bundle(path: str, seed: int) -> str:
+    """A tiny bundle at ``path`` (trained once)."""
+    from seqguard_ray.core.bundle import BundleError, read_manifest
+    try:
+        read_manifest(path)
+    except BundleError:  # missing, or written by another seqguard version
+        from seqguard_ray import SeqGuard, TrainConfig
+        from seqguard_ray.synth import generate
+        SeqGuard(TrainConfig(epochs=1, hidden_size=32, seed=seed)).fit(generate(n_users=150, seed=seed).events).save(path)
+    return path
+
+
+def plain(model: str, max_batch: int, work, a, shadow: float | None = None) -> dict:
     port = free_port()
     env = {**os.environ, "SEQGUARD_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "seqguard_ray.cli.main", "-q", "serve", "--no-ray", "--model", model,
@@ -103,11 +116,25 @@ def plain(model: str, max_batch: int, work, a) -> dict:
         t0 = time.time()
         wait_ready(f"127.0.0.1:{port}")
         start = time.time() - t0
-        return {**measure(f"127.0.0.1:{port}", work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds),
-                "start_s": start}
+        if shadow is not None:  # a rollout candidate (another seed's bundle) scores `shadow` of the users too
+            from seqguard_ray.client import SeqGuardClient
+            cand = bundle("/tmp/seqguard_bench_candidate", 1)
+            SeqGuardClient(f"127.0.0.1:{port}", TOKEN, timeout_s=120).rollout("start", candidate_dir=cand, share=shadow)
+        out = {**measure(f"127.0.0.1:{port}", work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds),
+               "start_s": start}
+        if shadow is not None:
+            st = SeqGuardClient(f"127.0.0.1:{port}", TOKEN).rollout("status")
+            print(f"shadow {shadow}: {st.shadowed_users} users shadowed, {st.skipped_users} skipped while busy, "
+                  f"{st.candidate_errors} errors; live {st.live_latency_ms:.1f} ms, candidate "
+                  f"{st.candidate_latency_ms:.1f} ms per shadowed batch", flush=True)
+        return out
     finally:
         p.terminate()
-        p.wait(30)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:  # seen once with a candidate on a loaded machine: do not lose the figures
+            p.kill()
+            p.wait(30)
 
 
 def replica_counts(app: str = "seqguard") -> dict:
@@ -198,18 +225,10 @@ def main() -> int:
     p.add_argument("--concurrent-batches", type=int, default=2, help="Serve ingress max_concurrent_batches")
     p.add_argument("--autoscale", action="store_true", help="also run a load ramp and print Encoder replicas")
     p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve,serve-opt")
+    p.add_argument("--shadow", type=float, default=None, metavar="SHARE",
+                   help="also run the batching plain server with a rollout candidate shadowing SHARE of the users")
     a = p.parse_args()
-    model = a.model
-    if model is None:
-        model = "/tmp/seqguard_bench_bundle"
-        from seqguard_ray.core.bundle import BundleError, read_manifest
-        try:
-            read_manifest(model)
-        except BundleError:  # missing, or written by another seqguard version
-            from seqguard_ray import SeqGuard, TrainConfig
-            from seqguard_ray.synth import generate
-            SeqGuard(TrainConfig(epochs=1, hidden_size=32)).fit(generate(n_users=150, seed=0).events).save(model)
-    model = str(Path(model).resolve())
+    model = str(Path(a.model or bundle("/tmp/seqguard_bench_bundle", 0)).resolve())
     work = workload()
     skip = set(filter(None, a.skip.split(",")))
     res = {}
@@ -217,6 +236,8 @@ def main() -> int:
         res["plain (no batching)"] = plain(model, 1, work, a)
     if "plain" not in skip:
         res["plain (batching)"] = plain(model, a.max_batch, work, a)
+    if a.shadow is not None:
+        res[f"plain, shadow {a.shadow:g}"] = plain(model, a.max_batch, work, a, shadow=a.shadow)
     if "serve" not in skip:
         res["Ray Serve app"] = serve_app(model, work, a)
     if "serve-opt" not in skip:
@@ -224,6 +245,10 @@ def main() -> int:
     print(f"\n{'server':22s} {'start s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {f'rps@{a.clients}':>9s} {'errors':>6s}")
     for k, r in res.items():
         print(f"{k:22s} {r['start_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:9.1f} {r['errors']:6d}")
+    s, b = res.get(f"plain, shadow {a.shadow:g}"), res.get("plain (batching)")
+    if s and b:
+        print(f"shadow {a.shadow:g} vs none (plain batching): throughput {100 * s['rps'] / b['rps']:.0f}%, "
+              f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x, p99 {s['p99_ms'] / b['p99_ms']:.2f}x")
     for name, base in itertools.product(("Ray Serve app", "Serve, optimized"), ("plain (no batching)", "plain (batching)")):
         s, b = res.get(name), res.get(base)
         if s and b:

@@ -13,6 +13,7 @@ back here. What is counted for Prometheus: :class:`~seqguard_ray.runtime.serve.m
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 from ray import serve
@@ -23,7 +24,9 @@ from seqguard_ray.core.drift import MIN_COUNT
 from seqguard_ray.runtime.serve import (
     Authenticator, Limits, ModelInfo, ScoringService, StageCalls, StagedBackend, StreamConfig,
 )
+from seqguard_ray.runtime.serve.app import AppConfigRollout
 from seqguard_ray.runtime.serve.metrics import DRIFT_WINDOW, RayMetrics
+from seqguard_ray.runtime.serve.shadow import check_candidate
 
 
 class StreamEnded(Exception):
@@ -42,8 +45,14 @@ class SeqGuardIngress:
         self.metrics = RayMetrics(drift_window=drift_window, drift_min_count=drift_min_count)
         calls = StageCalls(encode=lambda b: encoder.encode.remote(b), detect=lambda e: detector.detect.remote(e),
                            repair=lambda s: repair.apply.remote(s))
+        # a shadow rollout's candidate goes through the same stage replicas, by version (Encoder.encode_with)
+        self._candidate_calls = lambda v, d: StageCalls(encode=lambda b: encoder.encode_with.remote(b, v, d),
+                                                        detect=lambda e: detector.detect.remote(e),
+                                                        repair=lambda s: repair.apply.remote(s))
+        ctx = serve.get_replica_context()
+        self.replica = ctx.replica_tag
         self.backend = StagedBackend(calls, max_batch=max_batch_size, concurrency=max_concurrent_batches,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, control=AppConfigRollout(ctx.app_name))
         # ScoreStream's state: in Redis when stream.redis_url (or $SEQGUARD_REDIS_URL on the node) names
         # one, any replica serving any user; else in this replica's memory (a stream stays on the
         # replica that took it; a user's events must come on streams to this replica)
@@ -53,6 +62,17 @@ class SeqGuardIngress:
     async def reconfigure(self, config: dict) -> None:
         self.backend.info = await asyncio.to_thread(ModelInfo.from_dir, config.get("model_dir"))
         self.metrics.model_loaded(self.backend.info.model_version, drift=self.backend.info.drift)
+        cand = config.get("candidate_dir")
+        try:
+            if not cand or cand == config.get("model_dir"):
+                self.backend.shadow.stop()
+                return
+            info = await asyncio.to_thread(check_candidate, cand, self.backend.info)
+            self.backend.shadow.start(info, self._candidate_calls(info.model_version, info.model_dir),
+                                      float(config.get("shadow_share", 0.0)))
+        except Exception as exc:  # noqa: BLE001 - a broken candidate never takes the live app down
+            self.backend.shadow.stop()
+            logging.getLogger("ray.serve").error("rollout candidate %s not held: %s", cand, exc)
 
     # ---------------------------------------------------------------- rpcs (names = proto rpc names)
     async def _rpc(self, rpc: str, request, ctx: RayServegRPCContext):
@@ -74,6 +94,11 @@ class SeqGuardIngress:
     async def ModelInfo(self, request, grpc_context: RayServegRPCContext):  # noqa: N802
         return await self._rpc("ModelInfo", request, grpc_context)
 
+    async def Rollout(self, request, grpc_context: RayServegRPCContext):  # noqa: N802
+        msg = await self._rpc("Rollout", request, grpc_context)
+        msg.server = self.replica  # each ingress replica holds its own counts
+        return msg
+
     async def ScoreStream(self, request_stream: gRPCInputStream,  # noqa: N802
                           grpc_context: RayServegRPCContext):
         """Bidirectional: Serve's proxy hands the client's messages in as ``request_stream`` and
@@ -90,3 +115,4 @@ class SeqGuardIngress:
         if self.backend.info is None:
             raise RuntimeError("no model configured")
         self.metrics.refresh()  # Serve calls this every health_check_period_s: keeps the gauges exported
+        self.backend.shadow.refresh()

@@ -35,6 +35,12 @@ class _Stage:
         if not model_dir:
             raise ValueError(f"{type(self).__name__}: user_config needs model_dir, got {config}")
         await self._run(self.store.load, model_dir)
+        if config.get("candidate_dir"):  # a shadow rollout's candidate: loaded now, not on its first batch
+            try:
+                await asyncio.to_thread(self.store.preload, config["candidate_dir"])
+            except Exception as exc:  # noqa: BLE001 - a broken candidate never takes the live stage down
+                log.error("rollout candidate %s cannot be loaded (its shadow batches will fail): %s",
+                          config["candidate_dir"], exc)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -72,6 +78,12 @@ class Encoder(_Stage):
         merged, bounds = SeqBatch.concat(batches)
         sg = self.store.current
         return (await self._run(encode_stage, sg, merged)).split(bounds)
+
+    async def encode_with(self, batch: SeqBatch, version: str, model_dir: str) -> EncodedBatch:
+        """Encode with the bundle ``version`` (a rollout's candidate; the DetectorEnsemble follows the
+        version it carries). Not merged with live batches: the candidate's are few."""
+        sg = await asyncio.to_thread(self.store.get, version, model_dir)
+        return await self._run(encode_stage, sg, batch)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, health_check_period_s=5)

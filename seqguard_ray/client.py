@@ -125,6 +125,18 @@ class SeqGuardClient:
     def model_info(self) -> pb.ModelInfoResponse:
         return self._call("ModelInfo", pb.ModelInfoRequest())
 
+    def rollout(self, action: str = "status", *, candidate_dir: str = "", share: float = 0.0, force: bool = False,
+                max_flag_ratio: float | None = None, min_users: int | None = None) -> pb.RolloutStatus:
+        """The Rollout rpc: ``action`` status | start | promote | abort (docs/serving.md, "Shadow rollout").
+        A promotion the guard blocks raises ``grpc.RpcError`` FAILED_PRECONDITION, naming why."""
+        req = pb.RolloutRequest(action=pb.RolloutAction.Value(f"ROLLOUT_ACTION_{action.upper()}"),
+                                candidate_dir=candidate_dir, share=share, force=force)
+        if max_flag_ratio is not None:
+            req.max_flag_ratio = max_flag_ratio
+        if min_users is not None:
+            req.min_users = min_users
+        return self._call("Rollout", req)
+
     def stream(self, stream_id: str | None = None, *, max_unacked: int = 64) -> StreamSession:
         """A :class:`StreamSession` (ScoreStream) on this client's channel, token and retries."""
         return StreamSession(self, stream_id, max_unacked=max_unacked)

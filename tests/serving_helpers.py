@@ -22,6 +22,21 @@ def tiny_bundle(tmp_path_factory, seed: int = 0) -> Path:
     return path
 
 
+def flag_everything_bundle(tmp_path_factory, seed: int = 1) -> Path:
+    """The seed's tiny bundle with every stratum's threshold at 0: it flags every user it scores.
+    (Thresholds are the detectors' manifest meta, not in the hashed files: the model version stays
+    the seed bundle's, so keep the live bundle's seed different.)"""
+    path = tmp_path_factory.getbasetemp() / f"flag_everything_bundle_{seed}"
+    if not (path / "manifest.json").is_file():
+        from seqguard_ray import SeqGuard
+
+        sg = SeqGuard.load(tiny_bundle(tmp_path_factory, seed))
+        for ud in sg.strata.detectors_:
+            ud.threshold_ = 0.0
+        sg.save(path)
+    return path
+
+
 def score_events(n_users: int = 12, seed: int = 7) -> pd.DataFrame:
     """Demo events (integer item ids, some attacked users) to score."""
     from seqguard_ray.synth import generate

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import TOKEN, campaign_out, score_events, tiny_bundle
+from serving_helpers import TOKEN, campaign_out, flag_everything_bundle, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
 from seqguard_ray.runtime.serve import token_digest
@@ -346,6 +346,36 @@ def test_rolling_bundle_update_fails_no_request(app, bundles, tmp_path):
         member = c.score("m1", [{"item_id": "t1", "ts": 1_700_000_000 + 60 * i, "action": "view"} for i in range(3)])
     assert info.model_version == new_version and (info.campaigns_version, info.campaign_members) == (table, 3)
     assert member.campaign_id == 0 and member.campaigns_version == table and all(member.event_campaign)
+
+
+def test_shadow_rollout_through_the_app_config(app, served, tmp_path_factory):
+    """Rollout rpcs reach the ingress, which puts the candidate into the app's config: every replica
+    holds it; the live answers stay the live bundle's; the guard blocks a flag-everything candidate;
+    a forced promotion is the hot swap (the ``app`` fixture rolls the next test back)."""
+    from seqguard_ray.core.bundle import read_manifest
+
+    flag_all = flag_everything_bundle(tmp_path_factory, 2)  # seed 2: a version none of the stages holds
+    cand = read_manifest(flag_all)["model_version"]
+    df = score_events(n_users=12)
+    with _client(app) as c:
+        assert c.rollout("start", candidate_dir=str(flag_all), share=1.0).message.startswith(f"candidate {cand}")
+        _wait_for(lambda: c.rollout("status").candidate_version == cand, 90, "the ingress holds the candidate")
+        answers = c.score_frame(df)
+
+        def shadowed() -> bool:
+            c.score_frame(df)
+            return c.rollout("status").shadowed_users >= 12
+        _wait_for(shadowed, 90, "12 users shadowed", every_s=0.5)
+        st = c.rollout("status")
+        assert {r.model_version for r in answers.responses} == {served.version}
+        assert st.candidate_flagged == st.shadowed_users and st.candidate_errors == 0 and st.server
+        assert st.candidate_latency_ms > 0 and not st.promotable
+        code, details = _code(lambda: c.rollout("promote", min_users=5))
+        assert code == SC.FAILED_PRECONDITION and "blocked" in details and "above the 3x limit" in details
+        assert "promoted" in c.rollout("promote", force=True).message
+        _wait_for(lambda: c.model_info().model_version == cand, 90, "the promoted candidate serving")
+        assert all(r.anomalous for r in c.score_frame(df).responses)
+        _wait_for(lambda: c.rollout("status").candidate_version == "", 30, "no candidate after promotion")
 
 
 def test_score_stream_through_the_ingress_equals_repair_and_replays_a_resent_seq(app):

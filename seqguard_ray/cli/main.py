@@ -89,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--row-group-rows", type=positive_int, default=500_000,
                    help="rows per row group, one Ray read task each (default 500000)")
 
-    from . import campaign_commands, client_commands, monitor_commands, pretrain_commands, serve_commands
+    from . import campaign_commands, client_commands, monitor_commands, pretrain_commands, rollout_commands, serve_commands
     pretrain_commands.add_parser(sub, add_config_args, _add_on_bad_rows)
     monitor_commands.add_parser(sub, _add_on_bad_rows)
     serve_commands.add_parser(sub)
     client_commands.add_parser(sub)
+    rollout_commands.add_parser(sub)
     campaign_commands.add_parser(sub)
     return p
 

@@ -63,6 +63,8 @@ class AppArgs(BaseModel):
     drift_window: Optional[int] = Field(DRIFT_WINDOW, ge=1)  # most recent users the drift gauges compare with
                                                             # the training reference (None: all since the load)
     drift_min_count: int = Field(MIN_COUNT, ge=0)           # fewer live observations of a drift signal: no gauge
+    candidate_dir: Optional[str] = None               # shadow rollout: a candidate bundle held beside model_dir
+    shadow_share: float = Field(0.0, ge=0.0, le=1.0)  # share of users (by user id hash) it scores too
 
 
 def check_app_args(args: AppArgs | dict) -> AppArgs:
@@ -127,6 +129,8 @@ def deployment_options(args: AppArgs) -> dict[str, dict[str, Any]]:
     stage gets ``user_config = {"model_dir": ...}`` so a new bundle rolls out in place."""
     gpus = args.encoder_gpus if args.encoder_gpus is not None else (1.0 if _cluster_has_gpus() else 0.0)
     user_config = {"model_dir": storage.absolute(args.model_dir)}  # a URI as given
+    if args.candidate_dir:  # a rollout: every replica also holds the candidate (no restart, as a hot swap)
+        user_config.update(candidate_dir=storage.absolute(args.candidate_dir), shadow_share=args.shadow_share)
     extra = {"Encoder": {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}}} if gpus else {}
     out = {}
     for name in DEPLOYMENT_NAMES:
@@ -189,3 +193,56 @@ def _wait_running(name: str, timeout_s: float, before: float | None) -> None:
         if time.time() - t0 > timeout_s:
             raise TimeoutError(f"Serve application {name!r} is not running after {timeout_s:.0f}s (status {status})")
         time.sleep(0.5)
+
+
+def update_app_args(name: str, **changes: Any) -> None:
+    """Redeploy the Serve app ``name`` from its own declarative config with ``changes`` to its args
+    (``model_dir``, ``candidate_dir``, ``shadow_share``: only the deployments' ``user_config`` changes,
+    so every replica reloads in place). Returns once the controller took the new config, without
+    waiting for the replicas: it runs inside the app (the ingress's Rollout rpc). The cluster's other
+    declaratively deployed apps are sent back unchanged (a deploy replaces the whole set)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    from .errors import FailedPrecondition
+
+    client = _get_global_client()
+    apps = client.get_serve_details().get("applications", {})
+    configs = {n: a.get("deployed_app_config") for n, a in apps.items()}
+    if configs.get(name) is None:
+        raise FailedPrecondition(f"Serve application {name!r} was not deployed from a config (seqguard serve or "
+                                 "serve deploy): roll out by deploying it again with another model_dir")
+    mine = dict(configs[name])
+    mine["args"] = {**(mine.get("args") or {}), **changes}
+    check_app_args(mine["args"])
+    configs[name] = mine
+    client.deploy_apps(ServeDeploySchema(applications=[ServeApplicationSchema.model_validate(c)
+                                                       for c in configs.values() if c is not None]))
+
+
+class AppConfigRollout:
+    """The Serve app's :class:`~seqguard_ray.runtime.serve.service.RolloutControl`, run by the ingress:
+    each action redeploys the app's config (:func:`update_app_args`), so every replica of every
+    deployment gets it as ``user_config`` (a restarted replica too), and promotion is the hot swap."""
+
+    def __init__(self, app_name: str):
+        self.app_name = app_name
+
+    async def _update(self, **changes: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(update_app_args, self.app_name, **changes)
+
+    async def start(self, info, share: float) -> str:
+        await self._update(candidate_dir=info.model_dir, shadow_share=share)
+        return (f"candidate {info.model_version} ({info.model_dir}) at share {share:.0%} set in the app's config: "
+                "every replica loads it in place; status shows it once this one has")
+
+    async def abort(self) -> str:
+        await self._update(candidate_dir=None, shadow_share=0.0)
+        return "candidate removed from the app's config: replicas drop it in place"
+
+    async def promote(self, candidate) -> str:
+        await self._update(model_dir=candidate.info.model_dir, candidate_dir=None, shadow_share=0.0)
+        return (f"promoted {candidate.info.model_version}: the app's model_dir is now {candidate.info.model_dir}; "
+                "replicas load it in place (the hot swap)")

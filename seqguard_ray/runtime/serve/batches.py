@@ -58,6 +58,14 @@ class SeqBatch:
             np.concatenate([b.action for b in batches]), np.concatenate([b.value for b in batches]),
         ), bounds
 
+    def take(self, rows: np.ndarray) -> SeqBatch:
+        """The sequences ``rows`` (int indices, in that order) as a batch of their own."""
+        counts = np.diff(self.offsets)[rows]
+        ev = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if len(rows) else \
+            np.zeros(0, np.int64)
+        return SeqBatch([self.user_ids[r] for r in rows], np.r_[0, np.cumsum(counts)].astype(np.int64),
+                        self.item[ev], self.ts[ev], self.action[ev], self.value[ev])
+
     def to_log(self) -> EventLog:
         """The engine's input, straight from these validated columns (no second validation pass):
         each sequence sorted by time, ties kept in the order sent. ``frame`` holds only ``_row``,

@@ -27,6 +27,7 @@ from ...proto.seqguard.v1 import seqguard_pb2 as pb
 from .batches import RepairedBatch, ScoredBatch, SeqBatch
 from .errors import InvalidArgument, ResourceExhausted
 from .limits import Limits
+from .shadow import RolloutCommand, RolloutStatus
 from .stages import ModelInfo
 
 
@@ -167,8 +168,38 @@ def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse
     )
 
 
+def parse_rollout_request(msg: pb.RolloutRequest) -> RolloutCommand:
+    """A Rollout request as a :class:`~.shadow.RolloutCommand` (the guard's limits checked)."""
+    from ...core.shadow import MAX_FLAG_RATIO, MIN_USERS, PromotionGuard
+
+    action = pb.RolloutAction.Name(msg.action).removeprefix("ROLLOUT_ACTION_").lower() \
+        if msg.action in pb.RolloutAction.values() else f"unknown action {msg.action}"
+    try:
+        guard = PromotionGuard(msg.max_flag_ratio if msg.HasField("max_flag_ratio") else MAX_FLAG_RATIO,
+                               msg.min_users if msg.HasField("min_users") else MIN_USERS)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return RolloutCommand(action, msg.candidate_dir, msg.share, msg.force, guard)
+
+
+def rollout_response(st: RolloutStatus) -> pb.RolloutStatus:
+    s, c, live = st.stats, st.candidate, st.live
+    ms = {w: s.mean_latency_s(w) for w in ("live", "candidate")}
+    out = pb.RolloutStatus(
+        live_version=live.model_version if live else "", live_dir=live.model_dir if live else "",
+        candidate_version=c.model_version if c else "", candidate_dir=c.model_dir if c else "", share=st.share,
+        shadowed_users=s.users, live_flagged=s.live_flagged, candidate_flagged=s.candidate_flagged,
+        live_latency_ms=1e3 * (ms["live"] or 0.0), candidate_latency_ms=1e3 * (ms["candidate"] or 0.0),
+        candidate_errors=s.errors, skipped_users=s.skipped, promotable=bool(st.guard and st.guard.ok),
+        guard=st.guard.reason if st.guard else "no candidate", message=st.message, server=st.server)
+    for name, v in (("flag_agreement", s.flag_agreement), ("spearman", s.spearman)):
+        if v is not None:
+            setattr(out, name, v)
+    return out
+
+
 _EMPTY = {"Score": pb.ScoreResponse, "ScoreBatch": pb.ScoreBatchResponse, "Repair": pb.RepairResponse,
-          "ModelInfo": pb.ModelInfoResponse, "ScoreStream": pb.StreamAnswer}
+          "ModelInfo": pb.ModelInfoResponse, "ScoreStream": pb.StreamAnswer, "Rollout": pb.RolloutStatus}
 
 
 def empty_response(rpc: str) -> Any:

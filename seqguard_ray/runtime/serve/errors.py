@@ -39,6 +39,12 @@ class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class FailedPrecondition(ServingError):
+    """The server is not in a state that allows the call (e.g. a promotion the rollout guard blocks)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 # Ray exceptions, by class name so this module does not import Ray.
 _RAY_UNAVAILABLE = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError",
                     "ActorUnschedulableError", "RaySystemError", "ObjectLostError", "OwnerDiedError"}

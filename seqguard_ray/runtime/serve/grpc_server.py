@@ -44,6 +44,9 @@ class SeqGuardServicer(pb_grpc.SeqGuardServicer):
     async def ModelInfo(self, request, context):  # noqa: N802
         return await self._call("ModelInfo", request, context)
 
+    async def Rollout(self, request, context):  # noqa: N802
+        return await self._call("Rollout", request, context)
+
     async def ScoreStream(self, request_iterator, context):  # noqa: N802
         async for reply in self.service.score_stream(request_iterator, context.invocation_metadata()):
             if reply.code != grpc.StatusCode.OK:

@@ -73,8 +73,27 @@ DRIFT_FLAGGED = MetricSpec("seqguard_drift_flagged_share", "gauge",
 DRIFT_FLAGGED_Z = MetricSpec("seqguard_drift_flagged_z", "gauge",
                              "two-proportion z of the live flagged share against the training reference's")
 
+# shadow rollout (a candidate bundle scoring a share of the traffic beside the live one; docs/serving.md)
+SHADOW_USERS = MetricSpec("seqguard_shadow_users", "counter",
+                          "users scored by the live bundle and the shadow candidate, by who flagged them "
+                          "(both | live_only | candidate_only | neither)", ("flagged",))
+SHADOW_AGREEMENT = MetricSpec("seqguard_shadow_agreement", "gauge",
+                              "candidate vs live since the candidate was set: flag agreement (share of users both "
+                              "flagged or both passed) and spearman (score rank correlation, last 10k users)",
+                              ("statistic",))
+SHADOW_LATENCY = MetricSpec("seqguard_shadow_latency_seconds", "histogram",
+                            "latency of a shadowed batch through the stages, live and candidate", ("model",),
+                            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+SHADOW_ERRORS = MetricSpec("seqguard_shadow_errors", "counter",
+                           "users the candidate did not score: error (it failed) or busy (the shadow was still "
+                           "scoring earlier users)", ("reason",))
+SHADOW_CANDIDATE = MetricSpec("seqguard_shadow_candidate", "gauge",
+                              "the shadow share (0 to 1) of the candidate version held beside the live bundle",
+                              ("model_version",))
+
 METRICS: tuple[MetricSpec, ...] = (REQUESTS, USER_SCORE, ANOMALIES, REPAIR_ACTIONS, BATCH_REQUESTS, MODEL_VERSION,
-                                   DRIFT_PSI, DRIFT_FLAGGED, DRIFT_FLAGGED_Z)
+                                   DRIFT_PSI, DRIFT_FLAGGED, DRIFT_FLAGGED_Z, SHADOW_USERS, SHADOW_AGREEMENT,
+                                   SHADOW_LATENCY, SHADOW_ERRORS, SHADOW_CANDIDATE)
 DRIFT_WINDOW = 50_000  # users the drift gauges compare by default (the most recent; blocks of a tenth)
 DRIFT_EVERY = 16       # scored batches between two exports of the drift gauges (refresh() exports too)
 
@@ -142,6 +161,28 @@ class ServingMetrics:
         """One stage call carried ``n_requests`` merged requests."""
         self._safe(BATCH_REQUESTS, self._observe, BATCH_REQUESTS, np.array([n_requests], dtype=np.float64))
 
+    def shadowed(self, live_flag: np.ndarray, cand_flag: np.ndarray, live_s: float, candidate_s: float,
+                 agreement: Mapping[str, float | None]) -> None:
+        """A shadowed batch: flags (R,) bool of both bundles, each one's latency (seconds), and the
+        agreement so far (``{"flag_agreement": .., "spearman": ..}``, None: not defined yet)."""
+        lf, cf = np.asarray(live_flag, bool), np.asarray(cand_flag, bool)
+        for who, n in (("both", lf & cf), ("live_only", lf & ~cf), ("candidate_only", ~lf & cf), ("neither", ~lf & ~cf)):
+            if n.any():
+                self._safe(SHADOW_USERS, self._inc, SHADOW_USERS, int(n.sum()), {"flagged": who})
+        for model, s in (("live", live_s), ("candidate", candidate_s)):
+            self._safe(SHADOW_LATENCY, self._observe_tagged, SHADOW_LATENCY, s, {"model": model})
+        for stat, v in agreement.items():
+            if v is not None:
+                self._safe(SHADOW_AGREEMENT, self._set, SHADOW_AGREEMENT, float(v), {"statistic": stat})
+
+    def shadow_missed(self, n_users: int, reason: str) -> None:
+        """``n_users`` the candidate did not score: ``reason`` "error" or "busy"."""
+        self._safe(SHADOW_ERRORS, self._inc, SHADOW_ERRORS, int(n_users), {"reason": reason})
+
+    def shadow_candidate(self, version: str, share: float) -> None:
+        """The candidate held now (share 0: none any more, its gauge goes to 0)."""
+        self._safe(SHADOW_CANDIDATE, self._set, SHADOW_CANDIDATE, float(share), {"model_version": version})
+
     def model_loaded(self, version: str, drift: DriftReference | None = None) -> None:
         """This replica now serves ``version``: its gauge goes to 1, the previous version's to 0
         (with Ray, that 0 is exported for a while and then the series is dropped, see :meth:`refresh`).
@@ -193,6 +234,10 @@ class ServingMetrics:
     def _set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         raise NotImplementedError
 
+    def _observe_tagged(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        """One observation with tags (the untagged ``_observe`` serves the other histograms)."""
+        raise NotImplementedError
+
     def _safe(self, spec: MetricSpec, fn, *args) -> None:
         try:
             fn(*args)
@@ -214,6 +259,9 @@ class NullMetrics(ServingMetrics):
     def _set(self, spec, value, tags) -> None:
         pass
 
+    def _observe_tagged(self, spec, value, tags) -> None:
+        pass
+
 
 class InMemoryMetrics(ServingMetrics):
     """Keeps counter totals, observed values and gauge values in dicts keyed by (name, sorted tags)."""
@@ -233,6 +281,9 @@ class InMemoryMetrics(ServingMetrics):
 
     def _set(self, spec, value, tags) -> None:
         self.gauges[(spec.name, tuple(sorted(tags.items())))] = value
+
+    def _observe_tagged(self, spec, value, tags) -> None:
+        self.observed.setdefault(spec.name, []).append(float(value))
 
 
 class RayMetrics(ServingMetrics):
@@ -265,6 +316,9 @@ class RayMetrics(ServingMetrics):
     def _set(self, spec, value, tags) -> None:
         self._m[spec.name].set(float(value), tags=tags)
 
+    def _observe_tagged(self, spec, value, tags) -> None:
+        self._m[spec.name].observe(float(value), tags=tags)
+
 
 __all__ = [
     "ANOMALIES",
@@ -279,6 +333,11 @@ __all__ = [
     "REPAIR_ACTIONS",
     "REQUESTS",
     "SCORE_BUCKETS",
+    "SHADOW_AGREEMENT",
+    "SHADOW_CANDIDATE",
+    "SHADOW_ERRORS",
+    "SHADOW_LATENCY",
+    "SHADOW_USERS",
     "USER_SCORE",
     "InMemoryMetrics",
     "MetricSpec",

@@ -9,6 +9,7 @@ handles), :class:`InProcessBackend` in this process (the plain grpc.aio server).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,15 +26,18 @@ from .convert import (
     empty_response,
     model_info_response,
     parse_batch_request,
+    parse_rollout_request,
     parse_score_request,
     repair_response,
+    rollout_response,
     score_batch_response,
     score_responses,
 )
-from .errors import InvalidArgument, ResourceExhausted, Unavailable, status_for
+from .errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable, status_for
 from .limits import Limits
 from .metrics import NullMetrics, ServingMetrics
 from .sessions import SessionStore, StreamConfig, open_store
+from .shadow import Candidate, RolloutCommand, RolloutStatus, Shadow, check_candidate, check_rollout_share
 from .stages import ModelInfo, StageCalls, load_engine, local_stage_calls, run_stages
 from .streaming import run_stream
 
@@ -48,6 +52,17 @@ class Backend(Protocol):
     async def model_info(self) -> ModelInfo: ...
 
 
+class RolloutControl(Protocol):
+    """How a front end changes the bundles it serves for a rollout (:meth:`StagedBackend.rollout`
+    checks the request and the guard first): in this process, or through the Serve app's config."""
+
+    async def start(self, info: ModelInfo, share: float) -> str: ...
+
+    async def abort(self) -> str: ...
+
+    async def promote(self, candidate: Candidate) -> str: ...
+
+
 class StagedBackend:
     """A :class:`Backend` over ``calls``: concurrent requests are merged by a
     :class:`ContinuousBatcher` (unless ``batching`` is off) and each merged batch goes through
@@ -55,16 +70,54 @@ class StagedBackend:
     """
 
     def __init__(self, calls: StageCalls, *, info: ModelInfo | None = None, batching: bool = True,
-                 max_batch: int = 64, concurrency: int = 1, metrics: ServingMetrics | None = None):
+                 max_batch: int = 64, concurrency: int = 1, metrics: ServingMetrics | None = None,
+                 control: RolloutControl | None = None):
         self.calls = calls
         self.info = info
         self.batching = batching
         self.metrics = metrics or NullMetrics()
+        self.shadow = Shadow(self.metrics)   # a rollout's candidate, scoring a share of the users
+        self.control = control               # None: rollouts can only be read here (status)
         self._batcher = ContinuousBatcher(self._run, max_batch=max_batch, concurrency=concurrency,
                                           on_batch=self.metrics.batched)
 
     async def _run(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
-        return await run_stages(self.calls, batch, repair, self.metrics)
+        t0 = time.perf_counter()
+        out = await run_stages(self.calls, batch, repair, self.metrics)
+        self.shadow.observe(batch, out.scored if repair else out, time.perf_counter() - t0)  # never raises
+        return out
+
+    # ------------------------------------------------------------------ rollout
+    async def live_info(self) -> ModelInfo | None:
+        return self.info
+
+    async def rollout(self, cmd: RolloutCommand) -> RolloutStatus:
+        """The Rollout rpc: status, or start / promote / abort through :attr:`control`."""
+        live = await self.live_info()
+        if cmd.action == "status":
+            return self.shadow.status(live, guard=cmd.guard)
+        if cmd.action not in ("start", "promote", "abort"):
+            raise InvalidArgument(f"action: {cmd.action}")
+        if self.control is None:
+            raise FailedPrecondition("this server cannot change its bundles: rollouts are read-only here")
+        if cmd.action == "start":
+            share = check_rollout_share(cmd.share)
+            info = await asyncio.to_thread(check_candidate, cmd.candidate_dir, live)
+            message = await self.control.start(info, share)
+        elif cmd.action == "abort":
+            if self.shadow.candidate is None:
+                return self.shadow.status(live, "no candidate held: nothing to abort", cmd.guard)
+            message = await self.control.abort()
+        else:
+            c = self.shadow.candidate
+            if c is None:
+                raise FailedPrecondition("no candidate to promote: start a rollout first (seqguard rollout start)")
+            decision = cmd.guard.decide(c.stats)
+            if not decision.ok and not cmd.force:
+                raise FailedPrecondition(f"promotion of {c.info.model_version} blocked: {decision.reason}. "
+                                         "Abort the rollout, or promote with --force")
+            message = await self.control.promote(c)
+        return self.shadow.status(await self.live_info(), message, cmd.guard)
 
     async def _submit(self, batch: SeqBatch, repair: bool) -> ScoredBatch | RepairedBatch:
         return await (self._batcher.submit(batch, repair) if self.batching else self._run(batch, repair))
@@ -93,8 +146,9 @@ class StagedBackend:
         self._batcher.close()
 
     async def aclose(self) -> None:
-        """:meth:`close`, once the batcher's workers have stopped."""
+        """:meth:`close`, once the batcher's workers and the shadow's batches have stopped."""
         await self._batcher.aclose()
+        await self.shadow.drain()
         self.close()
 
 
@@ -110,7 +164,7 @@ class InProcessBackend(StagedBackend):
         self.model_dir = str(model_dir)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqguard-engine")
         super().__init__(local_stage_calls(self._engine, self._pool, self.model_dir), batching=batching,
-                         max_batch=max_batch, metrics=metrics)
+                         max_batch=max_batch, metrics=metrics, control=InProcessRollout(self))
         if sg is not None:
             self.metrics.model_loaded(getattr(sg, "model_version", ""), drift=getattr(sg, "drift", None))
 
@@ -139,9 +193,59 @@ class InProcessBackend(StagedBackend):
             self.info = ModelInfo.from_dir(self.model_dir)
         return await super().model_info()
 
+    async def live_info(self) -> ModelInfo | None:
+        if self.info is None and self.sg is not None:
+            self.info = await asyncio.to_thread(ModelInfo.from_dir, self.model_dir)
+        return self.info
+
     def close(self) -> None:
         super().close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.control.close()
+
+
+class InProcessRollout:
+    """A :class:`RolloutControl` in this process: the candidate engine runs on a thread of its own
+    (the live engine's thread never waits for it); promotion makes it the engine (batches already
+    encoded finish on the engine that encoded them)."""
+
+    def __init__(self, backend: InProcessBackend):
+        self.backend = backend
+        self.sg = None        # the candidate engine
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self, info: ModelInfo, share: float) -> str:
+        if self.sg is None or self.sg.model_version != info.model_version:
+            sg = await asyncio.to_thread(load_engine, info.model_dir, torch_threads=1, warm_up=True)
+            self.close()
+            self.sg, self._pool = sg, ThreadPoolExecutor(1, thread_name_prefix="seqguard-candidate")
+        sg = self.sg
+        self.backend.shadow.start(info, local_stage_calls(lambda: sg, self._pool, info.model_dir), share)
+        return f"candidate {info.model_version} ({info.model_dir}) shadows {share:.0%} of users"
+
+    async def abort(self) -> str:
+        c = self.backend.shadow.stop()
+        await self.backend.shadow.drain()
+        self.close()
+        return f"rollout of {c.info.model_version} aborted; {self.backend.info.model_version} stays live"
+
+    async def promote(self, candidate: Candidate) -> str:
+        b = self.backend
+        b.shadow.stop()
+        await b.shadow.drain()  # the candidate engine then runs on the live thread only
+        old = b.info.model_version if b.info else "?"
+        b.sg, b.model_dir, b.info = self.sg, candidate.info.model_dir, candidate.info
+        self.sg = None
+        self.close()
+        b.metrics.model_loaded(candidate.info.model_version, drift=candidate.info.drift)
+        return f"promoted {candidate.info.model_version} (was {old}): it now answers every request"
+
+    def close(self) -> None:
+        """Drop the candidate engine and its thread."""
+        self.sg = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 @dataclass
@@ -255,6 +359,10 @@ class ScoringService:
         if rpc == "ModelInfo":
             info = await self.backend.model_info()
             return model_info_response(info, self.limits.capped(info.max_events_per_user))
+        if rpc == "Rollout":
+            if not hasattr(self.backend, "rollout"):
+                raise FailedPrecondition("this server does not hold rollouts")
+            return rollout_response(await self.backend.rollout(parse_rollout_request(request)))
         raise InvalidArgument(f"unknown method {rpc}")
 
 

@@ -108,9 +108,24 @@ def local_stage_calls(engine: Callable[[], Any], pool: Executor, model_dir: str 
         x = await upstream if inspect.isawaitable(upstream) else upstream
         return await asyncio.get_running_loop().run_in_executor(pool, fn, x)
 
-    return StageCalls(encode=lambda b: hop(lambda x: encode_stage(engine(), x, model_dir), b),
-                      detect=lambda e: hop(lambda x: detect_stage(engine(), x), e),
-                      repair=lambda s: hop(lambda x: repair_stage(engine().policy, x), s))
+    # a batch's later stages use the engine that encoded it, even if engine() changed meanwhile (a
+    # promoted rollout candidate): the last two engines by version (one thread: no lock needed)
+    used: OrderedDict[str, Any] = OrderedDict()
+
+    def encode(x: SeqBatch) -> EncodedBatch:
+        sg = engine()
+        used[getattr(sg, "model_version", "")] = sg
+        used.move_to_end(getattr(sg, "model_version", ""))
+        while len(used) > 2:
+            used.popitem(last=False)
+        return encode_stage(sg, x, model_dir)
+
+    def same(version: str) -> Any:
+        return used.get(version) or engine()
+
+    return StageCalls(encode=lambda b: hop(encode, b),
+                      detect=lambda e: hop(lambda x: detect_stage(same(x.model_version), x), e),
+                      repair=lambda s: hop(lambda x: repair_stage(same(x.model_version).policy, x), s))
 
 
 # --------------------------------------------------------------------------- models in a replica
@@ -119,10 +134,10 @@ class ModelStore:
 
     During a rollout, upstream stages may still send work encoded with the previous bundle: a
     stage looks the version up here (loading it from ``model_dir`` if needed), so stages never mix
-    two bundles in one request.
+    two bundles in one request. ``keep`` 3: the current, the previous and a shadow rollout's candidate.
     """
 
-    def __init__(self, loader: Callable[[str], Any], *, keep: int = 2):
+    def __init__(self, loader: Callable[[str], Any], *, keep: int = 3):
         self._loader = loader
         self._keep = keep
         self._models: OrderedDict[str, Any] = OrderedDict()
@@ -136,6 +151,13 @@ class ModelStore:
             self._put(m)
             self._current = m.model_version
             log.info("serving model %s from %s", m.model_version, model_dir)
+            return m
+
+    def preload(self, model_dir: str) -> Any:
+        """Load ``model_dir`` beside the current bundle (a rollout's candidate), not making it current."""
+        with self._lock:
+            m = self._loader(str(model_dir))
+            self._put(m)
             return m
 
     def _put(self, m) -> None:

@@ -13,10 +13,21 @@ class StreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM_STATE_NEW: _ClassVar[StreamState]
     STREAM_STATE_CONTINUED: _ClassVar[StreamState]
     STREAM_STATE_LOST: _ClassVar[StreamState]
+
+class RolloutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_ACTION_STATUS: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_START: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_PROMOTE: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_ABORT: _ClassVar[RolloutAction]
 STREAM_STATE_UNSPECIFIED: StreamState
 STREAM_STATE_NEW: StreamState
 STREAM_STATE_CONTINUED: StreamState
 STREAM_STATE_LOST: StreamState
+ROLLOUT_ACTION_STATUS: RolloutAction
+ROLLOUT_ACTION_START: RolloutAction
+ROLLOUT_ACTION_PROMOTE: RolloutAction
+ROLLOUT_ACTION_ABORT: RolloutAction
 
 class Event(_message.Message):
     __slots__ = ("item_id", "ts", "action", "value")
@@ -194,3 +205,59 @@ class StreamAnswer(_message.Message):
     weight: float
     error: str
     def __init__(self, seq: _Optional[int] = ..., user_id: _Optional[str] = ..., event_score: _Optional[float] = ..., user_score: _Optional[float] = ..., anomalous: _Optional[bool] = ..., anomaly_type: _Optional[str] = ..., action: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., window_events: _Optional[int] = ..., model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., replayed: _Optional[bool] = ..., state: _Optional[_Union[StreamState, str]] = ..., state_epoch: _Optional[str] = ..., deleted: _Optional[bool] = ..., weight: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("action", "candidate_dir", "share", "force", "max_flag_ratio", "min_users")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FLAG_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_USERS_FIELD_NUMBER: _ClassVar[int]
+    action: RolloutAction
+    candidate_dir: str
+    share: float
+    force: bool
+    max_flag_ratio: float
+    min_users: int
+    def __init__(self, action: _Optional[_Union[RolloutAction, str]] = ..., candidate_dir: _Optional[str] = ..., share: _Optional[float] = ..., force: _Optional[bool] = ..., max_flag_ratio: _Optional[float] = ..., min_users: _Optional[int] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("live_version", "live_dir", "candidate_version", "candidate_dir", "share", "shadowed_users", "live_flagged", "candidate_flagged", "flag_agreement", "spearman", "live_latency_ms", "candidate_latency_ms", "candidate_errors", "skipped_users", "promotable", "guard", "message", "server")
+    LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIVE_DIR_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SHADOWED_USERS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    FLAG_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    SPEARMAN_FIELD_NUMBER: _ClassVar[int]
+    LIVE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_USERS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTABLE_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    live_version: str
+    live_dir: str
+    candidate_version: str
+    candidate_dir: str
+    share: float
+    shadowed_users: int
+    live_flagged: int
+    candidate_flagged: int
+    flag_agreement: float
+    spearman: float
+    live_latency_ms: float
+    candidate_latency_ms: float
+    candidate_errors: int
+    skipped_users: int
+    promotable: bool
+    guard: str
+    message: str
+    server: str
+    def __init__(self, live_version: _Optional[str] = ..., live_dir: _Optional[str] = ..., candidate_version: _Optional[str] = ..., candidate_dir: _Optional[str] = ..., share: _Optional[float] = ..., shadowed_users: _Optional[int] = ..., live_flagged: _Optional[int] = ..., candidate_flagged: _Optional[int] = ..., flag_agreement: _Optional[float] = ..., spearman: _Optional[float] = ..., live_latency_ms: _Optional[float] = ..., candidate_latency_ms: _Optional[float] = ..., candidate_errors: _Optional[int] = ..., skipped_users: _Optional[int] = ..., promotable: _Optional[bool] = ..., guard: _Optional[str] = ..., message: _Optional[str] = ..., server: _Optional[str] = ...) -> None: ...

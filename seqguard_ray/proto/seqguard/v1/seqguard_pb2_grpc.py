@@ -59,6 +59,11 @@ class SeqGuardStub:
                 request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.SerializeToString,
                 response_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.FromString,
                 _registered_method=True)
+        self.Rollout = channel.unary_unary(
+                '/seqguard.v1.SeqGuard/Rollout',
+                request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutStatus.FromString,
+                _registered_method=True)
 
 
 class SeqGuardServicer:
@@ -102,6 +107,16 @@ class SeqGuardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollout(self, request, context):
+        """Shadow rollout (docs/serving.md, "Shadow rollout"): hold a candidate bundle beside the live one
+        and score a share of the users with both; report their agreement; promote the candidate (the
+        hot swap), refused by the guard unless forced (FAILED_PRECONDITION, the message says why); or
+        abort. Same bearer token as the other rpcs. Answers never change for the rpcs above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeqGuardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +144,11 @@ def add_SeqGuardServicer_to_server(servicer, server):
                     servicer.ScoreStream,
                     request_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.FromString,
                     response_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.SerializeToString,
+            ),
+            'Rollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutRequest.FromString,
+                    response_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +286,33 @@ class SeqGuard:
             '/seqguard.v1.SeqGuard/ScoreStream',
             seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.SerializeToString,
             seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqguard.v1.SeqGuard/Rollout',
+            seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutRequest.SerializeToString,
+            seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutStatus.FromString,
             options,
             channel_credentials,
             insecure,
