@@ -49,6 +49,8 @@ class StreamConfig:
     max_batch: int = 32              # messages of one stream scored in one backend call
     max_in_flight: int = 64          # messages read ahead of their answers per stream; reading stops when full
     max_open_streams: int = 1_000    # streams open at once per server (replica); more: RESOURCE_EXHAUSTED
+    max_pending_events: int = 8_192  # events read off all of a server's streams, not yet answered: over it
+                                     # streams stop reading and a new stream gets RESOURCE_EXHAUSTED
     redis_url: str | None = None     # redis://host:6379/0 or rediss:// (TLS); None: in-process store
     redis_prefix: str = "seqguard:"  # key prefix, so several apps can share one Redis
     redis_ca_file: str | None = None     # TLS: CA bundle to trust (rediss://)
@@ -58,7 +60,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"stream window must be a positive integer or None, got {self.window!r}")
-        for name in ("max_users", "max_streams", "answers_kept", "max_batch", "max_in_flight", "max_open_streams"):
+        for name in ("max_users", "max_streams", "answers_kept", "max_batch", "max_in_flight", "max_open_streams",
+                     "max_pending_events"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"stream {name} must be a positive integer, got {v!r}")
