@@ -6,13 +6,12 @@ and LOST when in-process state is gone."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import time
 
 import grpc
 import pytest
+import serving_helpers
 from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
@@ -413,24 +412,9 @@ def test_resume_without_redis_on_a_fresh_server_says_lost(engine, bundle):
 @pytest.fixture
 def redis_server(tmp_path):
     """A redis-server on 127.0.0.1 with a password (requirepass), on a free port."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    port, password = _free_port(), "test-redis-pw"
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0", password
-    proc.terminate()
-    proc.wait(10)
+    password = "test-redis-pw"
+    with serving_helpers.redis_server(tmp_path, password) as url:
+        yield url, password
 
 
 def test_resume_over_a_real_redis_server_with_auth(engine, bundle, redis_server, monkeypatch):
