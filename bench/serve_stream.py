@@ -316,9 +316,9 @@ def print_state_memory(m: dict) -> None:
 def add_arguments(p) -> None:
     p.add_argument("--stream-lengths", type=lambda s: [int(x) for x in s.split(",")], default=list(LENGTHS),
                    help="history lengths of the streaming figures (default 10,100,1000)")
-    p.add_argument("--stream-prime-events", type=int, default=4000,
+    p.add_argument("--stream-prime-events", type=int, default=2000,
                    help="events streamed to prime the users of one history length (more users at short lengths)")
-    p.add_argument("--stream-clients", type=int, default=4, help="concurrent streams (and Score clients)")
-    p.add_argument("--stream-seconds", type=float, default=8.0, help="throughput window per path and length")
+    p.add_argument("--stream-clients", type=int, default=2, help="concurrent streams (and Score clients)")
+    p.add_argument("--stream-seconds", type=float, default=6.0, help="throughput window per path and length")
     p.add_argument("--stream-window", type=int, default=None, help="ScoreStream window (default: the bundle's)")
     p.add_argument("--state-users", type=int, default=10_000, help="users whose state is measured (scaled to 100k)")
