@@ -3,11 +3,15 @@
     python bench/serve.py --model model            # or without --model: trains a tiny bundle first
     python bench/serve.py --autoscale              # also: a load ramp, printing Encoder replica counts
     python bench/serve.py --shadow 1.0 --skip serve,serve-opt   # also: plain batching with a rollout candidate
+    python bench/serve.py --skip plain1,plain,serve,serve-opt   # only ScoreStream's figures and state memory
 
 Prints sequential p50/p99 latency of Score (one user's sequence) and throughput at --clients
 concurrent clients, for: plain server without batching, plain server with batching (both in a
 subprocess: `seqguard serve --no-ray`), and the Serve app (ingress + 3 stage deployments);
-then the ratios. Numbers on a shared 2-core machine are noisy: compare ratios from one run.
+then the ratios. Then ScoreStream (bench/serve_stream.py): per-event p50/p99 and events/s on
+streams at history lengths 10, 100, 1000 against re-scoring the whole history per event, and the
+measured memory of the per-user state (in process, in Redis) per 100k users. Numbers on a shared
+2-core machine are noisy: compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import serve_stream  # bench/ is on sys.path when this file runs as a script
 
 TOKEN = "bench-token"
 
@@ -224,9 +229,10 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=64, help="most requests merged per call (both servers)")
     p.add_argument("--concurrent-batches", type=int, default=2, help="Serve ingress max_concurrent_batches")
     p.add_argument("--autoscale", action="store_true", help="also run a load ramp and print Encoder replicas")
-    p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve,serve-opt")
+    p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve,serve-opt,stream,state")
     p.add_argument("--shadow", type=float, default=None, metavar="SHARE",
                    help="also run the batching plain server with a rollout candidate shadowing SHARE of the users")
+    serve_stream.add_arguments(p)
     a = p.parse_args()
     model = str(Path(a.model or bundle("/tmp/seqguard_bench_bundle", 0)).resolve())
     work = workload()
@@ -238,6 +244,8 @@ def main() -> int:
         res["plain (batching)"] = plain(model, a.max_batch, work, a)
     if a.shadow is not None:
         res[f"plain, shadow {a.shadow:g}"] = plain(model, a.max_batch, work, a, shadow=a.shadow)
+    stream_rows = serve_stream.stream_figures(model, a) if "stream" not in skip else []
+    state = serve_stream.state_memory(model, a) if "state" not in skip else None
     if "serve" not in skip:
         res["Ray Serve app"] = serve_app(model, work, a)
     if "serve-opt" not in skip:
@@ -254,6 +262,10 @@ def main() -> int:
         if s and b:
             print(f"{name} vs {base}: throughput {100 * s['rps'] / b['rps']:.0f}% (target >= 35%), "
                   f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x (target <= 3x)")
+    if stream_rows:
+        serve_stream.print_stream_figures(stream_rows, a.stream_clients)
+    if state is not None:
+        serve_stream.print_state_memory(state)
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import TOKEN, campaign_out, flag_everything_bundle, score_events, tiny_bundle
+from serving_helpers import TOKEN, campaign_out, flag_everything_bundle, redis_server, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
 from seqguard_ray.runtime.serve import token_digest
@@ -31,13 +31,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _args(model_dir):
+def _args(model_dir, **over):
     from seqguard_ray.runtime.serve.app import AppArgs
 
     # a small ingress queue so a burst overflows it (backpressure test); batching still on
-    return AppArgs(model_dir=str(model_dir), token_sha256=token_digest(TOKEN), limits={"max_message_bytes": 200_000},
-                   timeout_s=20, max_batch_size=16, drift_min_count=1,
-                   deployments={"SeqGuardIngress": {"max_ongoing_requests": 32, "max_queued_requests": 4}})
+    return AppArgs(**{"model_dir": str(model_dir), "token_sha256": token_digest(TOKEN),
+                      "limits": {"max_message_bytes": 200_000}, "timeout_s": 20, "max_batch_size": 16,
+                      "drift_min_count": 1,
+                      "deployments": {"SeqGuardIngress": {"max_ongoing_requests": 32, "max_queued_requests": 4}},
+                      **over})
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,13 @@ def test_scores_and_repairs_equal_the_in_process_engines(app, engine):
     assert s.score == pytest.approx(engine.score(one).users["score"].iloc[0], abs=1e-6)
     assert rep.score.score == pytest.approx(s.score) and len(rep.kept) == len(one)
     assert len(rep.events) == len(engine.repair(engine.score(one)).repaired)
+    # Serve's gRPC proxy answers reflection (gRPCOptions.enable_reflection, on by default): a client
+    # with no generated code lists the service and calls it with messages built from the descriptors
+    from seqguard_ray.reflect import SERVICE, ReflectionClient
+
+    with ReflectionClient(app, TOKEN) as rc:
+        assert SERVICE in rc.services() and "ScoreStream" in {m.name for m in rc.methods()}
+        assert rc.call(SERVICE, "ModelInfo", {})["model_version"] == engine.model_version
 
 
 def test_bad_calls_get_status_codes_that_name_the_problem(app):
@@ -407,3 +416,60 @@ def test_score_stream_through_the_ingress_equals_repair_and_replays_a_resent_seq
         with pytest.raises(grpc.RpcError) as e:
             list(_client(app, "wrong")._stub.ScoreStream(iter([again]), metadata=(("authorization", "Bearer wrong"),)))
         assert e.value.code() == SC.UNAUTHENTICATED
+
+
+def _ingress_replicas() -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{APP}#SeqGuardIngress#"))
+
+
+def test_stream_over_redis_resumes_after_its_ingress_replica_is_killed(app, bundles, tmp_path):
+    """The replica holding a stream is killed mid-stream (ray.kill of the one SeqGuardIngress
+    replica); state in a real redis-server. The client reconnects with the same stream_id and
+    resumes: every seq answered once, no event applied twice or lost (each user's applied count in
+    Redis), answers equal to an uninterrupted run of the same events. (Without Redis the new replica
+    has no state and answers STREAM_STATE_LOST: tests/test_streaming.py, on the plain server.)"""
+    import ray
+    import redis
+
+    from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
+    from seqguard_ray.runtime.serve.app import deploy
+    from seqguard_ray.runtime.serve.sessions import UserWindow
+
+    w = 5  # a small window, so windows slide during the run
+    df = score_events(n_users=3).drop(columns="value")
+    df = df.assign(k=df.groupby("user_id").cumcount()).sort_values(["k", "user_id"], kind="stable").head(24)
+    feed = [(u, {"item_id": str(i), "ts": int(t), "action": a})
+            for u, i, t, a in df[["user_id", "item_id", "ts", "action"]].itertuples(index=False)]
+    killed: list[str] = []
+
+    def feed_with_a_kill():
+        for i, item in enumerate(feed):
+            if i == len(feed) // 2:  # the client holds at most 2 unanswered: earlier ones are answered
+                killed.extend(_ingress_replicas())
+                for name in killed:
+                    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+            yield item
+
+    with redis_server(tmp_path) as url:
+        deploy(_args(bundles[0], stream={"redis_url": url, "window": w}), name=APP)  # a new ingress replica
+        try:
+            with _client(app, retries=40, backoff_s=0.3, max_backoff_s=2.0) as c:
+                ref = list(c.stream("uninterrupted").run([(f"ref-{u}", ev) for u, ev in feed]))
+                session = c.stream("killed-mid-stream", max_unacked=2)
+                answers = list(session.run(feed_with_a_kill()))
+            applied = {u: UserWindow.from_json(redis.Redis.from_url(url).get(f"seqguard:u:{u}")).seen
+                       for u in df["user_id"].unique()}
+        finally:
+            deploy(_args(bundles[0]), name=APP)  # back to in-process state for the other tests
+    assert killed and not set(killed) & set(_ingress_replicas())  # that replica is gone, another serves
+    assert session.reconnects >= 1 and not session.state_reset
+    assert [a.seq for a in answers] == list(range(1, len(feed) + 1)) and not any(a.error for a in answers)
+    assert applied == df["user_id"].value_counts().to_dict()       # each event applied exactly once
+    for a, r in zip(answers, ref):
+        assert a.user_score == pytest.approx(r.user_score, abs=1e-6)
+        assert a.event_score == pytest.approx(r.event_score, abs=1e-6)
+        assert (a.window_events, a.action, a.anomaly_type) == (r.window_events, r.action, r.anomaly_type)
+        assert a.state == r.state != pb.STREAM_STATE_LOST

@@ -6,13 +6,12 @@ and LOST when in-process state is gone."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import time
 
 import grpc
 import pytest
+import serving_helpers
 from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 
 from seqguard_ray.client import SeqGuardClient
@@ -402,30 +401,20 @@ def test_resume_without_redis_on_a_fresh_server_says_lost(engine, bundle):
     after = [a for a in answers if a.state_epoch != answers[0].state_epoch]
     assert after and all(a.state == pb.STREAM_STATE_LOST for a in after)
     assert all(a.state != pb.STREAM_STATE_LOST for a in answers if a.state_epoch == answers[0].state_epoch)
+    # the restarted server did not carry on silently: each user's window starts again from its event
+    firsts = {}
+    for a in after:
+        firsts.setdefault(a.user_id, a)
+    assert all(a.window_events == 1 for a in firsts.values())
 
 
 # --------------------------------------------------------------------------- a real redis-server
 @pytest.fixture
 def redis_server(tmp_path):
     """A redis-server on 127.0.0.1 with a password (requirepass), on a free port."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    port, password = _free_port(), "test-redis-pw"
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0", password
-    proc.terminate()
-    proc.wait(10)
+    password = "test-redis-pw"
+    with serving_helpers.redis_server(tmp_path, password) as url:
+        yield url, password
 
 
 def test_resume_over_a_real_redis_server_with_auth(engine, bundle, redis_server, monkeypatch):
@@ -458,3 +447,75 @@ def test_resume_over_a_real_redis_server_with_auth(engine, bundle, redis_server,
     assert [a.seq for a in answers] == list(range(1, len(feed) + 1)) and sum(b.windows for b in counts) == len(feed)
     for a, r in zip(answers, ref):
         assert a.user_score == pytest.approx(r.user_score, abs=1e-9) and a.action == r.action and a.state == r.state
+
+
+# --------------------------------------------------------------------------- backpressure (no Ray)
+class GatedBackend:
+    """An InProcessBackend whose repair path waits until ``opened`` is set (answers pile up)."""
+
+    def __init__(self, inner):
+        self.inner, self.opened = inner, asyncio.Event()
+
+    async def repair(self, batch):
+        await self.opened.wait()
+        return await self.inner.repair(batch)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def _until(cond, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_stream_backpressure_bounds_pending_events_and_refuses_a_new_stream_with_resource_exhausted(engine, bundle):
+    """A stream reads at most ``max_in_flight`` messages ahead of its answers; all of a server's
+    streams together hold at most ``max_pending_events``; over that a new stream is refused with
+    RESOURCE_EXHAUSTED (as Serve sheds a unary call over its queue), and the open ones go on."""
+    from seqguard_ray.runtime.serve import InProcessBackend
+
+    feed = _feed(2)[:12]
+    meta = (("authorization", f"Bearer {TOKEN}"),)
+
+    async def go():
+        backend = GatedBackend(InProcessBackend(engine, model_dir=str(bundle)))
+        service = ScoringService(backend, Authenticator(token_digest(TOKEN)), Limits(),
+                                 stream=StreamConfig(window=W, max_batch=2, max_in_flight=4, max_pending_events=6))
+        pulled: dict[str, int] = {}
+
+        def pending():
+            return service._gate.pending if service._gate is not None else 0
+
+        async def requests(sid, n):
+            for q, (u, ev) in enumerate(feed[:n], 1):
+                pulled[sid] = q
+                yield pb.StreamRequest(seq=q, user_id=f"{sid}:{u}", stream_id=sid,  # users of its own
+                                       event=pb.Event(item_id=ev["item_id"], ts=ev["ts"], action=ev["action"],
+                                                      value=ev["value"]))
+
+        async def consume(sid, n):
+            return [r async for r in service.score_stream(requests(sid, n), meta)]
+
+        a = asyncio.create_task(consume("bp-a", len(feed)))
+        await _until(lambda: pending() == 4)      # a's own bound: 4 read ahead of its answers
+        b = asyncio.create_task(consume("bp-b", len(feed)))
+        await _until(lambda: pending() == 6)      # the server's bound: b got the last 2
+        await asyncio.sleep(0.1)
+        assert pending() == 6 and pulled["bp-a"] <= 4 + 1 and pulled["bp-b"] <= 2 + 1, pulled
+        refused = await consume("bp-c", 3)                     # a third stream while the server is full
+        assert len(refused) == 1 and refused[0].code == SC.RESOURCE_EXHAUSTED
+        assert refused[0].details.startswith("server overloaded") and "retry with backoff" in refused[0].details
+        assert "bp-c" not in pulled                            # refused before anything was read
+        backend.opened.set()
+        for replies in await asyncio.gather(a, b):            # the open streams were only held back
+            assert [(r.code, r.details) for r in replies] == [(SC.OK, "")] * len(feed)
+            assert [r.message.seq for r in replies] == list(range(1, len(feed) + 1))
+        assert service._gate.pending == 0 and service._gate.open == 0
+        later = await consume("bp-d", 3)                       # room again: served
+        assert [r.code for r in later] == [SC.OK] * 3
+        await backend.inner.aclose()
+
+    run(go())

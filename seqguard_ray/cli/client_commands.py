@@ -24,6 +24,15 @@ def add_parser(sub) -> None:
             p.add_argument("--events", required=True, help="Parquet, CSV or JSONL with item_id, ts[, user_id, action, value]")
             p.add_argument("--user", default=None, help="only this user (or: the user id for a file without user_id)")
         p.set_defaults(handler=cmd_client)
+    r = csub.add_parser("reflect", help="list the server's services and methods by gRPC reflection (no proto files)",
+                        description="List services and methods by gRPC reflection and, with --call, call a unary "
+                                    "method with a request built from the reflected descriptors.")
+    add_client_arguments(r)
+    r.add_argument("--service", default=None, help="service to call (default seqguard.v1.SeqGuard)")
+    r.add_argument("--call", default=None, metavar="METHOD", help="call this unary method, e.g. ModelInfo or Score")
+    r.add_argument("--request", default="{}", metavar="JSON",
+                   help='request as proto JSON, e.g. \'{"user_id": "u1", "events": [{"item_id": "9", "ts": 1718000000}]}\'')
+    r.set_defaults(handler=cmd_reflect)
 
 
 def add_client_arguments(p) -> None:
@@ -85,4 +94,27 @@ def cmd_client(args) -> int:
             return 0
     except grpc.RpcError as exc:
         print(f"seqguard client {args.client_command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def cmd_reflect(args) -> int:
+    """Prints the services and methods found by reflection (JSON), then the --call response; exit 1 on a gRPC error."""
+    from ..reflect import SERVICE, ReflectionClient
+    from ..runtime.serve.auth import load_token
+
+    root = Path(args.ca_cert).read_bytes() if args.ca_cert else None
+    try:
+        request = json.loads(args.request)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--request is not JSON: {exc}") from None
+    try:
+        with ReflectionClient(args.target, load_token(args.token_file), application=args.application,
+                              tls=args.tls or root is not None, root_certs=root, timeout_s=args.timeout) as rc:
+            services = rc.services()
+            print(json.dumps({s: [m.signature() for m in rc.methods(s)] for s in services}, indent=1))
+            if args.call:
+                print(json.dumps(rc.call(args.service or SERVICE, args.call, request), indent=1))
+        return 0
+    except grpc.RpcError as exc:
+        print(f"seqguard client reflect: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

@@ -71,14 +71,21 @@ def add_servicer(servicer: SeqGuardServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(svc.full_name, handlers)
 
 
-async def create_server(address: str, service: ScoringService) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server on ``address`` (port 0 picks a free one); returns (server, port)."""
+async def create_server(address: str, service: ScoringService, *, reflection: bool = True) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server on ``address`` (port 0 picks a free one); returns (server, port).
+    ``reflection``: answer gRPC server reflection (as Ray Serve's proxy does by default), so
+    grpcurl and :class:`seqguard_ray.reflect.ReflectionClient` need no proto files."""
     limit = service.limits.max_message_bytes
     # the transport limit is a little above the checked one, so an oversized request gets a
     # RESOURCE_EXHAUSTED with our message rather than grpc's
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", min(2**31 - 1, limit + 1024)),
                                       ("grpc.max_send_message_length", 2**31 - 1)])
     add_servicer(SeqGuardServicer(service), server)
+    if reflection:
+        from grpc_reflection.v1alpha import reflection as grpc_reflection
+
+        grpc_reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["SeqGuard"].full_name, grpc_reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -33,13 +33,13 @@ from .convert import (
     score_batch_response,
     score_responses,
 )
-from .errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable, status_for
+from .errors import FailedPrecondition, InvalidArgument, Unavailable, status_for
 from .limits import Limits
 from .metrics import NullMetrics, ServingMetrics
 from .sessions import SessionStore, StreamConfig, open_store
 from .shadow import Candidate, RolloutCommand, RolloutStatus, Shadow, check_candidate, check_rollout_share
 from .stages import ModelInfo, StageCalls, load_engine, local_stage_calls, run_stages
-from .streaming import run_stream
+from .streaming import StreamGate, run_stream
 
 
 class Backend(Protocol):
@@ -270,7 +270,7 @@ class ScoringService:
     metrics: ServingMetrics = field(default_factory=NullMetrics)
     stream: StreamConfig = field(default_factory=StreamConfig)  # ScoreStream's window, state store and bounds
     store: SessionStore | None = None  # ScoreStream's state; None: opened from ``stream`` on the first stream
-    _open_streams: int = field(default=0, init=False, repr=False)
+    _gate: StreamGate | None = field(default=None, init=False, repr=False)  # streams open, events pending
     _store_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
     async def call(self, rpc: str, request, metadata: Iterable[tuple[str, Any]] | None) -> Reply:
@@ -302,16 +302,16 @@ class ScoringService:
         opened = False
         try:
             self.auth.check(metadata)
-            if self._open_streams >= self.stream.max_open_streams:
-                raise ResourceExhausted(f"{self._open_streams} streams are open, the most this server takes: "
-                                        "retry with backoff")
-            self._open_streams += 1
+            if self._gate is None:
+                self._gate = StreamGate(self.stream.max_open_streams, self.stream.max_pending_events)
+            self._gate.enter()
             opened = True
             store = await self._session_store()
             limits = self._limits()
             window = self.stream.window_for(_ask(self.backend, "encoder_window"), _ask(self.backend, "history_cap"))
             async for answer in run_stream(requests, backend=self.backend, store=store, config=self.stream,
-                                           limits=limits, window=window, timeout_s=self.timeout_s):
+                                           limits=limits, window=window, timeout_s=self.timeout_s,
+                                           gate=self._gate):
                 yield Reply(answer)
         except BaseException as exc:  # noqa: BLE001 - every error becomes a status, never a trace
             if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):  # the client went away: nothing to send
@@ -323,7 +323,7 @@ class ScoringService:
             yield Reply(empty_response("ScoreStream"), code, details)
         finally:
             if opened:
-                self._open_streams -= 1
+                self._gate.leave()
             self.metrics.request("ScoreStream", code.name)
 
     async def _session_store(self) -> SessionStore:

@@ -49,6 +49,8 @@ class StreamConfig:
     max_batch: int = 32              # messages of one stream scored in one backend call
     max_in_flight: int = 64          # messages read ahead of their answers per stream; reading stops when full
     max_open_streams: int = 1_000    # streams open at once per server (replica); more: RESOURCE_EXHAUSTED
+    max_pending_events: int = 8_192  # events read off all of a server's streams, not yet answered: over it
+                                     # streams stop reading and a new stream gets RESOURCE_EXHAUSTED
     redis_url: str | None = None     # redis://host:6379/0 or rediss:// (TLS); None: in-process store
     redis_prefix: str = "seqguard:"  # key prefix, so several apps can share one Redis
     redis_ca_file: str | None = None     # TLS: CA bundle to trust (rediss://)
@@ -58,7 +60,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"stream window must be a positive integer or None, got {self.window!r}")
-        for name in ("max_users", "max_streams", "answers_kept", "max_batch", "max_in_flight", "max_open_streams"):
+        for name in ("max_users", "max_streams", "answers_kept", "max_batch", "max_in_flight", "max_open_streams",
+                     "max_pending_events"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"stream {name} must be a positive integer, got {v!r}")
@@ -186,13 +189,15 @@ def _expected(loaded: Loaded, user: str) -> int:
 # --------------------------------------------------------------------------- in process
 class MemoryStore:
     """The in-process store: bounded by ``max_users`` and ``max_streams`` (LRU) and ``ttl_s``.
-    ``clock`` (seconds) is injectable for tests."""
+    A user's window is held as its JSON bytes (as in Redis): ~5x less memory than Python lists of
+    str/int objects (bench/serve.py measured 22 KB vs 5 KB a user at W=128). ``clock`` (seconds)
+    is injectable for tests."""
 
     def __init__(self, config: StreamConfig, *, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.clock = clock
         self.epoch = f"mem-{uuid.uuid4().hex[:16]}"
-        self._users: OrderedDict[str, tuple[float, UserWindow]] = OrderedDict()
+        self._users: OrderedDict[str, tuple[float, tuple[int, bytes]]] = OrderedDict()  # (version, JSON)
         self._streams: OrderedDict[str, tuple[float, StreamRecord]] = OrderedDict()
 
     def _get(self, table: OrderedDict, key: str):
@@ -213,16 +218,13 @@ class MemoryStore:
         while len(table) > cap:
             table.popitem(last=False)
 
-    def _copy(self, w: UserWindow) -> UserWindow:
-        return UserWindow(list(w.item), list(w.ts), list(w.action), list(w.value), w.seen, w.version)
-
     async def load(self, stream_id: str, users: Iterable[str]) -> Loaded:
         rec = self._get(self._streams, stream_id)
         rec = None if rec is None else StreamRecord(rec.last_seq, OrderedDict(rec.answers), rec.version)
         out = {}
         for u in users:
             w = self._get(self._users, u)
-            out[u] = None if w is None else self._copy(w)
+            out[u] = None if w is None else UserWindow.from_json(w[1])
         return Loaded(rec, out)
 
     async def commit(self, stream_id: str, loaded: Loaded, stream: StreamRecord,
@@ -232,7 +234,7 @@ class MemoryStore:
             raise Conflict(f"stream {stream_id}")
         for u in users:
             w = self._get(self._users, u)
-            if (0 if w is None else w.version) != _expected(loaded, u):
+            if (0 if w is None else w[0]) != _expected(loaded, u):
                 raise Conflict(f"user {u}")
         expires = self.clock() + self.config.ttl_s
         stream.version += 1
@@ -242,7 +244,7 @@ class MemoryStore:
                 self._users.pop(u, None)
             else:
                 w.version += 1
-                self._put(self._users, u, self._copy(w), expires, self.config.max_users)
+                self._put(self._users, u, (w.version, w.to_json().encode()), expires, self.config.max_users)
 
     def __len__(self) -> int:
         return len(self._users)

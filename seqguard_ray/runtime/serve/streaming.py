@@ -7,8 +7,11 @@ An event's answer is the Repair of the user's window ending with it: the user's 
 events as sent (oldest dropped first), scored as one ScoreRequest of those events would be, so its
 cost does not grow with the user's history. Per call:
 
-1. a reader task takes messages off the stream into a queue of ``max_in_flight`` (when it is full,
-   reading stops and the transport's flow control holds the client back);
+1. a reader task takes messages off the stream into a queue; each one read holds a permit of the
+   stream's own ``max_in_flight`` and of the server's :class:`StreamGate` (``max_pending_events``
+   over all streams) until its answer is sent. Without a permit reading stops, and the transport's
+   flow control holds the client back; a new stream when the server is already over its pending
+   limit is refused with RESOURCE_EXHAUSTED, as Serve refuses a unary call over its queue;
 2. what has arrived (up to ``max_batch`` messages) is one batch: its users' state is loaded, each
    event gets its own window (events of one user in a batch see the earlier ones), and all windows
    go through the backend's repair path as ONE batch (merged with unary traffic by the batcher);
@@ -37,7 +40,7 @@ from .convert import (
     stream_answer,
     stream_note,
 )
-from .errors import InvalidArgument, Unavailable
+from .errors import InvalidArgument, ResourceExhausted, Unavailable
 from .limits import Limits
 from .sessions import (
     Conflict,
@@ -69,9 +72,54 @@ class _Call:
     lost_users: set[str] = field(default_factory=set)
 
 
-async def _read(requests: AsyncIterable, queue: asyncio.Queue) -> None:
+class StreamGate:
+    """The server-wide bounds of ScoreStream, shared by all streams of one server (one Serve ingress
+    replica): streams open at once, and events read off them whose answers are not sent yet."""
+
+    def __init__(self, max_open_streams: int, max_pending_events: int):
+        self.max_open_streams, self.max_pending_events = max_open_streams, max_pending_events
+        self.open = 0       # streams open now
+        self.pending = 0    # events read off streams and not answered yet
+        self._waiters: list[asyncio.Future] = []
+
+    def enter(self) -> None:
+        """Count a new stream in, or refuse it (RESOURCE_EXHAUSTED) when the server is full."""
+        if self.open >= self.max_open_streams:
+            raise ResourceExhausted(f"{self.open} streams are open, the most this server takes: retry with backoff")
+        if self.pending >= self.max_pending_events:
+            raise ResourceExhausted(f"server overloaded: {self.pending} stream events are pending, the most this "
+                                    "server holds: retry with backoff")
+        self.open += 1
+
+    def leave(self) -> None:
+        self.open -= 1
+
+    async def acquire(self) -> None:
+        """One pending event's permit; waits while the server holds ``max_pending_events``."""
+        while self.pending >= self.max_pending_events:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                self._waiters.remove(fut)
+        self.pending += 1
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` permits (synchronous: safe in a closing generator's ``finally``)."""
+        self.pending -= n
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+async def _read(requests: AsyncIterable, queue: asyncio.Queue, own: asyncio.Semaphore, gate: StreamGate) -> None:
+    """Messages of ``requests`` into ``queue``, each holding a permit of ``own`` (the stream's
+    ``max_in_flight``) and of ``gate`` (the server's) until it is answered."""
     try:
         async for m in requests:
+            await own.acquire()
+            await gate.acquire()
             await queue.put(m)
         await queue.put(_END)
     except asyncio.CancelledError:
@@ -81,23 +129,30 @@ async def _read(requests: AsyncIterable, queue: asyncio.Queue) -> None:
 
 
 async def run_stream(requests: AsyncIterable, *, backend, store: SessionStore, config: StreamConfig,
-                     limits: Limits, window: int, timeout_s: float | None = None) -> AsyncIterator:
+                     limits: Limits, window: int, timeout_s: float | None = None,
+                     gate: StreamGate | None = None) -> AsyncIterator:
     """Answers (StreamAnswer messages) to ``requests`` (StreamRequest messages), in their order.
-    Raises a ServingError (or a backend's error) that ends the call; answers sent before it stand."""
-    queue: asyncio.Queue = asyncio.Queue(config.max_in_flight)
-    reader = asyncio.get_running_loop().create_task(_read(requests, queue))
+    Raises a ServingError (or a backend's error) that ends the call; answers sent before it stand.
+    ``gate``: the server's bounds, shared with its other streams (None: this stream's own)."""
+    gate = gate or StreamGate(1, config.max_in_flight)
+    own = asyncio.Semaphore(config.max_in_flight)
+    queue: asyncio.Queue = asyncio.Queue()  # bounded by the permits
+    reader = asyncio.get_running_loop().create_task(_read(requests, queue, own, gate))
     call = _Call()
+    held = 0  # permits of messages taken off the queue and not answered yet
     try:
         done = False
         while not done:
             raw = [await queue.get()]
             while len(raw) < config.max_batch and not queue.empty():
                 raw.append(queue.get_nowait())
-            if isinstance(raw[-1], _Failed):
-                raise raw[-1].exc
-            if raw[-1] is _END:
+            last = raw[-1]
+            if last is _END or isinstance(last, _Failed):
                 raw.pop()
                 done = True
+            held += len(raw)
+            if isinstance(last, _Failed):
+                raise last.exc
             if not raw:
                 break
             msgs = [parse_stream_message(m, limits) for m in raw]
@@ -105,8 +160,22 @@ async def run_stream(requests: AsyncIterable, *, backend, store: SessionStore, c
             work = _apply(call, msgs, backend=backend, store=store, config=config, limits=limits, window=window)
             for answer in await (asyncio.wait_for(work, timeout_s) if timeout_s else work):
                 yield answer
+            held -= len(raw)
+            for _ in raw:
+                own.release()
+            gate.release(len(raw))
     finally:
         reader.cancel()
+        # permits of messages read but never answered (the call ended): back to the server
+        queued = sum(1 for m in _drain(queue) if not (m is _END or isinstance(m, _Failed)))
+        gate.release(held + queued)
+
+
+def _drain(queue: asyncio.Queue) -> list:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
 
 
 def _check_stream_ids(call: _Call, msgs: list[StreamMessage]) -> None:
