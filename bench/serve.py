@@ -253,7 +253,7 @@ def main() -> int:
     print(f"\n{'server':22s} {'start s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {f'rps@{a.clients}':>9s} {'errors':>6s}")
     for k, r in res.items():
         print(f"{k:22s} {r['start_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:9.1f} {r['errors']:6d}")
-    s, b = res.get(f"plain, shadow {a.shadow:g}"), res.get("plain (batching)")
+    s, b = res.get(f"plain, shadow {a.shadow:g}") if a.shadow is not None else None, res.get("plain (batching)")
     if s and b:
         print(f"shadow {a.shadow:g} vs none (plain batching): throughput {100 * s['rps'] / b['rps']:.0f}%, "
               f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x, p99 {s['p99_ms'] / b['p99_ms']:.2f}x")
