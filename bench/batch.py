@@ -288,7 +288,8 @@ def run_fit(engine: str, events: str, model: str, workers: int) -> dict:
         wall = time.perf_counter() - t0
     params = sum(p.numel() for p in sg.model.parameters())
     return _result(engine, "train", sg.metrics["train_events"], wall, mem, epochs=sg.metrics["epochs"], **extra,
-                   serial_s=spent["s"], params=params, batch_size=cfg.batch_size, max_len=cfg.max_len)
+                   serial_s=spent["s"], params=params, batch_size=cfg.batch_size, max_len=cfg.max_len,
+                   fit_events=sg.metrics.get("fit_events", sg.metrics["train_events"]))
 
 
 def run_train(engine: str, events: str, model: str, workers: int) -> dict:
@@ -494,6 +495,9 @@ def plan(res: dict, *, events: float, nodes: int, cores: int, mem_gb: float) -> 
             print(f"{phase}: no Ray run in the results")
             continue
         lo, hi = rs[0], rs[-1]
+        if phase == "train":
+            _plan_train(rs, E=E, N=N, C=C, here=here, mem_gb=mem_gb, b=b)
+            continue
         par = [r["cpu_s"] - r["serial_s"] for r in (lo, hi)]
         if hi is lo:
             dn, T0 = hi["events"], hi["ray_init_s"] + hi["ray_shutdown_s"]
@@ -530,20 +534,60 @@ def plan(res: dict, *, events: float, nodes: int, cores: int, mem_gb: float) -> 
         cross = (N - 1) / N
         print(f"  network: read E x {b['parquet']} B (Parquet) = {_gb(E * b['parquet'])} from storage;"
               f" shuffle by user E x {b['shuffle']} B x (N-1)/N = {_gb(E * b['shuffle'] * cross)}")
-        if phase == "train":
-            wpe, T, P = hi["windows"] / hi["events"], hi["max_len"], hi["params"]
-            W = E * wpe
-            steps = W / (hi["batch_size"] * N)
-            print(f"    windows to the Train workers: E x {wpe:.4f} windows/event x (3 x {T} x 4 + 4) B x (N-1)/N"
-                  f" = {_gb(W * (12 * T + 4) * cross)}; object store a node: E x ({b['shuffle']} + {wpe * (12 * T + 4):.0f}) B / N"
-                  f" = {_gb(E * (b['shuffle'] + wpe * (12 * T + 4)) / N)}")
-            print(f"    DDP all-reduce, one worker a node: {steps:,.0f} steps (W / (batch {hi['batch_size']} x N)) x"
-                  f" 2 x {P:,} params x 4 B a worker = {_gb(steps * 8 * P)} a worker, {_gb(steps * 8 * P * N)} in all")
-            print(f"    encoded arrays to the driver for the detector fit ~ its growth: E x {dd:.0f} B = {_gb(E * dd)}")
-        else:
-            ob = hi["out_bytes"] / hi["events"]
-            print(f"    campaign pass gather: E x {b['campaign_pass']} B x (N-1)/N = {_gb(E * b['campaign_pass'] * cross)}"
-                  f" to one node; outputs E x {ob:.1f} B = {_gb(E * ob)} to storage")
+        ob = hi["out_bytes"] / hi["events"]
+        print(f"    campaign pass gather: E x {b['campaign_pass']} B x (N-1)/N = {_gb(E * b['campaign_pass'] * cross)}"
+              f" to one node; outputs E x {ob:.1f} B = {_gb(E * ob)} to storage")
+
+
+def _fit_budget() -> int:
+    """The default fit sample budget (``TrainConfig.fit_sample_events``), which every bench run uses."""
+    from seqguard_ray.core.config import TrainConfig
+
+    return TrainConfig().fit_sample_events
+
+
+def _fit_events(r: dict) -> int:
+    """Events the detectors were fitted on in run ``r``: the fit sample (runs before it was recorded:
+    the budget, or the whole log when smaller)."""
+    return int(r.get("fit_events") or min(r["events"], _fit_budget()))
+
+
+def _plan_train(rs: list[dict], *, E: float, N: int, C: int, here: int, mem_gb: float, b: dict) -> None:
+    """Training's plan. Only the encoder's epoch grows with the log (parallel, DDP); the detector fit
+    on the driver grows with the fit sample, which stops at its budget (core/sample.py), so the fit's
+    time and the driver's memory are taken from the runs, per fitted event, up to the budget."""
+    lo, hi = rs[0], rs[-1]
+    f_lo, f_hi, f_E = _fit_events(lo), _fit_events(hi), min(E, _fit_budget())
+    par = [r["cpu_s"] - r["serial_s"] for r in (lo, hi)]
+    dn = max(1, hi["events"] - lo["events"])
+    c = (par[1] - par[0]) / dn if hi is not lo and par[1] > par[0] else par[1] / hi["events"]
+    s_fit = hi["serial_s"] / f_hi  # s per fitted event
+    T0 = hi["ray_init_s"] + hi["ray_shutdown_s"]
+    busy = hi["wall_s"] - hi["serial_s"] - T0
+    u = min(1.0, par[1] / (busy * here))
+    t_par, t_fit = E * c / (N * C * u), s_fit * f_E
+    print(f"\ntrain ({lo['events']:,} -> {hi['events']:,} events measured; detectors fitted on {f_lo:,} -> {f_hi:,}):")
+    print(f"  c = {1e6 * c:.1f} CPU-us/event (encoder epoch, read, shuffle, windows: marginal); u = {u:.2f};"
+          f" detector fit {hi['serial_s']:.0f} s on {f_hi:,} events = {1e6 * s_fit:.1f} us per fitted event")
+    print(f"  T = {T0:.0f} + {E:.0e}*{c:.2e}/({N}*{C}*{u:.2f}) + fit of min(E, budget) = {f_E:,.0f} events"
+          f" = {T0:.0f} + {t_par:,.0f} + {t_fit:,.0f} s = {(T0 + t_par + t_fit) / 3600:.2f} h"
+          f" (the epoch assumes DDP scales to N*C single-threaded workers)")
+    if f_hi >= f_E:
+        print(f"  driver: bounded by the fit sample, measured {hi['driver_peak_rss_mb']:,} MB at {f_hi:,} fitted events"
+              f" (+ the vocabulary's item counts, ~100 B an item)")
+    else:
+        dd = (hi["driver_peak_rss_mb"] - lo["driver_peak_rss_mb"]) * 2**20 / max(1, f_hi - f_lo)
+        drv = hi["driver_peak_rss_mb"] * 2**20 + dd * (f_E - f_hi)
+        print(f"  driver: {hi['driver_peak_rss_mb']:,} MB + {dd:.0f} B per fitted event up to the budget = {_gb(drv)}")
+    wpe, T, P = hi["windows"] / hi["events"], hi["max_len"], hi["params"]
+    W, cross = E * wpe, (N - 1) / N
+    steps = W / (hi["batch_size"] * N * C)
+    print(f"  network: read E x {b['parquet']} B = {_gb(E * b['parquet'])}; shuffle by user E x {b['shuffle']} B x (N-1)/N"
+          f" = {_gb(E * b['shuffle'] * cross)}; windows to the Train workers E x {wpe:.4f} x (12 x {T} + 4) B x (N-1)/N"
+          f" = {_gb(W * (12 * T + 4) * cross)}; object store a node: E x ({b['shuffle']} + {wpe * (12 * T + 4):.0f}) B / N"
+          f" = {_gb(E * (b['shuffle'] + wpe * (12 * T + 4)) / N)}")
+    print(f"  DDP all-reduce, N*C workers: {steps:,.0f} steps (W / (batch {hi['batch_size']} x N x C)) x 2 x {P:,}"
+          f" params x 4 B = {_gb(steps * 8 * P)} a worker; the fit sample's encodings to the driver: bounded as above")
 
 
 def bench_model(w: Path) -> Path:
