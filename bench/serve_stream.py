@@ -64,18 +64,21 @@ def plain_server(model: str, max_batch: int, window: int | None):
 
 
 def histories(n_users: int, length: int, seed: int = 11) -> list[tuple[str, list[dict]]]:
-    """``n_users`` users of ``length`` events each (one more for the measured ones), items and
-    actions from the demo generator's log, increasing timestamps with its gaps."""
+    """``n_users`` users of ``length`` events each (one more for the measured ones): items, actions
+    and values from the demo generator's log (the bench bundle learned from all three, as the
+    unary workload sends them), increasing timestamps with random gaps."""
     from seqguard_ray.synth import generate
 
     ev = generate(n_users=200, seed=seed).events
     items, actions = ev["item_id"].astype(str).to_numpy(), ev["action"].astype(str).to_numpy()
+    values = ev["value"].to_numpy(float) if "value" in ev else np.full(len(ev), np.nan)
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n_users):
         idx = (rng.integers(0, len(items)) + np.arange(length)) % len(items)
         ts = 1_700_000_000 + np.cumsum(rng.integers(5, 600, length))
-        out.append((f"L{length}-u{k}", [{"item_id": items[i], "ts": int(t), "action": actions[i]}
+        out.append((f"L{length}-u{k}", [{"item_id": items[i], "ts": int(t), "action": actions[i],
+                                         **({"value": float(values[i])} if np.isfinite(values[i]) else {})}
                                         for i, t in zip(idx, ts)]))
     return out
 
