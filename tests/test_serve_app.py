@@ -382,8 +382,13 @@ def test_shadow_rollout_through_the_app_config(app, served, tmp_path_factory):
         code, details = _code(lambda: c.rollout("promote", min_users=5))
         assert code == SC.FAILED_PRECONDITION and "blocked" in details and "above the 3x limit" in details
         assert "promoted" in c.rollout("promote", force=True).message
-        _wait_for(lambda: c.model_info().model_version == cand, 90, "the promoted candidate serving")
-        assert all(r.anomalous for r in c.score_frame(df).responses)
+        # the ingress reports the new version as soon as it reconfigures; the stage replicas follow
+        # within seconds, and an answer carries the version of the bundle that scored it
+        _wait_for(lambda: {r.model_version for r in c.score_frame(df).responses} == {cand}, 90,
+                  "answers from the promoted candidate", every_s=0.5)
+        assert c.model_info().model_version == cand
+        promoted = c.score_frame(df).responses
+        assert {r.model_version for r in promoted} == {cand} and all(r.anomalous for r in promoted)
         _wait_for(lambda: c.rollout("status").candidate_version == "", 30, "no candidate after promotion")
 
 
