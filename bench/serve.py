@@ -9,7 +9,8 @@ Prints sequential p50/p99 latency of Score (one user's sequence) and throughput 
 concurrent clients, for: plain server without batching, plain server with batching (both in a
 subprocess: `seqguard serve --no-ray`), and the Serve app (ingress + 3 stage deployments);
 then the ratios. Then ScoreStream (bench/serve_stream.py): per-event p50/p99 and events/s on
-streams at history lengths 10, 100, 1000 against re-scoring the whole history per event, and the
+streams at history lengths 10, 100, 1000 against re-scoring the whole history per event, on the
+plain server and through the Serve app (``--skip stream`` / ``serve-stream``), and the
 measured memory of the per-user state (in process, in Redis) per 100k users. Numbers on a shared
 2-core machine are noisy: compare ratios from one run.
 """
@@ -39,9 +40,10 @@ def free_port() -> int:
 
 
 def workload(n_users: int = 64):
+    """Users of the bench bundle's world (serve_stream.WORLD; other users than it learned from)."""
     from seqguard_ray.synth import generate
 
-    ev = generate(n_users=n_users, seed=11).events
+    ev = generate(n_users=n_users, seed=serve_stream.WORLD).events
     return [(str(u), g[["item_id", "ts", "action", "value"]].to_dict("records")) for u, g in ev.groupby("user_id")]
 
 
@@ -100,14 +102,15 @@ def measure(target: str, work, *, n_seq: int, clients: int, seconds: float) -> d
 
 
 def bundle(path: str, seed: int) -> str:
-    """A tiny bundle at ``path`` (trained once)."""
+    """A tiny bundle at ``path`` (trained once, on serve_stream.WORLD's log; ``seed`` the training's)."""
     from seqguard_ray.core.bundle import BundleError, read_manifest
     try:
         read_manifest(path)
     except BundleError:  # missing, or written by another seqguard version
         from seqguard_ray import SeqGuard, TrainConfig
         from seqguard_ray.synth import generate
-        SeqGuard(TrainConfig(epochs=1, hidden_size=32, seed=seed)).fit(generate(n_users=150, seed=seed).events).save(path)
+        ev = generate(n_users=150, seed=serve_stream.WORLD).events
+        SeqGuard(TrainConfig(epochs=1, hidden_size=32, seed=seed)).fit(ev).save(path)
     return path
 
 
@@ -121,9 +124,9 @@ def plain(model: str, max_batch: int, work, a, shadow: float | None = None) -> d
         t0 = time.time()
         wait_ready(f"127.0.0.1:{port}")
         start = time.time() - t0
-        if shadow is not None:  # a rollout candidate (another seed's bundle) scores `shadow` of the users too
+        if shadow is not None:  # a rollout candidate (the same log, another training seed) scores `shadow` of the users too
             from seqguard_ray.client import SeqGuardClient
-            cand = bundle("/tmp/seqguard_bench_candidate", 1)
+            cand = bundle("/tmp/seqguard_bench_candidate_w0", 1)
             SeqGuardClient(f"127.0.0.1:{port}", TOKEN, timeout_s=120).rollout("start", candidate_dir=cand, share=shadow)
         out = {**measure(f"127.0.0.1:{port}", work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds),
                "start_s": start}
@@ -173,17 +176,44 @@ def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
                 "min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
                 "upscale_delay_s": 2, "downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 3}}
         deploy(AppArgs(model_dir=model, token_sha256=token_digest(TOKEN), max_batch_size=a.max_batch,
-                       max_concurrent_batches=a.concurrent_batches, deployments=deployments))
+                       max_concurrent_batches=a.concurrent_batches, deployments=deployments,
+                       stream={"window": a.stream_window} if a.stream_window else {}))
         target = f"127.0.0.1:{port}"
         wait_ready(target)
         start = time.time() - t0
         out = {**measure(target, work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds), "start_s": start}
+        if not optimized and "serve-stream" not in a.skip:  # ScoreStream through the app (in-process state)
+            out["stream_rows"] = serve_stream.lengths(target, a)
+        if not optimized and a.shadow is not None:
+            out["shadow"] = serve_shadow(target, work, a)
         if a.autoscale and (optimized or "serve-opt" in a.skip):  # the ramp runs once, in the last Serve app
             ramp(target, work, a)
         return out
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def serve_shadow(target: str, work, a) -> dict:
+    """The same unary workload once more on the running app with a rollout candidate shadowing
+    ``a.shadow`` of the users (the ingress puts it into the app's config; promotion is not tried)."""
+    from seqguard_ray.client import SeqGuardClient
+
+    c = SeqGuardClient(target, TOKEN, timeout_s=120)
+    cand = bundle("/tmp/seqguard_bench_candidate_w0", 1)
+    c.rollout("start", candidate_dir=cand, share=a.shadow)
+    t0 = time.time()
+    while not c.rollout("status").candidate_version:  # every replica reconfigured with the candidate
+        if time.time() - t0 > 120:
+            raise RuntimeError("the Serve app never picked the rollout candidate up")
+        time.sleep(1)
+    out = {**measure(target, work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds), "start_s": 0.0}
+    st = c.rollout("status")
+    print(f"Serve shadow {a.shadow}: {st.shadowed_users} users shadowed, {st.skipped_users} skipped while busy, "
+          f"{st.candidate_errors} errors; live {st.live_latency_ms:.1f} ms, candidate "
+          f"{st.candidate_latency_ms:.1f} ms per shadowed batch", flush=True)
+    c.rollout("abort")
+    return out
 
 
 def ramp(target: str, work, a) -> None:
@@ -229,9 +259,11 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=64, help="most requests merged per call (both servers)")
     p.add_argument("--concurrent-batches", type=int, default=2, help="Serve ingress max_concurrent_batches")
     p.add_argument("--autoscale", action="store_true", help="also run a load ramp and print Encoder replicas")
-    p.add_argument("--skip", default="", help="comma list of: plain1,plain,serve,serve-opt,stream,state")
+    p.add_argument("--skip", default="",
+                   help="comma list of: plain1,plain,serve,serve-opt,stream,serve-stream,state")
     p.add_argument("--shadow", type=float, default=None, metavar="SHARE",
-                   help="also run the batching plain server with a rollout candidate shadowing SHARE of the users")
+                   help="also run the batching plain server and the Serve app with a rollout candidate shadowing "
+                        "SHARE of the users")
     serve_stream.add_arguments(p)
     a = p.parse_args()
     model = str(Path(a.model or bundle("/tmp/seqguard_bench_bundle", 0)).resolve())
@@ -248,22 +280,27 @@ def main() -> int:
     state = serve_stream.state_memory(model, a) if "state" not in skip else None
     if "serve" not in skip:
         res["Ray Serve app"] = serve_app(model, work, a)
+        if "shadow" in res["Ray Serve app"]:
+            res[f"Serve, shadow {a.shadow:g}"] = res["Ray Serve app"].pop("shadow")
     if "serve-opt" not in skip:
         res["Serve, optimized"] = serve_app(model, work, a, optimized=True)
     print(f"\n{'server':22s} {'start s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {f'rps@{a.clients}':>9s} {'errors':>6s}")
     for k, r in res.items():
         print(f"{k:22s} {r['start_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:9.1f} {r['errors']:6d}")
-    s, b = res.get(f"plain, shadow {a.shadow:g}") if a.shadow is not None else None, res.get("plain (batching)")
-    if s and b:
-        print(f"shadow {a.shadow:g} vs none (plain batching): throughput {100 * s['rps'] / b['rps']:.0f}%, "
-              f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x, p99 {s['p99_ms'] / b['p99_ms']:.2f}x")
+    for server, base in (("plain", "plain (batching)"), ("Serve", "Ray Serve app")):
+        s, b = res.get(f"{server}, shadow {a.shadow:g}") if a.shadow is not None else None, res.get(base)
+        if s and b:
+            print(f"shadow {a.shadow:g} vs none ({base}): throughput {100 * s['rps'] / b['rps']:.0f}%, "
+                  f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x, p99 {s['p99_ms'] / b['p99_ms']:.2f}x")
     for name, base in itertools.product(("Ray Serve app", "Serve, optimized"), ("plain (no batching)", "plain (batching)")):
         s, b = res.get(name), res.get(base)
         if s and b:
             print(f"{name} vs {base}: throughput {100 * s['rps'] / b['rps']:.0f}% (target >= 35%), "
                   f"p50 {s['p50_ms'] / b['p50_ms']:.2f}x (target <= 3x)")
     if stream_rows:
-        serve_stream.print_stream_figures(stream_rows, a.stream_clients)
+        serve_stream.print_stream_figures(stream_rows, a.stream_clients, "plain server")
+    if res.get("Ray Serve app", {}).get("stream_rows"):
+        serve_stream.print_stream_figures(res["Ray Serve app"]["stream_rows"], a.stream_clients, "Ray Serve app")
     if state is not None:
         serve_stream.print_state_memory(state)
     return 0

@@ -24,7 +24,7 @@ from seqguard_ray.core.drift import MIN_COUNT
 from seqguard_ray.runtime.serve import (
     Authenticator, Limits, ModelInfo, ScoringService, StageCalls, StagedBackend, StreamConfig,
 )
-from seqguard_ray.runtime.serve.app import AppConfigRollout
+from seqguard_ray.runtime.serve.app import INGRESS_MAX_ONGOING, AppConfigRollout
 from seqguard_ray.runtime.serve.metrics import DRIFT_WINDOW, RayMetrics
 from seqguard_ray.runtime.serve.shadow import check_candidate
 
@@ -33,7 +33,7 @@ class StreamEnded(Exception):
     """Ends a ScoreStream with the status set on its context (the message is the status details)."""
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256,
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=INGRESS_MAX_ONGOING, max_queued_requests=256,
                   health_check_period_s=5)
 class SeqGuardIngress:
     def __init__(self, encoder: DeploymentHandle, detector: DeploymentHandle, repair: DeploymentHandle, *,

@@ -415,6 +415,24 @@ def test_app_args_reject_unknown_deployments_and_bad_limits():
         check_app_args({"model_dir": "m", "limits": {"max_events": 3}})
 
 
+def test_open_streams_stay_below_the_ingress_slots():
+    """On Serve an open stream holds one of the ingress's max_ongoing_requests for its life: the
+    default bound is half of them, and a bound that would take them all is refused."""
+    from seqguard_ray.runtime.serve.app import INGRESS_MAX_ONGOING, check_app_args, ingress_kwargs
+
+    args = check_app_args({"model_dir": "m", "insecure_no_auth": True})
+    assert ingress_kwargs(args)["stream"]["max_open_streams"] == INGRESS_MAX_ONGOING // 2
+    small = {"SeqGuardIngress": {"max_ongoing_requests": 8}}
+    args = check_app_args({"model_dir": "m", "insecure_no_auth": True, "deployments": small,
+                           "stream": {"window": 32}})
+    assert ingress_kwargs(args)["stream"] == {"max_open_streams": 4, "window": 32}
+    args = check_app_args({"model_dir": "m", "insecure_no_auth": True, "deployments": small,
+                           "stream": {"max_open_streams": 7}})
+    assert ingress_kwargs(args)["stream"]["max_open_streams"] == 7
+    with pytest.raises(ValueError, match=r"max_open_streams \(8\) must be below .* max_ongoing_requests \(8\)"):
+        check_app_args({"model_dir": "m", "deployments": small, "stream": {"max_open_streams": 8}})
+
+
 def test_deployment_options_put_the_encoder_on_gpus_and_let_overrides_win():
     from seqguard_ray.runtime.serve.app import DEPLOYMENT_NAMES, AppArgs, deployment_options
 

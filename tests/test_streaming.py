@@ -183,7 +183,7 @@ def test_app_args_and_cli_check_stream_settings(caplog):
         args = check_app_args(AppArgs(model_dir="m", insecure_no_auth=True, stream={"window": 8},
                                       deployments={"SeqGuardIngress": {"num_replicas": 2}}))
     assert "stream.redis_url" in caplog.text  # in-process state with several ingress replicas: said
-    assert ingress_kwargs(args)["stream"] == {"window": 8}
+    assert ingress_kwargs(args)["stream"] == {"max_open_streams": 32, "window": 8}  # half the ingress slots
     p = argparse.ArgumentParser()
     serve_commands.add_parser(p.add_subparsers())
     given = serve_commands._stream(p.parse_args(["serve", "--model", "m", "--state-redis", "rediss://h:6380/0",

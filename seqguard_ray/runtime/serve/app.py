@@ -28,6 +28,7 @@ SERVICER = "seqguard_ray.proto.seqguard.v1.seqguard_pb2_grpc.add_SeqGuardService
 # The app builder, as Serve imports it on every node.
 BUILDER = "deployments.app:build_app"
 DEPLOYMENT_NAMES = ("SeqGuardIngress", "Encoder", "DetectorEnsemble", "RepairPolicy")
+INGRESS_MAX_ONGOING = 64  # the ingress's max_ongoing_requests unless deployments overrides it
 
 # Per-stage defaults for one machine; the YAML profiles (and `deployments` below) override them.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -77,6 +78,11 @@ def check_app_args(args: AppArgs | dict) -> AppArgs:
     Limits.from_dict(args.limits)
     stream = StreamConfig.from_dict(args.stream)
     ingress = args.deployments.get("SeqGuardIngress", {})
+    ongoing = _ingress_ongoing(args)
+    if "max_open_streams" in args.stream and stream.max_open_streams >= ongoing:
+        raise ValueError(f"stream.max_open_streams ({stream.max_open_streams}) must be below the SeqGuardIngress's "
+                         f"max_ongoing_requests ({ongoing}): on Ray Serve an open stream holds one of those slots "
+                         "for its whole life, and unary calls would queue behind the streams")
     several = ingress.get("num_replicas", 1) != 1 or "autoscaling_config" in ingress
     if several and not stream.redis_url:
         log.warning("ScoreStream without stream.redis_url keeps each user's state in the ingress replica that "
@@ -84,6 +90,16 @@ def check_app_args(args: AppArgs | dict) -> AppArgs:
                     "(answers then show a new state_epoch): set stream.redis_url (or $SEQGUARD_REDIS_URL on "
                     "every node) so any replica serves any user")
     return args
+
+
+def _ingress_ongoing(args: AppArgs) -> int:
+    return int(args.deployments.get("SeqGuardIngress", {}).get("max_ongoing_requests", INGRESS_MAX_ONGOING))
+
+
+def ingress_stream(args: AppArgs) -> dict[str, Any]:
+    """The ingress's ScoreStream settings: ``stream.max_open_streams`` defaults to half its
+    ``max_ongoing_requests`` (each open stream holds a slot), so streams never take every slot."""
+    return {"max_open_streams": max(1, _ingress_ongoing(args) // 2), **args.stream}
 
 
 def ingress_kwargs(args: AppArgs) -> dict[str, Any]:
@@ -100,7 +116,7 @@ def ingress_kwargs(args: AppArgs) -> dict[str, Any]:
         log.warning("serving WITHOUT auth: anyone who can reach the gRPC port can call it")
     return {"token_sha256": digest, "limits": args.limits, "timeout_s": args.timeout_s,
             "max_batch_size": args.max_batch_size, "max_concurrent_batches": args.max_concurrent_batches,
-            "stream": dict(args.stream), "drift_window": args.drift_window,
+            "stream": ingress_stream(args), "drift_window": args.drift_window,
             "drift_min_count": args.drift_min_count}
 
 
