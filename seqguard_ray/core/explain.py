@@ -213,24 +213,34 @@ class Explainer:
         best_set = {}
         still_odd = {}  # user -> (size, residual score, z, nobody) of the smallest set the residual check refused
         explainable = in_flagged & ~copied[uix]  # a copied account is a copy as a whole
+        tries = []  # (candidate k, its events, the users it may explain, each user's set size)
         for k, (name, cand) in enumerate(candidates):
             cand = cand & explainable
             size = np.bincount(uix[cand], minlength=seqs.n_users)
             ok = (size > 0) & (size <= self.max_explained * n_ev) & (n_ev - size >= 5)
             users = np.flatnonzero(ok & np.isin(np.arange(seqs.n_users), flagged))
-            if len(users) == 0:
-                continue
-            # residual histories of these users only (everyone else becomes empty: no work)
-            keep = np.isin(uix, users) & ~cand
-            sub = seqs.subset(keep)
+            if len(users):
+                tries.append((k, cand, users, size))
+        if tries:
+            # every (candidate, user) residual history featurised in ONE pass, each as a history of
+            # its own: the features are per history, so this equals a pass per candidate, with the
+            # fixed cost of a pass paid once (a stream scores one user a call)
+            rows = [np.flatnonzero(np.isin(uix, users) & ~cand) for _, cand, users, _ in tries]
+            left = np.concatenate([(n_ev - size)[users] for _, _, users, size in tries])
+            idx = np.concatenate(rows)
+            sub = seqs.take(idx, np.r_[0, np.cumsum(left)])
             sub_ef = event_features(sub, stats)
-            sub_uf, _ = user_features(sub, stats, sub_ef, local[keep])
-            res_score, _ = strata.score(sub_uf[users], n_ev[users] - size[users], whole=False)
-            res_z = self.residual_check_.z(local[keep], sub.offsets)[users]
+            sub_uf, _ = user_features(sub, stats, sub_ef, local[idx])
+            res_score, _ = strata.score(sub_uf, left, whole=False)
+            res_z = self.residual_check_.z(local[idx], sub.offsets)
             # filler that resembles nobody stays filler once the targets are gone
-            res_nobody = resembles_nobody(sub, sub_uf, n_items, training=False)[users]
+            res_nobody = resembles_nobody(sub, sub_uf, n_items, training=False)
+        at = 0
+        for k, cand, users, size in tries:
+            name, here = candidates[k][0], slice(at, at + len(users))
+            at += len(users)
             pushed = size >= per_item_push * distinct_items(uix, seqs.item_key, cand, seqs.n_users)
-            for u, r, z, nobody in zip(users, res_score, res_z, res_nobody):
+            for u, r, z, nobody in zip(users, res_score[here], res_z[here], res_nobody[here]):
                 if r >= self.residual_normal or (name == "takeover" and pushed[u]):
                     continue  # (a stretch of many events on a few items is a push, not another person)
                 # a set picked by oddness alone must leave ordinary events; a push of a few items,

@@ -41,9 +41,13 @@ class Seqs:
     def subset(self, keep: np.ndarray) -> Seqs:
         """The same users with only the events where ``keep`` (N,) is True."""
         counts = segment_sums(keep.astype(np.int64), self.offsets)
-        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-        return Seqs(offsets, self.ts[keep], self.item[keep], self.action[keep], self.value[keep], self.surprisal[keep],
-                    None if self.key is None else self.key[keep])
+        return self.take(np.flatnonzero(keep), np.r_[0, np.cumsum(counts)])
+
+    def take(self, rows: np.ndarray, offsets: np.ndarray) -> Seqs:
+        """The events ``rows`` (N',) as histories cut by ``offsets`` (U' + 1,): each history's rows
+        in time order and all of one user's (e.g. a user's history less some events)."""
+        return Seqs(np.asarray(offsets, np.int64), self.ts[rows], self.item[rows], self.action[rows], self.value[rows],
+                    self.surprisal[rows], None if self.key is None else self.key[rows])
 
 
 def segment_sums(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
