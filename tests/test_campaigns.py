@@ -149,6 +149,31 @@ def test_a_group_in_a_log_without_time_is_found_by_values_and_lockstep(clean):
     assert reasons.str.contains("values unlike").any() and reasons.str.contains("who also adopted item").all()  # the lockstep core
 
 
+def test_lockstep_partners_do_not_depend_on_the_blocks_of_items(clean, monkeypatch):
+    """pair_lockstep counts co-adoption by blocks of items to bound its memory: any block size
+    gives what one block gives, the planted targets locked onto each other, ties to the first code."""
+    from seqguard_ray.core.campaigns import lockstep
+    from seqguard_ray.core.campaigns.adoptions import build_adoptions
+
+    df, _ = plant(clean)
+    lg = from_frame(df)
+    _, first, codes = np.unique(lg.item, return_index=True, return_inverse=True)
+    ad = build_adoptions(lg.offsets, codes.reshape(-1).astype(np.int64), lg.ts, lg.value, n_items=len(first))
+    whole = lockstep.pair_lockstep(ad, 2.0)
+    names = [str(x) for x in lg.item[first]]
+    targets = [names.index(str(t)) for t in TARGETS]
+    assert {names[whole[0][t]] for t in targets} <= {str(t) for t in TARGETS}
+    blocks = []
+    row_blocks = lockstep._row_blocks
+    monkeypatch.setattr(lockstep, "_row_blocks", lambda *a: blocks.append(row_blocks(*a)) or blocks[-1])
+    for budget in (1, 500, 20_000):
+        monkeypatch.setattr(lockstep, "_PAIR_CHUNK", budget)
+        for a, b in zip(whole, lockstep.pair_lockstep(ad, 2.0)):
+            np.testing.assert_array_equal(a, b)
+    assert len(blocks[0]) == ad.n_items and len(blocks[0]) > len(blocks[1]) > len(blocks[2]) >= 1
+    assert [lo for lo, _ in blocks[1]] == [0] + [hi for _, hi in blocks[1][:-1]] and blocks[1][-1][1] == ad.n_items
+
+
 def test_the_stage_state_round_trips(clean, detector):
     det, _ = detector
     arrays, meta = det.to_state()

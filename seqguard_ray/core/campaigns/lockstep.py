@@ -2,8 +2,9 @@
 often than that item's other adopters do. Organic taste raises co-adoption too (series, genres):
 up to ``taste_lift`` times chance is allowed before it counts.
 
-:func:`pair_lockstep` counts co-adoption over the whole log (one sparse product: the item-item
-co-occurrence, as a map-reduce over users at scale); :func:`window_lockstep` counts each windowed
+:func:`pair_lockstep` counts co-adoption over the whole log (the item-item co-occurrence, a sparse
+product computed by blocks of items so that its pairs are bounded; a map-reduce over users at
+scale); :func:`window_lockstep` counts each windowed
 audience's members' adoptions inside its period (a join by user, in bounded chunks).
 """
 
@@ -16,6 +17,7 @@ from .adoptions import Adoptions
 from .tails import N_CAP, binom_nats
 
 _CHUNK = 4_000_000  # expanded (member x adoption) rows per chunk of window_lockstep
+_PAIR_CHUNK = 5_000_000  # (user x item) products per block of items in pair_lockstep (~130 MB a block)
 # members of a window audience whose other adoptions are read: the tests count at most N_CAP
 # members anyway, and a popular item's month holds hundreds (their histories are the cost)
 SAMPLE = 2 * int(N_CAP)
@@ -59,20 +61,41 @@ def pair_lockstep(ad: Adoptions, taste_lift: float) -> tuple[np.ndarray, np.ndar
     x = sp.csr_matrix((np.ones(len(ad.user)), (ad.user, ad.item)), shape=(ad.n_users, n_items))
     x.sum_duplicates()
     x.data[:] = 1.0  # users, not visits
-    n_i = np.diff(x.tocsc().indptr)
-    co = (x.T @ x).tocsr()
-    co.setdiag(0)
-    co.eliminate_zeros()
-    i = np.repeat(np.arange(n_items), np.diff(co.indptr))
-    j, c = co.indices.astype(np.int64), co.data.astype(np.int64)
-    pair = lock_nats(c, n_i[i], n_i[j] - c, np.full(len(c), ad.n_users), taste_lift)
-    first, best = _best_per(i, pair, c, n_items)
-    # every item's partner, even where the evidence is none: its core is still an audience of
-    # the kind, and the null of that kind is every item's, not only the odd ones'
-    partner[i[first]] = j[first]
-    co_count[i[first]] = c[first]
-    nats[i[first]] = best
+    xt = x.T.tocsr()  # (items, users)
+    n_i = np.diff(xt.indptr)
+    # the item-item co-occurrence by blocks of items (rows): each item's partner depends on its
+    # own row only, so the blocks give the same result as one product, with a block's pairs
+    # held at a time (the pairs are what grow with the log: a user's adoptions squared)
+    for lo, hi in _row_blocks(xt, x, _PAIR_CHUNK):
+        co = (xt[lo:hi] @ x).tocsr()
+        co.setdiag(0, k=lo)
+        co.eliminate_zeros()
+        co.sort_indices()  # ties between partners go to the first item code, whatever the blocks
+        i = np.repeat(np.arange(lo, hi), np.diff(co.indptr))
+        j, c = co.indices.astype(np.int64), co.data.astype(np.int64)
+        pair = lock_nats(c, n_i[i], n_i[j] - c, np.full(len(c), ad.n_users), taste_lift)
+        first, best = _best_per(i - lo, pair, c, hi - lo)
+        # every item's partner, even where the evidence is none: its core is still an audience
+        # of the kind, and the null of that kind is every item's, not only the odd ones'
+        partner[i[first]] = j[first]
+        co_count[i[first]] = c[first]
+        nats[i[first]] = best
     return partner, co_count, nats
+
+
+def _row_blocks(xt: sp.csr_matrix, x: sp.csr_matrix, budget: int) -> list[tuple[int, int]]:
+    """Consecutive item ranges whose co-occurrence rows expand at most ``budget`` (user, item)
+    products each (an upper bound on their pairs; an item alone may exceed it)."""
+    deg = np.diff(x.indptr)  # adoptions per user
+    work = np.add.reduceat(np.r_[deg[xt.indices], 0], xt.indptr[:-1]) if xt.nnz else np.zeros(xt.shape[0])
+    work = np.where(np.diff(xt.indptr) > 0, work, 0)
+    ends = np.cumsum(work)
+    blocks, lo = [], 0
+    while lo < xt.shape[0]:
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + budget, side="right")))
+        blocks.append((lo, min(hi, xt.shape[0])))
+        lo = blocks[-1][1]
+    return blocks
 
 
 def window_lockstep(ad: Adoptions, item: np.ndarray, members: list[np.ndarray] | tuple, lo: np.ndarray,
