@@ -514,8 +514,7 @@ def plan(res: dict, *, events: float, nodes: int, cores: int, mem_gb: float) -> 
                 s = s if s >= 0 else hi["serial_s"] / hi["events"]
             dd = (hi["driver_peak_rss_mb"] - lo["driver_peak_rss_mb"]) * 2**20 / dn
             dw = (hi["workers_peak_pss_mb"] - lo["workers_peak_pss_mb"]) * 2**20 / dn
-        busy = hi["wall_s"] - hi["serial_s"] - hi["ray_init_s"] - hi["ray_shutdown_s"]
-        u = min(1.0, par[1] / (busy * here))
+        busy, u = _busy_share(hi, par[1], here)
         t_par, t_ser = E * c / (N * C * u), E * s
         print(f"\n{phase} ({lo['events']:,} -> {hi['events']:,} events measured):")
         print(f"  T0 = {T0:.0f} s; c = {1e6 * c:.1f} CPU-us/event; u = {par[1]:.0f} CPU-s / ({busy:.0f} s x {here})"
@@ -537,6 +536,13 @@ def plan(res: dict, *, events: float, nodes: int, cores: int, mem_gb: float) -> 
         ob = hi["out_bytes"] / hi["events"]
         print(f"    campaign pass gather: E x {b['campaign_pass']} B x (N-1)/N = {_gb(E * b['campaign_pass'] * cross)}"
               f" to one node; outputs E x {ob:.1f} B = {_gb(E * ob)} to storage")
+
+
+def _busy_share(r: dict, par_cpu_s: float, here: int) -> tuple[float, float]:
+    """(seconds of run ``r`` its parallel part ran: the wall less the serial part and Ray's start
+    and stop; u, the share of the ``here`` cores that part kept busy with ``par_cpu_s`` CPU-s)."""
+    busy = r["wall_s"] - r["serial_s"] - r["ray_init_s"] - r["ray_shutdown_s"]
+    return busy, min(1.0, par_cpu_s / (busy * here))
 
 
 def _fit_budget() -> int:
@@ -563,8 +569,7 @@ def _plan_train(rs: list[dict], *, E: float, N: int, C: int, here: int, mem_gb: 
     c = (par[1] - par[0]) / dn if hi is not lo and par[1] > par[0] else par[1] / hi["events"]
     s_fit = hi["serial_s"] / f_hi  # s per fitted event
     T0 = hi["ray_init_s"] + hi["ray_shutdown_s"]
-    busy = hi["wall_s"] - hi["serial_s"] - T0
-    u = min(1.0, par[1] / (busy * here))
+    _, u = _busy_share(hi, par[1], here)
     t_par, t_fit = E * c / (N * C * u), s_fit * f_E
     print(f"\ntrain ({lo['events']:,} -> {hi['events']:,} events measured; detectors fitted on {f_lo:,} -> {f_hi:,}):")
     print(f"  c = {1e6 * c:.1f} CPU-us/event (encoder epoch, read, shuffle, windows: marginal); u = {u:.2f};"

@@ -131,10 +131,7 @@ def plain(model: str, max_batch: int, work, a, shadow: float | None = None) -> d
         out = {**measure(f"127.0.0.1:{port}", work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds),
                "start_s": start}
         if shadow is not None:
-            st = SeqGuardClient(f"127.0.0.1:{port}", TOKEN).rollout("status")
-            print(f"shadow {shadow}: {st.shadowed_users} users shadowed, {st.skipped_users} skipped while busy, "
-                  f"{st.candidate_errors} errors; live {st.live_latency_ms:.1f} ms, candidate "
-                  f"{st.candidate_latency_ms:.1f} ms per shadowed batch", flush=True)
+            print_shadow(f"shadow {shadow}", SeqGuardClient(f"127.0.0.1:{port}", TOKEN).rollout("status"))
         return out
     finally:
         p.terminate()
@@ -194,6 +191,13 @@ def serve_app(model: str, work, a, *, optimized: bool = False) -> dict:
         ray.shutdown()
 
 
+def print_shadow(label: str, st) -> None:
+    """One line of a RolloutStatus: users shadowed and shed, candidate errors, each bundle's latency."""
+    print(f"{label}: {st.shadowed_users} users shadowed, {st.skipped_users} skipped while busy, "
+          f"{st.candidate_errors} errors; live {st.live_latency_ms:.1f} ms, candidate "
+          f"{st.candidate_latency_ms:.1f} ms per shadowed batch", flush=True)
+
+
 def serve_shadow(target: str, work, a) -> dict:
     """The same unary workload once more on the running app with a rollout candidate shadowing
     ``a.shadow`` of the users (the ingress puts it into the app's config; promotion is not tried)."""
@@ -208,10 +212,7 @@ def serve_shadow(target: str, work, a) -> dict:
             raise RuntimeError("the Serve app never picked the rollout candidate up")
         time.sleep(1)
     out = {**measure(target, work, n_seq=a.sequential, clients=a.clients, seconds=a.seconds), "start_s": 0.0}
-    st = c.rollout("status")
-    print(f"Serve shadow {a.shadow}: {st.shadowed_users} users shadowed, {st.skipped_users} skipped while busy, "
-          f"{st.candidate_errors} errors; live {st.live_latency_ms:.1f} ms, candidate "
-          f"{st.candidate_latency_ms:.1f} ms per shadowed batch", flush=True)
+    print_shadow(f"Serve shadow {a.shadow}", c.rollout("status"))
     c.rollout("abort")
     return out
 

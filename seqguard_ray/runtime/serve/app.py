@@ -78,7 +78,7 @@ def check_app_args(args: AppArgs | dict) -> AppArgs:
     Limits.from_dict(args.limits)
     stream = StreamConfig.from_dict(args.stream)
     ingress = args.deployments.get("SeqGuardIngress", {})
-    ongoing = _ingress_ongoing(args)
+    ongoing = _ingress_ongoing(ingress)
     if "max_open_streams" in args.stream and stream.max_open_streams >= ongoing:
         raise ValueError(f"stream.max_open_streams ({stream.max_open_streams}) must be below the SeqGuardIngress's "
                          f"max_ongoing_requests ({ongoing}): on Ray Serve an open stream holds one of those slots "
@@ -92,14 +92,16 @@ def check_app_args(args: AppArgs | dict) -> AppArgs:
     return args
 
 
-def _ingress_ongoing(args: AppArgs) -> int:
-    return int(args.deployments.get("SeqGuardIngress", {}).get("max_ongoing_requests", INGRESS_MAX_ONGOING))
+def _ingress_ongoing(ingress: dict[str, Any]) -> int:
+    """The ingress's max_ongoing_requests, from its ``deployments`` overrides or the default."""
+    return int(ingress.get("max_ongoing_requests", INGRESS_MAX_ONGOING))
 
 
 def ingress_stream(args: AppArgs) -> dict[str, Any]:
     """The ingress's ScoreStream settings: ``stream.max_open_streams`` defaults to half its
     ``max_ongoing_requests`` (each open stream holds a slot), so streams never take every slot."""
-    return {"max_open_streams": max(1, _ingress_ongoing(args) // 2), **args.stream}
+    return {"max_open_streams": max(1, _ingress_ongoing(args.deployments.get("SeqGuardIngress", {})) // 2),
+            **args.stream}
 
 
 def ingress_kwargs(args: AppArgs) -> dict[str, Any]:
