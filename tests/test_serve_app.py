@@ -382,10 +382,11 @@ def test_shadow_rollout_through_the_app_config(app, served, tmp_path_factory):
         code, details = _code(lambda: c.rollout("promote", min_users=5))
         assert code == SC.FAILED_PRECONDITION and "blocked" in details and "above the 3x limit" in details
         assert "promoted" in c.rollout("promote", force=True).message
-        # the ingress reports the new version as soon as it reconfigures; the stage replicas follow
-        # within seconds, and an answer carries the version of the bundle that scored it
-        _wait_for(lambda: {r.model_version for r in c.score_frame(df).responses} == {cand}, 90,
-                  "answers from the promoted candidate", every_s=0.5)
+        # the ingress and the stage replicas reconfigure independently, in either order (an answer
+        # carries the version of the bundle that scored it): wait until both serve the candidate
+        _wait_for(lambda: c.model_info().model_version == cand
+                  and {r.model_version for r in c.score_frame(df).responses} == {cand}, 90,
+                  "the ingress and the answers on the promoted candidate", every_s=0.5)
         assert c.model_info().model_version == cand
         promoted = c.score_frame(df).responses
         assert {r.model_version for r in promoted} == {cand} and all(r.anomalous for r in promoted)
