@@ -104,7 +104,17 @@ class SeqGuardIngress:
         """Bidirectional: Serve's proxy hands the client's messages in as ``request_stream`` and
         sends what this generator yields. An error status is set on the context and raised, which
         the replica passes on to the proxy with that code."""
-        async for reply in self.service.score_stream(request_stream, grpc_context.invocation_metadata()):
+        async for message in self._stream(request_stream, grpc_context, framed=False):
+            yield message
+
+    async def ScoreStreamFrames(self, request_stream: gRPCInputStream,  # noqa: N802
+                                grpc_context: RayServegRPCContext):
+        """ScoreStream with several requests per message: the proxy's cost is per message."""
+        async for message in self._stream(request_stream, grpc_context, framed=True):
+            yield message
+
+    async def _stream(self, request_stream, grpc_context: RayServegRPCContext, *, framed: bool):
+        async for reply in self.service.score_stream(request_stream, grpc_context.invocation_metadata(), framed=framed):
             if reply.code != grpc.StatusCode.OK:
                 grpc_context.set_code(reply.code)
                 grpc_context.set_details(reply.details)

@@ -16,6 +16,7 @@ runs ScoreStream and resumes it after such errors without scoring an event twice
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import re
 import threading
@@ -137,9 +138,10 @@ class SeqGuardClient:
             req.min_users = min_users
         return self._call("Rollout", req)
 
-    def stream(self, stream_id: str | None = None, *, max_unacked: int = 64) -> StreamSession:
-        """A :class:`StreamSession` (ScoreStream) on this client's channel, token and retries."""
-        return StreamSession(self, stream_id, max_unacked=max_unacked)
+    def stream(self, stream_id: str | None = None, *, max_unacked: int = 64, frame: int | None = None) -> StreamSession:
+        """A :class:`StreamSession` (ScoreStream, or ScoreStreamFrames: see its ``frame``) on this
+        client's channel, token and retries."""
+        return StreamSession(self, stream_id, max_unacked=max_unacked, frame=frame)
 
     def close(self) -> None:
         self._channel.close()
@@ -160,7 +162,11 @@ class StreamSession:
                 print(a.seq, a.user_id, a.user_score, a.action)   # ("u1", None): delete u1's state
 
     Messages are numbered ``seq`` 1, 2, ...; the ones not yet answered are kept (at most
-    ``max_unacked``: sending waits beyond that). On a retryable error (the client's ``retry_on``
+    ``max_unacked``: sending waits beyond that). ``frame``: the most messages sent in one gRPC
+    message (ScoreStreamFrames; 1: ScoreStream, one each). A frame holds what the source has
+    ready, never waiting for more: a background thread reads the source, and each frame takes
+    the first message it has and whatever else it holds then. None (default): up to FRAME, or the
+    server's ModelInfo max_stream_frame if lower (1 against a server without frames). On a retryable error (the client's ``retry_on``
     codes, and a lost Serve replica) it reconnects with the same ``stream_id`` and ``resume`` set
     and sends the unanswered ones again; the server answers an already applied seq from its record,
     so no event is scored twice and none is lost. Each message's answer is yielded once. The
@@ -169,9 +175,15 @@ class StreamSession:
     answers with ``state == STREAM_STATE_LOST`` say which users were affected.
     """
 
-    def __init__(self, client: SeqGuardClient, stream_id: str | None = None, *, max_unacked: int = 64):
+    FRAME = 32  # most messages in a frame by default
+
+    def __init__(self, client: SeqGuardClient, stream_id: str | None = None, *, max_unacked: int = 64,
+                 frame: int | None = None):
         if max_unacked < 1:
             raise ValueError(f"max_unacked must be >= 1, got {max_unacked}")
+        if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 1):
+            raise ValueError(f"frame must be a positive integer or None, got {frame!r}")
+        self.frame = frame
         self.client = client
         self.stream_id = stream_id or uuid.uuid4().hex
         self.max_unacked = max_unacked
@@ -230,6 +242,49 @@ class StreamSession:
             first = False
             yield m
 
+    def _frame_size(self) -> int:
+        if self.frame is None:
+            most = self.client.model_info().max_stream_frame  # 0: a server without ScoreStreamFrames
+            self.frame = min(self.FRAME, most) if most > 0 else 1
+        return self.frame
+
+    def _frames(self, source: Iterator, call_no: int, state: dict, frame: int) -> Iterator[pb.StreamFrame]:
+        """:meth:`_requests` in frames of at most ``frame``: what a reader thread has ready."""
+        ready: queue.Queue = queue.Queue()
+
+        def read():
+            try:
+                for m in self._requests(source, call_no, state):
+                    ready.put(m)
+            except BaseException as exc:  # noqa: BLE001 - raised in the frame generator, as without frames
+                ready.put(_Raised(exc))
+            ready.put(_DONE)
+
+        threading.Thread(target=read, name=f"stream-{self.stream_id[:8]}-{call_no}", daemon=True).start()
+        while True:
+            batch = [ready.get()]
+            while len(batch) < frame and isinstance(batch[-1], pb.StreamRequest):
+                try:
+                    batch.append(ready.get_nowait())
+                except queue.Empty:
+                    break
+            msgs = [m for m in batch if isinstance(m, pb.StreamRequest)]
+            if msgs:
+                yield pb.StreamFrame(requests=msgs)
+            if isinstance(batch[-1], _Raised):
+                raise batch[-1].exc
+            if batch[-1] is _DONE:
+                return
+
+    def _answers(self, source: Iterator, call_no: int, state: dict) -> Iterator[pb.StreamAnswer]:
+        """One call's answers: ScoreStreamFrames' flattened, or ScoreStream's."""
+        frame, stub, meta = self._frame_size(), self.client._stub, self.client._metadata
+        if frame == 1:
+            yield from stub.ScoreStream(self._requests(source, call_no, state), metadata=meta)
+            return
+        for f in stub.ScoreStreamFrames(self._frames(source, call_no, state, frame), metadata=meta):
+            yield from f.answers
+
     def run(self, messages: Iterable[tuple[str, dict | pb.Event | None]]) -> Iterator[pb.StreamAnswer]:
         """Send ``(user_id, event)`` pairs (``event=None``: delete the user's state) and yield each
         message's answer, in order. Raises :class:`grpc.RpcError` on a non-retryable status, or
@@ -243,8 +298,7 @@ class StreamSession:
                 call_no = self._call_no
             self.client.attempts += 1
             try:
-                for a in self.client._stub.ScoreStream(self._requests(source, call_no, state),
-                                                       metadata=self.client._metadata):
+                for a in self._answers(source, call_no, state):
                     failures, delay = 0, self.client.backoff_s
                     with self._cv:
                         self._unacked.pop(a.seq, None)
@@ -275,6 +329,16 @@ class StreamSession:
                      err.code().name if err is not None else "ended early", len(self._unacked), delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.client.max_backoff_s)
+
+
+_DONE = object()
+
+
+class _Raised:
+    """An exception of the source, carried from the reader thread to the frame generator."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
 
 
 def _request(user_id: str, events) -> pb.ScoreRequest:

@@ -45,7 +45,7 @@ def test_reflection_lists_the_service_and_its_methods(server):
     with ReflectionClient(server) as rc:  # reflection itself needs no token
         assert set(rc.services()) == {SERVICE, REFLECTION}
         methods = {m.name: m for m in rc.methods()}
-    assert set(methods) == {"Score", "ScoreBatch", "Repair", "ModelInfo", "ScoreStream", "Rollout"}
+    assert set(methods) == {"Score", "ScoreBatch", "Repair", "ModelInfo", "ScoreStream", "ScoreStreamFrames", "Rollout"}
     assert methods["Score"].signature() == "Score(seqguard.v1.ScoreRequest) returns (seqguard.v1.ScoreResponse)"
     assert methods["ScoreStream"].client_streaming and methods["ScoreStream"].server_streaming
     assert methods["ScoreStream"].signature().startswith("ScoreStream(stream seqguard.v1.StreamRequest) returns (stream ")

@@ -394,8 +394,8 @@ def test_shadow_rollout_through_the_app_config(app, served, tmp_path_factory):
 
 
 def test_score_stream_through_the_ingress_equals_repair_and_replays_a_resent_seq(app):
-    """ScoreStream through Serve's gRPC proxy (bidirectional, gRPCInputStream in the ingress):
-    interleaved users answered in order, each answer equal to Repair of the same window (in-process
+    """ScoreStream (in frames: ScoreStreamFrames) through Serve's gRPC proxy (bidirectional,
+    gRPCInputStream in the ingress): interleaved users answered in order, each answer equal to Repair of the same window (in-process
     state in the one ingress replica), and a resent seq on a new call answered from the record."""
     from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
 
@@ -408,6 +408,7 @@ def test_score_stream_through_the_ingress_equals_repair_and_replays_a_resent_seq
         session = c.stream("serve-stream-1")
         answers = list(session.run(feed))
         assert [a.seq for a in answers] == list(range(1, len(feed) + 1)) and not any(a.error for a in answers)
+        assert session.frame > 1  # ScoreStreamFrames through the proxy; the replays below are ScoreStream
         history: dict[str, list] = {}
         for (u, ev), a in zip(feed, answers):
             history.setdefault(u, []).append(ev)

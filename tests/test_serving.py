@@ -53,7 +53,7 @@ def test_proto_keeps_contract_names_and_numbers():
     assert [r[n].number for n in ("score", "events", "weights", "actions")] == [1, 2, 3, 4]
     svc = pb.DESCRIPTOR.services_by_name["SeqGuard"]
     assert svc.full_name == "seqguard.v1.SeqGuard"
-    assert {m.name for m in svc.methods} == {"Score", "ScoreBatch", "Repair", "ModelInfo", "ScoreStream", "Rollout"}
+    assert {m.name for m in svc.methods} == {"Score", "ScoreBatch", "Repair", "ModelInfo", "ScoreStream", "ScoreStreamFrames", "Rollout"}
 
 
 # --------------------------------------------------------------------------- validation

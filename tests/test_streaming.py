@@ -14,7 +14,7 @@ import pytest
 import serving_helpers
 from serving_helpers import TOKEN, PlainServer, score_events, tiny_bundle
 
-from seqguard_ray.client import SeqGuardClient
+from seqguard_ray.client import SeqGuardClient, StreamSession
 from seqguard_ray.proto.seqguard.v1 import seqguard_pb2 as pb
 from seqguard_ray.runtime.serve import (
     Authenticator,
@@ -22,7 +22,7 @@ from seqguard_ray.runtime.serve import (
     ScoringService,
     token_digest,
 )
-from seqguard_ray.runtime.serve.convert import stream_action
+from seqguard_ray.runtime.serve.convert import events_to_proto, stream_action
 from seqguard_ray.runtime.serve.sessions import (
     REDIS_PASSWORD_ENV,
     Conflict,
@@ -302,6 +302,42 @@ def test_a_resent_seq_is_replayed_not_rescored_and_delete_forgets_the_user(plain
         assert tail[1].state == pb.STREAM_STATE_NEW and tail[1].window_events == 1
 
 
+def test_frames_carry_the_same_answers_as_one_message_each_and_are_bounded(plain):
+    """ScoreStreamFrames: requests in frames, answers in frames, the same answers as ScoreStream
+    for the same windows (other user ids, so the two runs' states are apart); a frame over the
+    server's max_stream_frame (ModelInfo), or an empty one, is refused naming the limit."""
+    feed = _feed(2)[:12]
+    meta = (("authorization", f"Bearer {TOKEN}"),)
+
+    def msgs(prefix, sid):
+        return [pb.StreamRequest(seq=i + 1, user_id=prefix + u, stream_id=sid, event=events_to_proto([ev])[0])
+                for i, (u, ev) in enumerate(feed)]
+
+    with _client(plain.port) as c:
+        most = c.model_info().max_stream_frame
+        assert most == StreamConfig().max_in_flight
+        single = list(c._stub.ScoreStream(iter(msgs("a-", "single-1")), metadata=meta))
+        framed_in = msgs("b-", "framed-1")
+        frames = [pb.StreamFrame(requests=framed_in[i:i + 5]) for i in range(0, len(framed_in), 5)]  # 5, 5, 2
+        out = list(c._stub.ScoreStreamFrames(iter(frames), metadata=meta))
+        answers = [a for f in out for a in f.answers]
+        assert all(len(f.answers) >= 1 for f in out) and len(out) <= len(answers)
+        assert [a.seq for a in answers] == [a.seq for a in single] == list(range(1, len(feed) + 1))
+        for a, b in zip(answers, single):
+            assert a.user_id == "b-" + b.user_id[2:] and not a.error
+            a.user_id = b.user_id
+            assert a == b
+        session = c.stream()
+        assert [a.seq for a in session.run(feed[:3])] == [1, 2, 3] and session.frame == min(StreamSession.FRAME, most)
+        for bad in ([], framed_in[:1] * (most + 1)):
+            with pytest.raises(grpc.RpcError) as e:
+                list(c._stub.ScoreStreamFrames(iter([pb.StreamFrame(requests=bad)]), metadata=meta))
+            assert e.value.code() == SC.INVALID_ARGUMENT
+            assert f"holds {len(bad)} requests" in e.value.details() and "max_stream_frame" in e.value.details()
+    with pytest.raises(ValueError, match="frame must be a positive integer"):
+        StreamSession(None, frame=0)
+
+
 def test_streams_need_the_token_and_bad_messages_name_the_field(plain):
     with _client(plain.port, None) as c:
         with pytest.raises(grpc.RpcError) as e:
@@ -344,9 +380,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _resume_across_servers(engine, bundle, make_store):
+def _resume_across_servers(engine, bundle, make_store, frame=None):
     """Stream a feed, kill the server after 9 messages and start another on the same port over
-    ``make_store()``; returns (answers, session, windows scored by both servers, the feed)."""
+    ``make_store()``; returns (answers, session, windows scored by both servers, the feed).
+    ``frame``: the session's (None: frames of up to the first server's max_in_flight, 2)."""
     feed = _feed(3)[:18]
     port = _free_port()
     first, b1 = _server(engine, bundle, store=make_store(), address=f"127.0.0.1:{port}", max_batch=2,
@@ -361,7 +398,7 @@ def _resume_across_servers(engine, bundle, make_store):
     box = [first]
     try:
         with _client(port, retries=10, backoff_s=0.05) as c:
-            session = c.stream("resume-1", max_unacked=2)
+            session = c.stream("resume-1", max_unacked=2, frame=frame)
             answers = list(session.run(_stop_after(9, box, start_next)(feed)))
     finally:
         box[0].stop()
@@ -377,7 +414,8 @@ def _uninterrupted(engine, bundle, feed):
         srv.stop()
 
 
-def test_resume_over_redis_after_the_server_dies_scores_every_event_once(engine, bundle):
+@pytest.mark.parametrize("frame", [None, 1], ids=["frames", "one-per-message"])
+def test_resume_over_redis_after_the_server_dies_scores_every_event_once(engine, bundle, frame):
     import fakeredis
 
     server = fakeredis.FakeServer()
@@ -385,9 +423,10 @@ def test_resume_over_redis_after_the_server_dies_scores_every_event_once(engine,
     def make_store():
         return run(RedisStore.open(StreamConfig(window=W), fakeredis.FakeAsyncRedis(server=server)))
 
-    answers, session, scored, feed = _resume_across_servers(engine, bundle, make_store)
+    answers, session, scored, feed = _resume_across_servers(engine, bundle, make_store, frame)
     ref = _uninterrupted(engine, bundle, feed)
     assert session.reconnects >= 1 and not session.state_reset
+    assert session.frame == (2 if frame is None else 1)  # ScoreStreamFrames up to the server's max_stream_frame
     assert [a.seq for a in answers] == list(range(1, len(feed) + 1))
     assert scored == len(feed)  # no event scored twice (nor lost)
     for a, r in zip(answers, ref):

@@ -153,7 +153,7 @@ def score_batch_response(batch: SeqBatch, sb: ScoredBatch) -> pb.ScoreBatchRespo
     return pb.ScoreBatchResponse(responses=score_responses(batch, sb))
 
 
-def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse:
+def model_info_response(info: ModelInfo, limits: Limits, max_stream_frame: int = 0) -> pb.ModelInfoResponse:
     from ... import __version__
     from ...core.repair import ANOMALY_TYPES
 
@@ -164,7 +164,7 @@ def model_info_response(info: ModelInfo, limits: Limits) -> pb.ModelInfoResponse
         max_message_bytes=limits.max_message_bytes, anomaly_types=list(ANOMALY_TYPES),
         repair_actions=[f"{t}={a}" for t, a in info.repair_actions.items()],
         campaigns_version=info.campaigns_version, campaigns=info.campaigns, campaign_members=info.campaign_members,
-        campaign_targets=info.campaign_targets,
+        campaign_targets=info.campaign_targets, max_stream_frame=max_stream_frame,
     )
 
 
@@ -199,7 +199,8 @@ def rollout_response(st: RolloutStatus) -> pb.RolloutStatus:
 
 
 _EMPTY = {"Score": pb.ScoreResponse, "ScoreBatch": pb.ScoreBatchResponse, "Repair": pb.RepairResponse,
-          "ModelInfo": pb.ModelInfoResponse, "ScoreStream": pb.StreamAnswer, "Rollout": pb.RolloutStatus}
+          "ModelInfo": pb.ModelInfoResponse, "ScoreStream": pb.StreamAnswer,
+          "ScoreStreamFrames": pb.StreamAnswerFrame, "Rollout": pb.RolloutStatus}
 
 
 def empty_response(rpc: str) -> Any:
@@ -272,6 +273,11 @@ def parse_window(user_id: str, item: list[str], ts: list[int], action: list[str]
                             event_name=lambda i: "event" if i == n - 1 else f"window[{i}]")
     except InvalidArgument as exc:
         raise InvalidArgument(f"event.ts disagrees with the user's window of its last {n} events: {exc}") from None
+
+
+def answer_frame(answers: list[pb.StreamAnswer]) -> pb.StreamAnswerFrame:
+    """ScoreStreamFrames' message of answers sent together."""
+    return pb.StreamAnswerFrame(answers=answers)
 
 
 # what a stream answer says to do with its event; "block_user" wins over the event's own fate

@@ -48,7 +48,15 @@ class SeqGuardServicer(pb_grpc.SeqGuardServicer):
         return await self._call("Rollout", request, context)
 
     async def ScoreStream(self, request_iterator, context):  # noqa: N802
-        async for reply in self.service.score_stream(request_iterator, context.invocation_metadata()):
+        async for message in self._stream(request_iterator, context, framed=False):
+            yield message
+
+    async def ScoreStreamFrames(self, request_iterator, context):  # noqa: N802
+        async for message in self._stream(request_iterator, context, framed=True):
+            yield message
+
+    async def _stream(self, request_iterator, context, *, framed: bool):
+        async for reply in self.service.score_stream(request_iterator, context.invocation_metadata(), framed=framed):
             if reply.code != grpc.StatusCode.OK:
                 await context.abort(reply.code, reply.details)
             yield reply.message

@@ -22,6 +22,7 @@ from .batches import RepairedBatch, ScoredBatch, SeqBatch
 from .batching import ContinuousBatcher
 from .convert import (
     UndecodableRequest,
+    answer_frame,
     check_size,
     empty_response,
     model_info_response,
@@ -39,7 +40,7 @@ from .metrics import NullMetrics, ServingMetrics
 from .sessions import SessionStore, StreamConfig, open_store
 from .shadow import Candidate, RolloutCommand, RolloutStatus, Shadow, check_candidate, check_rollout_share
 from .stages import ModelInfo, StageCalls, load_engine, local_stage_calls, run_stages
-from .streaming import StreamGate, run_stream
+from .streaming import StreamGate, run_stream, unframed
 
 
 class Backend(Protocol):
@@ -294,10 +295,14 @@ class ScoringService:
             return Reply(empty_response(rpc), code, details)
 
     # ---------------------------------------------------------------- ScoreStream
-    async def score_stream(self, requests: AsyncIterable, metadata: Iterable[tuple[str, Any]] | None) -> AsyncIterator[Reply]:
-        """The ScoreStream rpc: a Reply per answer, in the order the requests came; a call that
-        ends in an error ends with one Reply carrying its status (answers sent before it stand).
-        Auth is checked on the call's metadata before anything is read."""
+    async def score_stream(self, requests: AsyncIterable, metadata: Iterable[tuple[str, Any]] | None, *,
+                           framed: bool = False) -> AsyncIterator[Reply]:
+        """The ScoreStream rpc (``framed``: ScoreStreamFrames, StreamFrame messages in and
+        StreamAnswerFrame messages out): a Reply per answer (per frame of the answers ready
+        together), in the order the requests came; a call that ends in an error ends with one
+        Reply carrying its status (answers sent before it stand). Auth is checked on the call's
+        metadata before anything is read."""
+        rpc = "ScoreStreamFrames" if framed else "ScoreStream"
         code, details = grpc.StatusCode.OK, ""
         opened = False
         try:
@@ -309,10 +314,15 @@ class ScoringService:
             store = await self._session_store()
             limits = self._limits()
             window = self.stream.window_for(_ask(self.backend, "encoder_window"), _ask(self.backend, "history_cap"))
-            async for answer in run_stream(requests, backend=self.backend, store=store, config=self.stream,
-                                           limits=limits, window=window, timeout_s=self.timeout_s,
-                                           gate=self._gate):
-                yield Reply(answer)
+            source = unframed(requests, self.stream.max_in_flight) if framed else requests
+            async for answers in run_stream(source, backend=self.backend, store=store, config=self.stream,
+                                            limits=limits, window=window, timeout_s=self.timeout_s,
+                                            gate=self._gate):
+                if framed:
+                    yield Reply(answer_frame(answers))
+                    continue
+                for answer in answers:
+                    yield Reply(answer)
         except BaseException as exc:  # noqa: BLE001 - every error becomes a status, never a trace
             if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):  # the client went away: nothing to send
                 code = grpc.StatusCode.CANCELLED
@@ -320,11 +330,11 @@ class ScoringService:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             code, details = status_for(exc)
-            yield Reply(empty_response("ScoreStream"), code, details)
+            yield Reply(empty_response(rpc), code, details)
         finally:
             if opened:
                 self._gate.leave()
-            self.metrics.request("ScoreStream", code.name)
+            self.metrics.request(rpc, code.name)
 
     async def _session_store(self) -> SessionStore:
         if self.store is None:
@@ -358,7 +368,7 @@ class ScoringService:
             return repair_response(request, batch, await self.backend.repair(batch))
         if rpc == "ModelInfo":
             info = await self.backend.model_info()
-            return model_info_response(info, self.limits.capped(info.max_events_per_user))
+            return model_info_response(info, self.limits.capped(info.max_events_per_user), self.stream.max_in_flight)
         if rpc == "Rollout":
             if not hasattr(self.backend, "rollout"):
                 raise FailedPrecondition("this server does not hold rollouts")

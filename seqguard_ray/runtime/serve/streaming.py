@@ -130,8 +130,9 @@ async def _read(requests: AsyncIterable, queue: asyncio.Queue, own: asyncio.Sema
 
 async def run_stream(requests: AsyncIterable, *, backend, store: SessionStore, config: StreamConfig,
                      limits: Limits, window: int, timeout_s: float | None = None,
-                     gate: StreamGate | None = None) -> AsyncIterator:
-    """Answers (StreamAnswer messages) to ``requests`` (StreamRequest messages), in their order.
+                     gate: StreamGate | None = None) -> AsyncIterator[list]:
+    """Answers (StreamAnswer messages) to ``requests`` (StreamRequest messages), in their order: a
+    list per batch, the answers sent together.
     Raises a ServingError (or a backend's error) that ends the call; answers sent before it stand.
     ``gate``: the server's bounds, shared with its other streams (None: this stream's own)."""
     gate = gate or StreamGate(1, config.max_in_flight)
@@ -158,8 +159,7 @@ async def run_stream(requests: AsyncIterable, *, backend, store: SessionStore, c
             msgs = [parse_stream_message(m, limits) for m in raw]
             _check_stream_ids(call, msgs)
             work = _apply(call, msgs, backend=backend, store=store, config=config, limits=limits, window=window)
-            for answer in await (asyncio.wait_for(work, timeout_s) if timeout_s else work):
-                yield answer
+            yield await (asyncio.wait_for(work, timeout_s) if timeout_s else work)
             held -= len(raw)
             for _ in raw:
                 own.release()
@@ -169,6 +169,18 @@ async def run_stream(requests: AsyncIterable, *, backend, store: SessionStore, c
         # permits of messages read but never answered (the call ended): back to the server
         queued = sum(1 for m in _drain(queue) if not (m is _END or isinstance(m, _Failed)))
         gate.release(held + queued)
+
+
+async def unframed(frames: AsyncIterable, max_frame: int) -> AsyncIterator:
+    """The StreamRequest messages of ScoreStreamFrames' StreamFrame messages, in order. A frame
+    must hold 1 to ``max_frame`` requests (the stream's ``max_in_flight``): else INVALID_ARGUMENT."""
+    async for frame in frames:
+        n = len(frame.requests)
+        if not 1 <= n <= max_frame:
+            raise InvalidArgument(f"a StreamFrame holds {n} requests: it must hold 1 to {max_frame} "
+                                  "(ModelInfo's max_stream_frame)")
+        for m in frame.requests:
+            yield m
 
 
 def _drain(queue: asyncio.Queue) -> list:

@@ -121,7 +121,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "format_version", "threshold", "target_fpr", "server_version", "max_events_per_sequence", "max_sequences_per_batch", "max_message_bytes", "anomaly_types", "repair_actions", "campaigns_version", "campaigns", "campaign_members", "campaign_targets")
+    __slots__ = ("model_version", "format_version", "threshold", "target_fpr", "server_version", "max_events_per_sequence", "max_sequences_per_batch", "max_message_bytes", "anomaly_types", "repair_actions", "campaigns_version", "campaigns", "campaign_members", "campaign_targets", "max_stream_frame")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class ModelInfoResponse(_message.Message):
     CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_FRAME_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     format_version: str
     threshold: float
@@ -150,7 +151,8 @@ class ModelInfoResponse(_message.Message):
     campaigns: int
     campaign_members: int
     campaign_targets: int
-    def __init__(self, model_version: _Optional[str] = ..., format_version: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., server_version: _Optional[str] = ..., max_events_per_sequence: _Optional[int] = ..., max_sequences_per_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., anomaly_types: _Optional[_Iterable[str]] = ..., repair_actions: _Optional[_Iterable[str]] = ..., campaigns_version: _Optional[str] = ..., campaigns: _Optional[int] = ..., campaign_members: _Optional[int] = ..., campaign_targets: _Optional[int] = ...) -> None: ...
+    max_stream_frame: int
+    def __init__(self, model_version: _Optional[str] = ..., format_version: _Optional[str] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., server_version: _Optional[str] = ..., max_events_per_sequence: _Optional[int] = ..., max_sequences_per_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., anomaly_types: _Optional[_Iterable[str]] = ..., repair_actions: _Optional[_Iterable[str]] = ..., campaigns_version: _Optional[str] = ..., campaigns: _Optional[int] = ..., campaign_members: _Optional[int] = ..., campaign_targets: _Optional[int] = ..., max_stream_frame: _Optional[int] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("seq", "user_id", "event", "delete_user", "stream_id", "resume")
@@ -167,6 +169,18 @@ class StreamRequest(_message.Message):
     stream_id: str
     resume: bool
     def __init__(self, seq: _Optional[int] = ..., user_id: _Optional[str] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., delete_user: _Optional[bool] = ..., stream_id: _Optional[str] = ..., resume: _Optional[bool] = ...) -> None: ...
+
+class StreamFrame(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[StreamRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[StreamRequest, _Mapping]]] = ...) -> None: ...
+
+class StreamAnswerFrame(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[StreamAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[StreamAnswer, _Mapping]]] = ...) -> None: ...
 
 class StreamAnswer(_message.Message):
     __slots__ = ("seq", "user_id", "event_score", "user_score", "anomalous", "anomaly_type", "action", "reasons", "window_events", "model_version", "threshold", "replayed", "state", "state_epoch", "deleted", "weight", "error")

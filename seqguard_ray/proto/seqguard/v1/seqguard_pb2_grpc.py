@@ -59,6 +59,11 @@ class SeqGuardStub:
                 request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.SerializeToString,
                 response_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.FromString,
                 _registered_method=True)
+        self.ScoreStreamFrames = channel.stream_stream(
+                '/seqguard.v1.SeqGuard/ScoreStreamFrames',
+                request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamFrame.SerializeToString,
+                response_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswerFrame.FromString,
+                _registered_method=True)
         self.Rollout = channel.unary_unary(
                 '/seqguard.v1.SeqGuard/Rollout',
                 request_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.RolloutRequest.SerializeToString,
@@ -107,6 +112,17 @@ class SeqGuardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreStreamFrames(self, request_iterator, context):
+        """ScoreStream with several requests per message: the same semantics, seqs, resume and answers,
+        in frames. Each streamed message has a fixed cost in the transport (Ray Serve's gRPC proxy
+        hands every message to the ingress replica in an actor call), so a client that has several
+        events at hand sends them as one frame. A frame holds 1 to the server's stream max_in_flight
+        requests (ModelInfo's max_stream_frame); answer frames hold the answers ready together, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rollout(self, request, context):
         """Shadow rollout (docs/serving.md, "Shadow rollout"): hold a candidate bundle beside the live one
         and score a share of the users with both; report their agreement; promote the candidate (the
@@ -144,6 +160,11 @@ def add_SeqGuardServicer_to_server(servicer, server):
                     servicer.ScoreStream,
                     request_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.FromString,
                     response_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.SerializeToString,
+            ),
+            'ScoreStreamFrames': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScoreStreamFrames,
+                    request_deserializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamFrame.FromString,
+                    response_serializer=seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswerFrame.SerializeToString,
             ),
             'Rollout': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollout,
@@ -286,6 +307,33 @@ class SeqGuard:
             '/seqguard.v1.SeqGuard/ScoreStream',
             seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamRequest.SerializeToString,
             seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreStreamFrames(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/seqguard.v1.SeqGuard/ScoreStreamFrames',
+            seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamFrame.SerializeToString,
+            seqguard__ray_dot_proto_dot_seqguard_dot_v1_dot_seqguard__pb2.StreamAnswerFrame.FromString,
             options,
             channel_credentials,
             insecure,
