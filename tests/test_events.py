@@ -100,6 +100,41 @@ def test_integer_like_float_ids_and_duplicates_kept():
     assert log.n_events == 2  # exact duplicates are a signal, never dropped
 
 
+@pytest.mark.parametrize("col", [
+    pd.Series(["u1", "u2", "u1", None, "", "u2"], dtype=object),
+    pd.Series(["u1", "u2", "u1", None, "", "u2"], dtype="string[pyarrow]"),
+    pd.Series([7, 8, 7, 7, 123456789, 8], dtype=np.int64),
+    pd.Series([7.0, 8.5, 7.0, np.nan, -0.0, 0.0]),
+    pd.Series([7, pd.NA, 7, 8, 8, 7], dtype="Int64"),
+    pd.Series([1, True, 1, "1", 1.0, [1]], dtype=object),  # mixed: read row by row
+], ids=["object", "arrow", "int64", "float", "nullable", "mixed"])
+def test_ids_are_read_once_per_distinct_value_with_the_same_text_and_marks(col):
+    """ids_to_str reads each distinct id once and its rows share one str object: the text and
+    the bad-row marks are those of reading every row on its own (the private reader)."""
+    from seqguard_ray.core.validate import _ids_to_str, ids_to_str
+
+    def marks():
+        got = {}
+
+        def mark(mask, reason):
+            for i in np.flatnonzero(np.asarray(mask, bool)):
+                got.setdefault(int(i), reason)
+        return got, mark
+
+    got, mark = marks()
+    ref, mark_ref = marks()
+    out = ids_to_str(col, "user_id", mark)
+    assert list(out) == list(_ids_to_str(col, "user_id", mark_ref)) and got == ref
+    if col.dtype != object or col.map(type).eq(str).all():
+        assert len({id(x) for x in out}) == len(set(out))  # one object per distinct text
+    assert len(out) == len(col)
+
+
+def test_the_default_action_is_one_object_not_one_per_event():
+    lg = from_frame(pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": [1, 2, 1], "ts": [1, 2, 3]}))
+    assert list(lg.action) == ["click"] * 3 and len({id(a) for a in lg.action}) == 1
+
+
 def test_non_integer_float_id_is_bad():
     with pytest.raises(EventsError, match="item_id is not an integer or string"):
         from_frame(frame(item_id=[1.5, 2.0, 3.0]))

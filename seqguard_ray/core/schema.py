@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .validate import DEFAULT_ACTION, actions_to_str, ids_to_str, shown, ts_to_seconds, values_to_float
+from .validate import DEFAULT_ACTION, actions_to_str, ids_to_str, repeated, shown, ts_to_seconds, values_to_float
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def from_frame(df: pd.DataFrame, *, on_bad_rows: str = "error", source: str = "e
     user = ids_to_str(df["user_id"], "user_id", mark)
     item = ids_to_str(df["item_id"], "item_id", mark)
     ts = ts_to_seconds(df["ts"], mark)
-    action = actions_to_str(df["action"], mark) if "action" in df.columns else np.full(len(df), DEFAULT_ACTION, dtype=object)
+    action = actions_to_str(df["action"], mark) if "action" in df.columns else repeated(DEFAULT_ACTION, len(df))
     value = values_to_float(df["value"], mark) if "value" in df.columns else np.full(len(df), np.nan)
 
     bad_mask = bad.to_numpy() != ""
