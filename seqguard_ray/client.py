@@ -196,6 +196,9 @@ class StreamSession:
         self._cv = threading.Condition()
         self._call_no = 0
         self._stash: list = []    # an item pulled from the source by a call that ended meanwhile
+        # one puller of the source at a time, from the pull until the item is numbered or stashed:
+        # a call that ended mid-pull stashes its item before the next call pulls, so order holds
+        self._pull = threading.Lock()
 
     def _message(self, user_id: str, event) -> pb.StreamRequest:
         from .runtime.serve.convert import events_to_proto
@@ -222,20 +225,27 @@ class StreamSession:
                 while len(self._unacked) >= self.max_unacked and self._call_no == call_no:
                     self._cv.wait(0.5)
                 if self._call_no != call_no:
-                    return  # a newer call took over
-                item = self._stash.pop() if self._stash else None
-            if item is None:
-                try:  # outside the lock: a live source may block here while answers come in
-                    item = next(source)
+                    return  # a newer call took over, or run() ended
+            with self._pull:
+                with self._cv:
+                    if self._call_no != call_no:
+                        return
+                    item = self._stash.pop() if self._stash else None
+                try:
+                    if item is None:  # outside the condition: a live source may block here while answers come in
+                        item = next(source)
+                    with self._cv:
+                        if self._call_no != call_no:  # pulled for a call that ended: the next call sends it
+                            self._stash.append(item)
+                            return
+                        m = self._message(*item)
+                        self._unacked[m.seq] = m
                 except StopIteration:
                     state["exhausted"] = True
                     return
-            with self._cv:
-                if self._call_no != call_no:  # pulled for a call that ended: the next call sends it
-                    self._stash.append(item)
+                except Exception as exc:  # noqa: BLE001 - the source's (or a bad item's): run() raises it
+                    state["error"] = exc  # once the answers to what was sent are in
                     return
-                m = self._message(*item)
-                self._unacked[m.seq] = m
             if first and call_no > 1:
                 m = pb.StreamRequest.FromString(m.SerializeToString())
                 m.resume = True
@@ -288,47 +298,55 @@ class StreamSession:
     def run(self, messages: Iterable[tuple[str, dict | pb.Event | None]]) -> Iterator[pb.StreamAnswer]:
         """Send ``(user_id, event)`` pairs (``event=None``: delete the user's state) and yield each
         message's answer, in order. Raises :class:`grpc.RpcError` on a non-retryable status, or
-        when ``retries`` reconnects in a row got no answer."""
+        when ``retries`` reconnects in a row got no answer; an exception of ``messages`` (or a
+        message it gave that cannot be sent) is raised after the answers to the messages before it."""
         source = iter(messages)
         state = {"exhausted": False}
         delay, failures = self.client.backoff_s, 0
-        while True:
+        try:
+            while True:
+                with self._cv:
+                    self._call_no += 1
+                    call_no = self._call_no
+                self.client.attempts += 1
+                try:
+                    for a in self._answers(source, call_no, state):
+                        failures, delay = 0, self.client.backoff_s
+                        with self._cv:
+                            self._unacked.pop(a.seq, None)
+                            self._cv.notify_all()
+                        if a.state_epoch:
+                            if self.epoch is not None and a.state_epoch != self.epoch:
+                                self.state_reset = True
+                            self.epoch = a.state_epoch
+                        if a.seq > self.delivered:
+                            self.delivered = a.seq
+                            yield a
+                    if state.get("error") is not None:
+                        raise state["error"]
+                    if state["exhausted"] and not self._unacked and not self._stash:
+                        return
+                    err = None  # the server ended the call early: go on in a new one
+                except grpc.RpcError as exc:
+                    if not self.client._retryable(exc):
+                        raise
+                    err = exc
+                failures += 1
+                if failures > self.client.retries:
+                    if err is not None:
+                        raise err
+                    raise RuntimeError(f"stream {self.stream_id}: the server ended {failures} calls in a row "
+                                       "without answering")
+                self.reconnects += 1
+                self.client.retried += 1
+                log.info("stream %s: %s; resuming (%d unanswered) in %.2fs", self.stream_id,
+                         err.code().name if err is not None else "ended early", len(self._unacked), delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.client.max_backoff_s)
+        finally:  # the reader of the last call (frames) stops pulling the source
             with self._cv:
                 self._call_no += 1
-                call_no = self._call_no
-            self.client.attempts += 1
-            try:
-                for a in self._answers(source, call_no, state):
-                    failures, delay = 0, self.client.backoff_s
-                    with self._cv:
-                        self._unacked.pop(a.seq, None)
-                        self._cv.notify_all()
-                    if a.state_epoch:
-                        if self.epoch is not None and a.state_epoch != self.epoch:
-                            self.state_reset = True
-                        self.epoch = a.state_epoch
-                    if a.seq > self.delivered:
-                        self.delivered = a.seq
-                        yield a
-                if state["exhausted"] and not self._unacked and not self._stash:
-                    return
-                err = None  # the server ended the call early: go on in a new one
-            except grpc.RpcError as exc:
-                if not self.client._retryable(exc):
-                    raise
-                err = exc
-            failures += 1
-            if failures > self.client.retries:
-                if err is not None:
-                    raise err
-                raise RuntimeError(f"stream {self.stream_id}: the server ended {failures} calls in a row "
-                                   "without answering")
-            self.reconnects += 1
-            self.client.retried += 1
-            log.info("stream %s: %s; resuming (%d unanswered) in %.2fs", self.stream_id,
-                     err.code().name if err is not None else "ended early", len(self._unacked), delay)
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.client.max_backoff_s)
+                self._cv.notify_all()
 
 
 _DONE = object()

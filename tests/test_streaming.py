@@ -338,6 +338,23 @@ def test_frames_carry_the_same_answers_as_one_message_each_and_are_bounded(plain
         StreamSession(None, frame=0)
 
 
+@pytest.mark.parametrize("frame", [None, 1], ids=["frames", "one-per-message"])
+def test_an_error_of_the_source_is_raised_after_the_answers_before_it(plain, frame):
+    feed = _feed(2)[:5]
+
+    def source():
+        yield from feed
+        raise KeyError("the consumer lost its partition")
+
+    got = []
+    with _client(plain.port) as c, pytest.raises(KeyError, match="lost its partition"):
+        for a in c.stream(frame=frame).run(source()):
+            got.append(a.seq)
+    assert got == [1, 2, 3, 4, 5]
+    with _client(plain.port) as c, pytest.raises(ValueError, match="has no item_id"):
+        list(c.stream(frame=frame).run([feed[0], ("u", {"ts": 1_700_000_000})]))
+
+
 def test_streams_need_the_token_and_bad_messages_name_the_field(plain):
     with _client(plain.port, None) as c:
         with pytest.raises(grpc.RpcError) as e:
