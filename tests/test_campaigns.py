@@ -391,3 +391,18 @@ def test_a_format_11_bundle_loads_with_the_stage_off():
     # pass's float rounding (the chunked item head, <= 1e-6 nats) may swap near-tied users by a step
     # or a few, never a flag
     assert np.abs(users["score"].to_numpy() - then["score"].to_numpy()).max() <= 3 / 158 + 1e-9
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5_000])
+def test_item_codes_are_numpy_uniques_codes_and_first_events(n):
+    """item_codes (a hash of the ids, a sort of the distinct ones) gives np.unique's codes in
+    sorted id order and each item's first event, on ids that sort unlike numbers."""
+    from seqguard_ray.core.campaigns.result import item_codes
+
+    rng = np.random.default_rng(n)
+    pool = np.array(["10", "9", "", "é", "a", "A", "0010", "b" * 40] + [str(x) for x in range(50)], dtype=object)
+    ids = pool[rng.integers(0, len(pool), n)]
+    _, first, codes = np.unique(ids, return_index=True, return_inverse=True)
+    got_codes, got_first = item_codes(ids)
+    assert np.array_equal(got_codes, codes.reshape(-1)) and np.array_equal(got_first, first)
+    assert got_codes.dtype == np.int64 and got_first.dtype == np.int64

@@ -112,11 +112,17 @@ def build_adoptions(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray,
     user_last = np.zeros(n_users)
     user_first[has] = ts[offsets[:-1][has]]
     user_last[has] = ts[offsets[1:][has] - 1]
-    keep = np.ones(len(ts), bool) if left_out is None else ~np.repeat(np.asarray(left_out, bool), n_ev)
-    ev = np.flatnonzero(keep)
-    # events by (item, user, time): one visit's events adjacent, earliest first
-    order = ev[np.lexsort((ts[ev], uix[ev], item_codes[ev]))]
+    keep = None if left_out is None else ~np.repeat(np.asarray(left_out, bool), n_ev)
+    # events by (item, user, time): one visit's events adjacent, earliest first (every event
+    # unless some users are left out: no gathered copies of the columns then)
+    if keep is None:
+        order = np.lexsort((ts, uix, item_codes))
+    else:
+        ev = np.flatnonzero(keep)
+        order = ev[np.lexsort((ts[ev], uix[ev], item_codes[ev]))]
+        del ev
     u, it, t = uix[order], item_codes[order], ts[order]
+    del uix
     start = (np.r_[True, (u[1:] != u[:-1]) | (it[1:] != it[:-1]) | (np.diff(t) > EPISODE_GAP)]
              if len(order) else np.zeros(0, bool))
     pair_of = np.cumsum(start) - 1
@@ -126,8 +132,9 @@ def build_adoptions(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray,
     fin = np.isfinite(v)
     vsum = np.bincount(pair_of[fin], weights=v[fin], minlength=len(first))
     vcnt = np.bincount(pair_of[fin], minlength=len(first))
-    p_user, p_item, p_ts = u[first], it[first], ts[order][first]
+    p_user, p_item, p_ts = u[first], it[first], t[first]
     p_value = np.where(vcnt > 0, vsum / np.maximum(vcnt, 1), np.nan)
+    del u, it, t, v, fin  # the event-sized sort copies (the pass's peak)
     new_pair = np.r_[True, (p_user[1:] != p_user[:-1]) | (p_item[1:] != p_item[:-1])] if len(first) else start[:0]
     first_of_pair = np.maximum.accumulate(np.where(new_pair, np.arange(len(first)), 0))
     # re-sort pairs by item, then first time (users of one item were in user order)
@@ -141,5 +148,6 @@ def build_adoptions(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray,
         user=p_user[by_time], item=p_item, ts=p_ts[by_time], n_events=n_pair[by_time], value=p_value[by_time],
         item_offsets=np.r_[0, np.cumsum(np.bincount(p_item, minlength=n_items))].astype(np.int64),
         pair_first=rank[first_of_pair[by_time]], event_pair=event_pair, user_first=user_first, user_last=user_last, user_events=n_ev.astype(np.int64),
-        timed=has_time_signal(ts[keep], None if row is None else np.asarray(row)[keep]),
+        timed=(has_time_signal(ts, row) if keep is None
+               else has_time_signal(ts[keep], None if row is None else np.asarray(row)[keep])),
     )

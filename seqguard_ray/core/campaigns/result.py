@@ -130,13 +130,27 @@ def campaign_result(log_: EventLog, item_codes: np.ndarray, item_first: np.ndarr
 
 
 
+def item_codes(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) int64 code of each event's item id, codes in sorted id order, and (I,) each item's
+    first event: ``np.unique(item, return_index=True, return_inverse=True)``'s, from a hash of
+    the ids and a sort of the distinct ones only (a log's N ids repeat: sorting them all as
+    Python strings was most of the campaign pass's first second, and 24 B/event)."""
+    raw, uniques = pd.factorize(np.asarray(item, dtype=object), use_na_sentinel=False)
+    raw = raw.astype(np.int64, copy=False)
+    # factorize numbers ids in order of first appearance: a new code is one above all before it
+    first = np.flatnonzero(np.r_[True, raw[1:] > np.maximum.accumulate(raw)[:-1]]) if len(raw) else raw
+    order = np.argsort(np.asarray(uniques, dtype=object), kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[raw], first[order]
+
+
 def detect_campaigns(detector: CampaignDetector, log_: EventLog, user_score: np.ndarray,
                      allow: AllowList | None = None) -> CampaignResult:
     """The campaigns of a scored log: ``user_score`` (U,) its users' scores from the per-user
     detectors; ``allow``: allowed users are never members (their adoptions do not count),
     allowed items never targets."""
-    _, item_first, codes = np.unique(log_.item, return_index=True, return_inverse=True)
-    codes = codes.reshape(-1).astype(np.int64)
+    codes, item_first = item_codes(log_.item)
     n_items = len(item_first)
     left_out = allow.user_mask(log_.users) if allow else None
     allowed_items = allow.item_mask(log_.item[item_first]) if allow else np.zeros(n_items, bool)
