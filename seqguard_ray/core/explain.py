@@ -21,6 +21,7 @@ from .results import Scored
 from .stage import check_is_fitted
 from .strata import LengthStrata, LengthTrend
 from .tokens import N_SPECIAL
+from .validate import repeated
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class Explainer:
         thr = strata.threshold_
         U = seqs.n_users
         anomalous = score >= thr
-        atype = np.full(U, "normal", dtype=object)
+        atype = repeated("normal", U)
         ev_score = np.minimum(ev.local, np.repeat(score, n_ev))
         ev_anom = np.zeros(len(ev.local), bool)
         reasons: list[list[str]] = [[] for _ in range(U)]

@@ -148,7 +148,7 @@ def repeated(text_: str, n: int) -> np.ndarray:
     """(n,) object array holding one str object ``n`` times (``np.full(n, s, dtype=object)`` makes
     n copies of it: ~55 bytes an event for a default action)."""
     out = np.empty(n, dtype=object)
-    out[:] = [text_] if n else []
+    out.fill(text_)
     return out
 
 
@@ -161,7 +161,7 @@ def per_distinct(col: pd.Series, mark: Mark, read: Callable[[pd.Series, Mark], n
     if col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) not in ("string", "integer", "empty"):
         return read(col, mark)
     codes, uniques = pd.factorize(col, use_na_sentinel=False)
-    distinct = pd.Series(uniques, dtype=col.dtype if col.dtype != object else object)
+    distinct = pd.Series(uniques, dtype=col.dtype)
 
     def mark_rows(mask, reason: str) -> None:
         mark(np.asarray(mask, dtype=bool)[codes], reason)
