@@ -138,6 +138,18 @@ def test_user_bucket_is_stable_and_in_range():
     assert (user_bucket(users, 7) == b).all()
 
 
+def test_train_workers_share_their_nodes_cores_unless_told(monkeypatch):
+    import os
+
+    from seqguard_ray.runtime.ray.train import worker_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert worker_threads(None, 2) == 8       # Ray's OMP_NUM_THREADS from a 0.5-CPU label would be 1
+    assert worker_threads(None, 1) == 16
+    assert worker_threads(None, 32) == 1      # never 0
+    assert worker_threads(3, 2) == 3          # as asked
+
+
 def test_merge_summaries_adds_counts_merges_types_and_unites_node_lists():
     rows = [{"events_in": 3, "users": 1, "users_flagged": 1, "by_type": {"bot": 1}, "encode_nodes": ["b"], "detect_nodes": ["a"]},
             {"events_in": 4, "users": 2, "users_flagged": 2, "by_type": {"bot": 1, "farm": 1}, "encode_nodes": ["a"],

@@ -53,7 +53,7 @@ from ...io.outputs import merge_summaries, prepare_parts, write_summary
 from ...io import read_plan
 from ...io.read_plan import count_rows, estimate_rows, plan_reads, read_unit
 from .campaigns import PASS_COLS, SCORE, apply_block, campaign_pass
-from .cluster import cluster_gpus, default_pool_size, encoder_resources
+from .cluster import TASK_CPUS, cluster_gpus, default_pool_size, encoder_resources
 from .payload import bundle_payload, has_campaign_stage, history_cap
 from .stages import DetectStage, EncodeStage, ScoreStage
 
@@ -83,9 +83,7 @@ def read_validated(path: str | Path, *, on_bad_rows: str = "error",
                                  for r in batch.to_dict("records")])
 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # a whole CPU per read task: with less, Ray starts a worker process per concurrent read on a
-    # small machine, and those start-ups compete with the pool actors'
-    ds = ds.map_batches(_read, batch_size=1, batch_format="pandas", num_cpus=1)
+    ds = ds.map_batches(_read, batch_size=1, batch_format="pandas", num_cpus=TASK_CPUS)
     return ds, units, n_buckets
 
 
@@ -98,7 +96,8 @@ def group_users(ds, n_buckets: int):
     user in one block), as :func:`encode_dataset` and the trainer's windows need them. Lazy:
     training materializes it once and reads the vocabulary, the windows and the encodings from it."""
     ds.context.shuffle_strategy = USER_SHUFFLE
-    return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(_as_is, batch_format="pyarrow", num_cpus=0.25)
+    return ds.groupby("_bucket", num_partitions=n_buckets).map_groups(_as_is, batch_format="pyarrow",
+                                                                       num_cpus=TASK_CPUS)
 
 
 @dataclass
@@ -226,7 +225,7 @@ def campaigns_then_write(ds, payload_ref, out: str, allow: AllowList | None) -> 
     t2 = time.perf_counter()
     # plain tasks: a block needs the small PassResult, not the bundle (no actor start-up)
     applied = scored.map_batches(apply_block, fn_args=(found_ref, out, allow), batch_size=None,
-                                 batch_format="pyarrow", num_cpus=0.25)
+                                 batch_format="pyarrow", num_cpus=TASK_CPUS)
     rows = [json.loads(r["summary"]) for r in applied.iter_rows()]
     log.info("Ray scoring: per-user phase %.1f s, campaign pass %.1f s, merge + repair + write %.1f s",
              t1 - t0, t2 - t1, time.perf_counter() - t2)

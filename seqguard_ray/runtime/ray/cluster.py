@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import os
 
+# CPUs asked by every Ray Data map *task* (not the actor pools): a whole CPU. With fractions Ray
+# runs several tasks a core at once; on a small node that means more worker processes than cores,
+# each started and importing torch for its first task and killed again once idle, and those
+# start-ups cost more than the work (the vocabulary's per-block counts over 1M events: 22.6 s at
+# 0.25 CPU a task, 3.8 s at 1; docs/scaling.md, "Pitfalls found").
+TASK_CPUS = 1.0
+
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` / ``RAY_ADDRESS``, or start a lean local Ray. Returns True if started here.

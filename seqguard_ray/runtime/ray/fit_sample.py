@@ -12,6 +12,7 @@ from ...core.config import TrainConfig
 from ...core.sample import N_BINS, FitSample, plan_sample, sample_counts
 from ...core.strata import STRATA
 from ...core.validate import ids_to_str
+from .cluster import TASK_CPUS
 
 
 def _block_users(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,7 +36,7 @@ def plan_fit_sample(ds, config: TrainConfig) -> tuple[FitSample, dict]:
     """The fit sample of a grouped dataset (the blocks' counts added up here: a few KB a block) and
     the history cap's counts over the whole log (users_truncated, events_truncated)."""
     blocks = ds.map_batches(block_sample_counts, fn_args=(config.seed, config.max_events_per_user), batch_size=None,
-                            batch_format="pyarrow", num_cpus=0.25).iter_batches(batch_size=None, batch_format="numpy")
+                            batch_format="pyarrow", num_cpus=TASK_CPUS).iter_batches(batch_size=None, batch_format="numpy")
     counts, cut = np.zeros(len(STRATA) * N_BINS * 2, np.int64), np.zeros(2, np.int64)
     for b in blocks:
         counts += np.asarray(b["counts"], np.int64).sum(0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Iterable
@@ -43,7 +44,7 @@ from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import cap_block, count_rows
 from .batch import BatchOptions, encode_dataset, group_users, read_validated
-from .cluster import cluster_gpus
+from .cluster import TASK_CPUS, cluster_gpus
 from .fit_sample import plan_fit_sample, sample_block
 from .payload import load_payload, partial_payload
 from .stages import encoded_from_table
@@ -65,6 +66,7 @@ class RayTrainOptions:
     spread: bool = False            # place workers and actors on different nodes (SPREAD)
     events_per_bucket: int = 50_000  # events per group in the shuffle by user
     encode_concurrency: int | None = None  # encoder actors for the detector fit
+    threads_per_worker: int | None = None  # torch threads a worker; None: its node's cores / its workers there
     max_failures: int = 2           # worker-group restarts (a worker or its node died) before fit() fails;
                                     # each restart continues from the last checkpoint
 
@@ -86,7 +88,7 @@ def block_counts(table: pa.Table) -> dict[str, np.ndarray]:
 
 def build_vocab(ds, *, min_count: int) -> Vocab:
     """The Vocab that ``Vocab.fit`` gives on the whole log, from per-block counts added up here."""
-    blocks = ds.map_batches(block_counts, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+    blocks = ds.map_batches(block_counts, batch_size=None, batch_format="pyarrow", num_cpus=TASK_CPUS)
     return vocab_from_blocks(blocks.iter_batches(batch_size=None, batch_format="numpy"), min_count=min_count)
 
 
@@ -134,7 +136,7 @@ def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False, g
     extra = {"scheduling_strategy": "SPREAD"} if spread else {}
     ds = ds if grouped else group_users(ds, n_buckets)
     win = ds.map_batches(bucket_windows, batch_size=None, fn_args=(partial_payload(sg, encoder=False),),
-                         batch_format="pyarrow", num_cpus=0.25, **extra).materialize()
+                         batch_format="pyarrow", num_cpus=TASK_CPUS, **extra).materialize()
     return win, win.count()
 
 
@@ -142,9 +144,17 @@ def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False, g
 # the Ray Train loop: plain PyTorch (encoder.train_encoder) + shard + checkpoints
 
 
-def train_loop_per_worker(config: dict) -> None:
-    import os
+def worker_threads(asked: int | None, local_workers: int) -> int:
+    """Torch threads of a Train worker: as asked, else the cores of its node shared by the workers
+    on that node. Ray sets OMP_NUM_THREADS from a worker's CPU label (0.5 -> 1 thread), which
+    would leave a 16-core node's two workers one core each."""
+    if asked:
+        return int(asked)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_workers))
 
+
+def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
@@ -154,6 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
+    torch.set_num_threads(worker_threads(config.get("threads"), ctx.get_local_world_size()))
     rank = ctx.get_world_rank()
     model = SeqGuardEncoder(SeqGuardConfig(**config["encoder_config"]))
     if config.get("init_state") is not None:  # a pretrained encoder adapted on the driver (--init-from)
@@ -257,7 +268,8 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
               "epochs": e.epochs_for(n_windows), "steps_per_epoch": max(1, math.ceil(per_worker / e.batch_size)),
               "grad_accum": e.grad_accum, "mixed_precision": e.mixed_precision,
               "init_state": ({k: v.detach().cpu().numpy() for k, v in sg.model.state_dict().items()}
-                             if sg.config.init_from else None), "exit_at": exit_at}
+                             if sg.config.init_from else None), "exit_at": exit_at,
+              "threads": opts.threads_per_worker}
     resources = {"CPU": opts.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
@@ -348,7 +360,7 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     sample, cut = plan_fit_sample(ds, c)
     if not sample.whole:  # the workers leave out the users outside the sample: the driver never sees them
         ds = ds.map_batches(sample_block, fn_args=(sample, c.max_events_per_user), batch_size=None,
-                            batch_format="pyarrow", num_cpus=0.25)
+                            batch_format="pyarrow", num_cpus=TASK_CPUS)
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread), grouped=True)
     enc, enc_nodes = collect_encoded(sg, enc_ds)
