@@ -284,6 +284,7 @@ def run_fit(engine: str, events: str, model: str, workers: int) -> dict:
             t_init = _ray_start()
             sg = fit(events, model, cfg, options=RayTrainOptions(num_workers=workers))
             extra = {"windows": sg.metrics["windows"], "encoder_s": float(sg.metrics["ray_train_s"]),
+                     "phases_s": sg.metrics["phases_s"],
                      "ray_init_s": t_init, "ray_shutdown_s": _ray_stop(), "train_workers": workers}
         wall = time.perf_counter() - t0
     params = sum(p.numel() for p in sg.model.parameters())
@@ -397,6 +398,8 @@ def _row(r: dict) -> str:
         what = f"campaign pass {r['serial_s']:.1f} s" if "serial_s" in r else "load, score, write"
     if "ray_init_s" in r:
         what += f", Ray start {r['ray_init_s']:.0f} s + stop {r['ray_shutdown_s']:.0f} s"
+    if "phases_s" in r:
+        what += "; " + ", ".join(f"{k} {v:.0f}" for k, v in r["phases_s"].items())
     return (f"{head} {r['wall_s']:>8.1f} {r['events_per_s']:>9,} {1e6 * r['wall_s'] / r['events']:>7.1f}"
             f" {1e6 * r['cpu_s'] / r['events']:>9.1f} {r['driver_peak_rss_mb']:>9,} {r['workers_peak_pss_mb']:>10,}  {what}")
 

@@ -473,6 +473,9 @@ def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved
     v = Vocab(min_count=TINY.min_item_count).fit(log_.item, log_.action)
     assert sg.vocab.items_ == v.items_ and sg.vocab.actions_ == v.actions_
     assert sg.metrics["train_events"] == log_.n_events and sg.metrics["ray_train_workers"] == 2
+    phases = sg.metrics["phases_s"]  # where the run's time went, in the order the steps ran
+    assert list(phases) == ["read_group", "vocab", "windows", "encoder", "sample_plan", "encode_sample", "detectors"]
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= sg.metrics["fit_s"] + 0.05  # rounding
     loaded = SeqGuard.load(tmp_path / "model")
     res = loaded.score(data / "test")
     assert res.users["score"].between(0, 1).all()

@@ -303,6 +303,20 @@ def train_encoder_ray(sg: SeqGuard, windows_ds, n_windows: int, model_dir: str |
 # fit
 
 
+class Phases:
+    """Wall seconds of a run's steps, each from the end of the one before (``metrics["phases_s"]``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def done(self, name: str) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 2)
+        self._t = now
+        return self.seconds[name]
+
+
 def _concat_seqs(parts: list[Seqs]) -> Seqs:
     """The users of several Seqs, one after another."""
     lens = np.concatenate([np.diff(s.offsets) for s in parts])
@@ -335,16 +349,19 @@ def _train_on_ray(events, where: str | Path, config: TrainConfig | None, opts: R
     Ray Train (checkpoints beside ``where``). Returns sg, the grouped dataset, units, n_buckets,
     history, the run's info (with ``windows``) and the init-from info."""
     sg = SeqGuard(config or TrainConfig())
-    c, t0 = sg.config, time.perf_counter()
+    c, clock = sg.config, Phases()
     ds, units, n_buckets = read_grouped(events, on_bad_rows=on_bad_rows, events_per_bucket=opts.events_per_bucket,
                                         max_events=c.max_events_per_user)
+    clock.done("read_group")
     sg.vocab = build_vocab(ds, min_count=c.min_item_count)
     log.info("vocabulary: %d items, %d actions (%.1f s)", len(sg.vocab.items_), len(sg.vocab.actions_),
-             time.perf_counter() - t0)
+             clock.done("vocab"))
     win_ds, n_windows = windows_dataset(ds, sg, n_buckets, spread=opts.spread, grouped=True)
+    clock.done("windows")
     init = init_encoder(sg.encoder, sg.vocab, c)
     history, info = train_encoder_ray(sg, win_ds, n_windows, where, opts)
-    return sg, ds, units, n_buckets, history, {**info, "windows": int(n_windows)}, init
+    clock.done("encoder")
+    return sg, ds, units, n_buckets, history, {**info, "windows": int(n_windows)}, init, clock
 
 
 def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
@@ -354,21 +371,25 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
 
     opts = options or RayTrainOptions()
     t0 = time.perf_counter()
-    sg, ds, units, n_buckets, history, info, init = _train_on_ray(events, model_dir, config, opts, on_bad_rows)
+    sg, ds, units, n_buckets, history, info, init, clock = _train_on_ray(events, model_dir, config, opts, on_bad_rows)
     t_train = time.perf_counter() - t0
     c = sg.config
     sample, cut = plan_fit_sample(ds, c)
+    clock.done("sample_plan")
     if not sample.whole:  # the workers leave out the users outside the sample: the driver never sees them
         ds = ds.map_batches(sample_block, fn_args=(sample, c.max_events_per_user), batch_size=None,
                             batch_format="pyarrow", num_cpus=TASK_CPUS)
     enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread), grouped=True)
     enc, enc_nodes = collect_encoded(sg, enc_ds)
+    clock.done("encode_sample")
     assert (enc.seqs.n_users, len(enc.seqs.ts)) == (sample.fit_users, sample.fit_events), "the sample moved"
     sg.fit_detectors(enc, history=history, t_train=t_train, sample=sample,
                      bad_rows=count_rows(units) - sample.seen_events - cut["events_truncated"])
+    clock.done("detectors")
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
-                       "engine": "ray", **info, **cut, "encode_nodes": sorted(enc_nodes), **({"init_from": init} if init else {})})
+                       "engine": "ray", **info, **cut, "encode_nodes": sorted(enc_nodes), "phases_s": clock.seconds,
+                       **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg
 
@@ -384,12 +405,13 @@ def pretrain(events: str | Path, out: str | Path, config: TrainConfig | None = N
 
     opts = options or RayTrainOptions()
     t0 = time.perf_counter()
-    sg, _, units, _, history, info, init = _train_on_ray(events, out, config, opts, on_bad_rows)
+    sg, _, units, _, history, info, init, clock = _train_on_ray(events, out, config, opts, on_bad_rows)
     c = sg.config
     metrics = {"train_events": count_rows(units), "train_users": None, "vocab_items": len(sg.vocab.items_),
                "windows": int(info["windows"]), "epochs": info["last_epoch"] + 1,
                "final_loss": history[-1]["loss"] if history else None, "history": history, "items_with_text": 0,
                "init_from": init, "engine": "ray", "fit_s": round(time.perf_counter() - t0, 2),
+               "phases_s": clock.seconds,
                **{k: info[k] for k in ("start_epoch", "global_step") if k in info}}
     save_pretrained(out, config=c, encoder=sg.encoder, vocab=sg.vocab, metrics=metrics)
     return metrics
