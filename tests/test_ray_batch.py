@@ -141,13 +141,13 @@ def test_user_bucket_is_stable_and_in_range():
 def test_train_workers_share_their_nodes_cores_unless_told(monkeypatch):
     import os
 
-    from seqguard_ray.runtime.ray.train import worker_threads
+    from seqguard_ray.runtime.ray.cluster import shared_threads
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert worker_threads(None, 2) == 8       # Ray's OMP_NUM_THREADS from a 0.5-CPU label would be 1
-    assert worker_threads(None, 1) == 16
-    assert worker_threads(None, 32) == 1      # never 0
-    assert worker_threads(3, 2) == 3          # as asked
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert shared_threads(None, 2) == 8       # Ray's OMP_NUM_THREADS from a 0.5-CPU label would be 1
+    assert shared_threads(None, 1) == 16
+    assert shared_threads(None, 32) == 1      # never 0
+    assert shared_threads(3, 2) == 3          # as asked
 
 
 def test_merge_summaries_adds_counts_merges_types_and_unites_node_lists():

@@ -51,6 +51,13 @@ def start_local_ray(num_cpus: int | None = None) -> None:
             os.environ["OMP_NUM_THREADS"] = old
 
 
+def shared_threads(asked: int | None, sharers: int) -> int:
+    """Torch threads of one of ``sharers`` processes on a node (a pool's actors, a node's Train
+    workers): as asked, else the node's cores shared by them. Ray sets OMP_NUM_THREADS from a
+    process's CPU label (0.5 -> 1 thread), which would leave a 16-core node's two workers one core each."""
+    return max(1, int(asked or (os.cpu_count() or 1) // max(1, sharers)))
+
+
 def cluster_gpus() -> float:
     import ray
     return float(ray.cluster_resources().get("GPU", 0.0))

@@ -5,14 +5,13 @@ writer of io.outputs), and the conversions between blocks and the engine's objec
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
 
 from ...core.schema import from_frame
 from ...io.read_plan import cap_block, cut_column
-from .cluster import node_id
+from .cluster import node_id, shared_threads
 from .payload import load_payload
 
 SUR_COLS = ("_sur_item", "_sur_action", "_sur_gap")
@@ -92,8 +91,7 @@ class EncodeStage:
                  score_compile: bool | None = None):
         import torch
 
-        # torch threads: as asked, else this node's cores shared by the pool (OMP_NUM_THREADS is 1)
-        torch.set_num_threads(max(1, threads or (os.cpu_count() or 1) // max(1, pool_size)))
+        torch.set_num_threads(shared_threads(threads, pool_size))  # OMP_NUM_THREADS is 1
         self.sg = load_payload(payload)
         if score_batch_size:
             self.sg.encoder.score_batch_size = score_batch_size

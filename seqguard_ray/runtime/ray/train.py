@@ -44,7 +44,7 @@ from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import cap_block, count_rows
 from .batch import BatchOptions, encode_dataset, group_users, read_validated
-from .cluster import TASK_CPUS, cluster_gpus
+from .cluster import TASK_CPUS, cluster_gpus, shared_threads
 from .fit_sample import plan_fit_sample, sample_block
 from .payload import load_payload, partial_payload
 from .stages import encoded_from_table
@@ -144,16 +144,6 @@ def windows_dataset(ds, sg: SeqGuard, n_buckets: int, *, spread: bool = False, g
 # the Ray Train loop: plain PyTorch (encoder.train_encoder) + shard + checkpoints
 
 
-def worker_threads(asked: int | None, local_workers: int) -> int:
-    """Torch threads of a Train worker: as asked, else the cores of its node shared by the workers
-    on that node. Ray sets OMP_NUM_THREADS from a worker's CPU label (0.5 -> 1 thread), which
-    would leave a 16-core node's two workers one core each."""
-    if asked:
-        return int(asked)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_workers))
-
-
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -164,7 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
-    torch.set_num_threads(worker_threads(config.get("threads"), ctx.get_local_world_size()))
+    torch.set_num_threads(shared_threads(config.get("threads"), ctx.get_local_world_size()))
     rank = ctx.get_world_rank()
     model = SeqGuardEncoder(SeqGuardConfig(**config["encoder_config"]))
     if config.get("init_state") is not None:  # a pretrained encoder adapted on the driver (--init-from)
