@@ -198,7 +198,8 @@ class _PhaseTimes(logging.Handler):
 
 
 def _timed_detector_fit() -> dict:
-    """Times SeqGuard.fit_detectors (the detector fit, on the driver with either engine) in this process."""
+    """Times SeqGuard.fit_detectors (the detector fit) in this process: the in-process engine's (Ray
+    fits in a task: its ``phases_s["detectors"]``)."""
     from seqguard_ray.core.pipeline import SeqGuard
 
     spent = {"s": 0.0}
@@ -265,7 +266,7 @@ def run_fit(engine: str, events: str, model: str, workers: int) -> dict:
     """Train a bundle on ``events`` with the fixed MODEL config and save it to ``model``: the in-process
     ``SeqGuard.fit``, or ``runtime.ray.train.fit`` on a local Ray (what `seqguard train --engine ray`
     runs). The encoder trains 1 epoch over every window (``windows``, ``encoder_s``); ``serial_s`` is
-    the detector fit on the driver."""
+    the detector fit (on the driver in process, in one task on Ray)."""
     from seqguard_ray.core.config import TrainConfig
     from seqguard_ray.core.pipeline import SeqGuard
 
@@ -288,8 +289,9 @@ def run_fit(engine: str, events: str, model: str, workers: int) -> dict:
                      "ray_init_s": t_init, "ray_shutdown_s": _ray_stop(), "train_workers": workers}
         wall = time.perf_counter() - t0
     params = sum(p.numel() for p in sg.model.parameters())
+    serial = extra["phases_s"]["detectors"] if engine != "local" else spent["s"]
     return _result(engine, "train", sg.metrics["train_events"], wall, mem, epochs=sg.metrics["epochs"], **extra,
-                   serial_s=spent["s"], params=params, batch_size=cfg.batch_size, max_len=cfg.max_len,
+                   serial_s=serial, params=params, batch_size=cfg.batch_size, max_len=cfg.max_len,
                    fit_events=sg.metrics.get("fit_events", sg.metrics["train_events"]))
 
 
@@ -492,7 +494,7 @@ def plan(res: dict, *, events: float, nodes: int, cores: int, mem_gb: float) -> 
           f" from the Ray runs of {res['date']} on {here} CPUs")
     print("T = T0 + E*c/(N*C*u) + E*s;  T0: fixed (intercept of wall over the sizes), c: parallel CPU-s per event"
           " (marginal), u: share of the cores the parallel part kept busy here, s: serial s per event (marginal)")
-    for phase, serial in (("train", "the detector fit, on the driver"), ("score", "the campaign pass, one task")):
+    for phase, serial in (("train", "the detector fit, one task"), ("score", "the campaign pass, one task")):
         rs = series.get(("ray", phase), [])
         if not rs:
             print(f"{phase}: no Ray run in the results")

@@ -426,10 +426,10 @@ def test_training_reads_the_log_once_and_groups_it_once(data, ray_local, tmp_pat
     assert enc.count() == log_.n_events
 
 
-def test_the_driver_receives_only_the_fit_sample_the_in_process_engine_picks(data, ray_local):
+def test_the_detector_fit_receives_only_the_fit_sample_the_in_process_engine_picks(data, ray_local):
     """Over the budget, Ray's workers leave out the users outside the fit sample before the
-    encodings are collected: the driver gets exactly the sample's rows, and its users are the ones
-    the in-process engine fits on (core.sample decides for both)."""
+    encodings are collected: the detector fit gets exactly the sample's rows, and its users are the
+    ones the in-process engine fits on (core.sample decides for both)."""
     import ray
 
     from seqguard_ray.core.sample import fit_sample
@@ -452,13 +452,14 @@ def test_the_driver_receives_only_the_fit_sample_the_in_process_engine_picks(dat
                              batch_format="pyarrow")
     enc_ds, _ = encode_dataset(sampled, ray.put(partial_payload(sg)), n_buckets, BatchOptions(concurrency=1),
                                grouped=True)
-    enc, _ = collect_encoded(sg, enc_ds)
+    enc, _ = collect_encoded(sg, enc_ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     assert (enc.seqs.n_users, len(enc.seqs.ts)) == (plan.fit_users, plan.fit_events)
     assert sorted(np.diff(enc.seqs.offsets)) == sorted(np.diff(log_.offsets)[keep])
 
 
 @pytest.mark.ray
-def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved_epoch(data, ray_local, tmp_path):
+def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved_epoch(data, ray_local, tmp_path,
+                                                                                      monkeypatch):
     from seqguard_ray.runtime.ray.batch import read_validated
     from seqguard_ray.runtime.ray.train import (
         RayTrainOptions,
@@ -467,6 +468,11 @@ def test_train_on_ray_gives_a_working_bundle_and_a_rerun_resumes_after_the_saved
         windows_dataset,
     )
 
+    def on_the_driver(*a, **k):
+        raise AssertionError("the detectors were fitted on the driver")
+
+    # the detector fit runs in a Ray task, so the driver never holds the fit sample
+    monkeypatch.setattr(SeqGuard, "fit_detectors", on_the_driver)
     sg = fit(data / "train.parquet", tmp_path / "model", TINY,
              options=RayTrainOptions(num_workers=2, events_per_bucket=5000))
     log_ = read_events(data / "train.parquet")

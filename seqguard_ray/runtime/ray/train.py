@@ -12,9 +12,12 @@ read + validate (batch.read_validated)               Ray tasks, one per Parquet 
                    planned (core.sample.plan_sample); each block then keeps its users in the sample
   -> encode        the trained encoder on the batch pipeline's actor pool (stages.EncodeStage),
                    over the sample's users only
-  -> detectors     the driver fits ItemStats and the detectors (SeqGuard.fit_detectors) on the
-                   sample's compact arrays (ids, times, values, surprisal; an embedding per user):
-                   at most TrainConfig.fit_sample_events events, whatever the log's size
+  -> detectors     one Ray task (:func:`fit_detectors_task`) gets the sample's encoded blocks
+                   from the object store and fits ItemStats and the detectors on their compact
+                   arrays (SeqGuard.fit_detectors: ids, times, values, surprisal; an embedding per
+                   user): at most TrainConfig.fit_sample_events events, whatever the log's size.
+                   The driver holds only the blocks' refs and gets back the bundle's files: its
+                   memory is the vocabulary and the model, not the sample
 ```
 The result is the same kind of model bundle as ``SeqGuard.fit``.
 """
@@ -318,10 +321,11 @@ def _concat_seqs(parts: list[Seqs]) -> Seqs:
                 action=cat("action"), value=cat("value"), surprisal=cat("surprisal"), key=cat("item_key"))
 
 
-def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set]:
-    """Driver: the encoded blocks as one compact Encoded (no frames kept) and the encoder nodes."""
+def collect_encoded(sg: SeqGuard, tables: Iterable[pa.Table]) -> tuple[Encoded, set]:
+    """Encoded blocks (:func:`stages.encoded_from_table`'s) as one compact Encoded (no frames kept)
+    and the nodes that encoded them."""
     parts, embs, nodes = [], [], set()
-    for table in enc_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for table in tables:
         if table.num_rows == 0:
             continue
         nodes.update(table.column("_encode_node").unique().to_pylist())
@@ -331,6 +335,34 @@ def collect_encoded(sg: SeqGuard, enc_ds) -> tuple[Encoded, set]:
     if not parts:
         raise ValueError("no events to train on")
     return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes
+
+
+def fit_detectors_task(payload: dict, fit_args: dict, *tables: pa.Table) -> tuple[dict[str, bytes], list[str]]:
+    """A Ray task: SeqGuard.fit_detectors on the fit sample's encoded blocks (``tables``, passed as
+    refs: Ray moves them from the object store to this task's node, never through the driver).
+    ``payload``: :func:`partial_payload` of the trained SeqGuard; ``fit_args``: ``history``,
+    ``t_train``, ``bad_rows`` and ``sample`` (the :class:`~...core.sample.FitSample` the blocks
+    hold). Returns the bundle's files (``SeqGuard.save``'s: the same format a bundle is read back
+    from, no pickles) and the nodes that encoded the sample.
+
+    The task asks Ray for one CPU (it runs alone: the encoder pool has finished) and lets numpy /
+    scikit-learn use its node's cores, as the in-process fit does."""
+    from threadpoolctl import threadpool_limits
+
+    from .payload import bundle_payload
+
+    sg = load_payload(payload)
+    with threadpool_limits(shared_threads(None, 1)):
+        enc, nodes = collect_encoded(sg, tables)
+        sample = fit_args["sample"]
+        if (enc.seqs.n_users, len(enc.seqs.ts)) != (sample.fit_users, sample.fit_events):
+            raise RuntimeError(f"the fit sample moved: {enc.seqs.n_users} users / {len(enc.seqs.ts)} events encoded, "
+                               f"{sample.fit_users} / {sample.fit_events} planned")
+        sg.fit_detectors(enc, history=fit_args["history"], t_train=fit_args["t_train"], sample=sample,
+                         bad_rows=fit_args["bad_rows"])
+    with tempfile.TemporaryDirectory(prefix="seqguard-fit-") as d:
+        sg.save(d)
+        return bundle_payload(d), sorted(nodes)
 
 
 def _train_on_ray(events, where: str | Path, config: TrainConfig | None, opts: RayTrainOptions, on_bad_rows: str):
@@ -369,16 +401,22 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     if not sample.whole:  # the workers leave out the users outside the sample: the driver never sees them
         ds = ds.map_batches(sample_block, fn_args=(sample, c.max_events_per_user), batch_size=None,
                             batch_format="pyarrow", num_cpus=TASK_CPUS)
-    enc_ds, _ = encode_dataset(ds, ray.put(partial_payload(sg)), n_buckets,
+    payload = ray.put(partial_payload(sg))
+    enc_ds, _ = encode_dataset(ds, payload, n_buckets,
                                BatchOptions(concurrency=opts.encode_concurrency, spread=opts.spread), grouped=True)
-    enc, enc_nodes = collect_encoded(sg, enc_ds)
+    refs = enc_ds.to_arrow_refs()  # the sample's encoded blocks, in the object store
     clock.done("encode_sample")
-    assert (enc.seqs.n_users, len(enc.seqs.ts)) == (sample.fit_users, sample.fit_events), "the sample moved"
-    sg.fit_detectors(enc, history=history, t_train=t_train, sample=sample,
-                     bad_rows=count_rows(units) - sample.seen_events - cut["events_truncated"])
+    fit_args = {"history": history, "t_train": t_train, "sample": sample,
+                "bad_rows": count_rows(units) - sample.seen_events - cut["events_truncated"]}
+    files, enc_nodes = ray.get(ray.remote(fit_detectors_task).options(num_cpus=TASK_CPUS).remote(
+        payload, fit_args, *refs))
+    del refs
+    fitted = load_payload(files)
+    fitted.encoder.history_ = history
+    sg = fitted
     clock.done("detectors")
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
-                       "engine": "ray", **info, **cut, "encode_nodes": sorted(enc_nodes), "phases_s": clock.seconds,
+                       "engine": "ray", **info, **cut, "encode_nodes": enc_nodes, "phases_s": clock.seconds,
                        **({"init_from": init} if init else {})})
     sg.save(model_dir)
     return sg
