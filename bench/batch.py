@@ -565,8 +565,9 @@ def _fit_events(r: dict) -> int:
 
 def _plan_train(rs: list[dict], *, E: float, N: int, C: int, here: int, mem_gb: float, b: dict) -> None:
     """Training's plan. Only the encoder's epoch grows with the log (parallel, DDP); the detector fit
-    on the driver grows with the fit sample, which stops at its budget (core/sample.py), so the fit's
-    time and the driver's memory are taken from the runs, per fitted event, up to the budget."""
+    (one Ray task) grows with the fit sample, which stops at its budget (core/sample.py), so the
+    fit's time is taken from the runs, per fitted event, up to the budget. The driver holds the
+    vocabulary and the model: its measured peak at the largest size."""
     lo, hi = rs[0], rs[-1]
     f_lo, f_hi, f_E = _fit_events(lo), _fit_events(hi), min(E, _fit_budget())
     par = [r["cpu_s"] - r["serial_s"] for r in (lo, hi)]
@@ -582,13 +583,10 @@ def _plan_train(rs: list[dict], *, E: float, N: int, C: int, here: int, mem_gb: 
     print(f"  T = {T0:.0f} + {E:.0e}*{c:.2e}/({N}*{C}*{u:.2f}) + fit of min(E, budget) = {f_E:,.0f} events"
           f" = {T0:.0f} + {t_par:,.0f} + {t_fit:,.0f} s = {(T0 + t_par + t_fit) / 3600:.2f} h"
           f" (the epoch assumes DDP scales to N*C single-threaded workers)")
-    if f_hi >= f_E:
-        print(f"  driver: bounded by the fit sample, measured {hi['driver_peak_rss_mb']:,} MB at {f_hi:,} fitted events"
-              f" (+ the vocabulary's item counts, ~100 B an item)")
-    else:
-        dd = (hi["driver_peak_rss_mb"] - lo["driver_peak_rss_mb"]) * 2**20 / max(1, f_hi - f_lo)
-        drv = hi["driver_peak_rss_mb"] * 2**20 + dd * (f_E - f_hi)
-        print(f"  driver: {hi['driver_peak_rss_mb']:,} MB + {dd:.0f} B per fitted event up to the budget = {_gb(drv)}")
+    print(f"  driver: the vocabulary and the model, measured {lo['driver_peak_rss_mb']:,} MB at {lo['events']:,} events"
+          f" -> {hi['driver_peak_rss_mb']:,} MB at {hi['events']:,} (+ the vocabulary's item counts, ~100 B an item);"
+          f" the fit task: the fit sample's encodings ({f_E:,.0f} events), in the workers' measured"
+          f" {hi['workers_peak_pss_mb']:,} MB at {hi['events']:,}")
     wpe, T, P = hi["windows"] / hi["events"], hi["max_len"], hi["params"]
     W, cross = E * wpe, (N - 1) / N
     steps = W / (hi["batch_size"] * N * C)
@@ -597,7 +595,7 @@ def _plan_train(rs: list[dict], *, E: float, N: int, C: int, here: int, mem_gb: 
           f" = {_gb(W * (12 * T + 4) * cross)}; object store a node: E x ({b['shuffle']} + {wpe * (12 * T + 4):.0f}) B / N"
           f" = {_gb(E * (b['shuffle'] + wpe * (12 * T + 4)) / N)}")
     print(f"  DDP all-reduce, N*C workers: {steps:,.0f} steps (W / (batch {hi['batch_size']} x N x C)) x 2 x {P:,}"
-          f" params x 4 B = {_gb(steps * 8 * P)} a worker; the fit sample's encodings to the driver: bounded as above")
+          f" params x 4 B = {_gb(steps * 8 * P)} a worker; the fit sample's encodings to the fit task: bounded as above")
 
 
 def bench_model(w: Path) -> Path:
