@@ -398,7 +398,7 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     c = sg.config
     sample, cut = plan_fit_sample(ds, c)
     clock.done("sample_plan")
-    if not sample.whole:  # the workers leave out the users outside the sample: the driver never sees them
+    if not sample.whole:  # the workers leave out the users outside the sample: the fit never sees them
         ds = ds.map_batches(sample_block, fn_args=(sample, c.max_events_per_user), batch_size=None,
                             batch_format="pyarrow", num_cpus=TASK_CPUS)
     payload = ray.put(partial_payload(sg))
