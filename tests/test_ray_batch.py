@@ -435,8 +435,8 @@ def test_the_detector_fit_receives_only_the_fit_sample_the_in_process_engine_pic
     from seqguard_ray.core.sample import fit_sample
     from seqguard_ray.runtime.ray.batch import BatchOptions, encode_dataset
     from seqguard_ray.runtime.ray.payload import partial_payload
-    from seqguard_ray.runtime.ray.fit_sample import plan_fit_sample, sample_block
-    from seqguard_ray.runtime.ray.train import collect_encoded, read_grouped
+    from seqguard_ray.runtime.ray.fit_sample import collect_encoded, plan_fit_sample, sample_block
+    from seqguard_ray.runtime.ray.train import read_grouped
 
     log_ = read_events(data / "train.parquet")
     budget = log_.n_events // 3

@@ -12,7 +12,7 @@ read + validate (batch.read_validated)               Ray tasks, one per Parquet 
                    planned (core.sample.plan_sample); each block then keeps its users in the sample
   -> encode        the trained encoder on the batch pipeline's actor pool (stages.EncodeStage),
                    over the sample's users only
-  -> detectors     one Ray task (:func:`fit_detectors_task`) gets the sample's encoded blocks
+  -> detectors     one Ray task (fit_sample.fit_detectors_task) gets the sample's encoded blocks
                    from the object store and fits ItemStats and the detectors on their compact
                    arrays (SeqGuard.fit_detectors: ids, times, values, surprisal; an embedding per
                    user): at most TrainConfig.fit_sample_events events, whatever the log's size.
@@ -39,18 +39,15 @@ import pyarrow as pa
 from ...core import storage
 from ...core.config import TrainConfig
 from ...core.encoder import batch_windows, token_arrays
-from ...core.features import Seqs
 from ...core.pipeline import SeqGuard
 from ...core.pretrained import init_encoder
-from ...core.results import Encoded
 from ...core.schema import from_frame
 from ...core.tokens import Vocab, count_items
 from ...io.read_plan import cap_block, count_rows
 from .batch import BatchOptions, encode_dataset, group_users, read_validated
 from .cluster import TASK_CPUS, cluster_gpus, shared_threads
-from .fit_sample import plan_fit_sample, sample_block
+from .fit_sample import fit_detectors_task, plan_fit_sample, sample_block
 from .payload import load_payload, partial_payload
-from .stages import encoded_from_table
 
 log = logging.getLogger(__name__)
 
@@ -308,61 +305,6 @@ class Phases:
         self.seconds[name] = round(now - self._t, 2)
         self._t = now
         return self.seconds[name]
-
-
-def _concat_seqs(parts: list[Seqs]) -> Seqs:
-    """The users of several Seqs, one after another."""
-    lens = np.concatenate([np.diff(s.offsets) for s in parts])
-
-    def cat(f: str) -> np.ndarray:
-        return np.concatenate([getattr(s, f) for s in parts])
-
-    return Seqs(offsets=np.r_[0, np.cumsum(lens)].astype(np.int64), ts=cat("ts"), item=cat("item"),
-                action=cat("action"), value=cat("value"), surprisal=cat("surprisal"), key=cat("item_key"))
-
-
-def collect_encoded(sg: SeqGuard, tables: Iterable[pa.Table]) -> tuple[Encoded, set]:
-    """Encoded blocks (:func:`stages.encoded_from_table`'s) as one compact Encoded (no frames kept)
-    and the nodes that encoded them."""
-    parts, embs, nodes = [], [], set()
-    for table in tables:
-        if table.num_rows == 0:
-            continue
-        nodes.update(table.column("_encode_node").unique().to_pylist())
-        _, enc = encoded_from_table(sg, table)
-        parts.append(enc.seqs)
-        embs.append(enc.user_emb)
-    if not parts:
-        raise ValueError("no events to train on")
-    return Encoded(_concat_seqs(parts), np.concatenate(embs)), nodes
-
-
-def fit_detectors_task(payload: dict, fit_args: dict, *tables: pa.Table) -> tuple[dict[str, bytes], list[str]]:
-    """A Ray task: SeqGuard.fit_detectors on the fit sample's encoded blocks (``tables``, passed as
-    refs: Ray moves them from the object store to this task's node, never through the driver).
-    ``payload``: :func:`partial_payload` of the trained SeqGuard; ``fit_args``: ``history``,
-    ``t_train``, ``bad_rows`` and ``sample`` (the :class:`~...core.sample.FitSample` the blocks
-    hold). Returns the bundle's files (``SeqGuard.save``'s: the same format a bundle is read back
-    from, no pickles) and the nodes that encoded the sample.
-
-    The task asks Ray for one CPU (it runs alone: the encoder pool has finished) and lets numpy /
-    scikit-learn use its node's cores, as the in-process fit does."""
-    from threadpoolctl import threadpool_limits
-
-    from .payload import bundle_payload
-
-    sg = load_payload(payload)
-    with threadpool_limits(shared_threads(None, 1)):
-        enc, nodes = collect_encoded(sg, tables)
-        sample = fit_args["sample"]
-        if (enc.seqs.n_users, len(enc.seqs.ts)) != (sample.fit_users, sample.fit_events):
-            raise RuntimeError(f"the fit sample moved: {enc.seqs.n_users} users / {len(enc.seqs.ts)} events encoded, "
-                               f"{sample.fit_users} / {sample.fit_events} planned")
-        sg.fit_detectors(enc, history=fit_args["history"], t_train=fit_args["t_train"], sample=sample,
-                         bad_rows=fit_args["bad_rows"])
-    with tempfile.TemporaryDirectory(prefix="seqguard-fit-") as d:
-        sg.save(d)
-        return bundle_payload(d), sorted(nodes)
 
 
 def _train_on_ray(events, where: str | Path, config: TrainConfig | None, opts: RayTrainOptions, on_bad_rows: str):
