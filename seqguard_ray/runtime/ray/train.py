@@ -353,9 +353,8 @@ def fit(events: str | Path, model_dir: str | Path, config: TrainConfig | None = 
     files, enc_nodes = ray.get(ray.remote(fit_detectors_task).options(num_cpus=TASK_CPUS).remote(
         payload, fit_args, *refs))
     del refs
-    fitted = load_payload(files)
-    fitted.encoder.history_ = history
-    sg = fitted
+    sg = load_payload(files)  # the fitted bundle
+    sg.encoder.history_ = history
     clock.done("detectors")
     sg.metrics.update({"epochs": info["last_epoch"] + 1, "fit_s": round(time.perf_counter() - t0, 2),
                        "engine": "ray", **info, **cut, "encode_nodes": enc_nodes, "phases_s": clock.seconds,
