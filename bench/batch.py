@@ -183,7 +183,8 @@ class TreeSampler:
 
 
 class _PhaseTimes(logging.Handler):
-    """Keeps the Ray batch path's log of its phases (per-user phase, campaign pass, merge + write, s)."""
+    """Keeps the Ray batch path's log of its phases (per-user phase, block visits, campaign pass,
+    merge + write, s)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -242,7 +243,8 @@ def _result(engine: str, phase: str, n: int, wall: float, mem: TreeSampler, **ex
 def run_score(engine: str, model: str, events: str, out: str) -> dict:
     """Score ``events`` with the bundle ``model``, writing ``out``: in this process, or on a local Ray
     with the defaults a user gets (on one node: one single-threaded actor per core). ``serial_s``:
-    the campaign pass, the part gathered on one task (Ray only)."""
+    the campaign pass, the part gathered on one task; ``visits_s`` the blocks' visits before it,
+    in parallel tasks (Ray only)."""
     times = _PhaseTimes()
     with TreeSampler() as mem:
         t0 = time.perf_counter()
@@ -257,7 +259,8 @@ def run_score(engine: str, model: str, events: str, out: str) -> dict:
             t_init = _ray_start()
             summary = score(model, events, out, options=BatchOptions())
             extra = {"ray_init_s": t_init, "ray_shutdown_s": _ray_stop(),
-                     "serial_s": times.phases[1] if times.phases else 0.0}
+                     "serial_s": times.phases[2] if times.phases else 0.0,
+                     "visits_s": times.phases[1] if times.phases else 0.0}
         wall = time.perf_counter() - t0
     return _result(engine, "score", summary["events_in"], wall, mem, **extra, out_bytes=_du(out))
 
@@ -341,18 +344,28 @@ def child(args: list[str]) -> dict:
 
 def event_bytes(events: Path, n: int) -> dict:
     """Bytes per event of the log: on disk (Parquet), as the validated Arrow rows the shuffle by user
-    moves (``read_unit`` of the first row group), and of the columns the campaign pass gathers."""
+    moves (``read_unit`` of the first row group), and of what the campaign pass gathers: the blocks'
+    visits as Ray serializes them (``visit_part`` of the first file's users, whole histories)."""
+    import pickle
     from dataclasses import asdict
 
+    import pyarrow as pa
+
+    from seqguard_ray.core.campaigns import visit_part
     from seqguard_ray.core.config import TrainConfig
     from seqguard_ray.io.read_plan import plan_reads, read_unit
-    from seqguard_ray.runtime.ray.campaigns import PASS_COLS
+    from seqguard_ray.runtime.ray.campaigns import block_log
 
-    t = read_unit(asdict(plan_reads(events)[0]), n_buckets=64, on_bad_rows="error",
-                  max_events=TrainConfig().max_events_per_user)
-    gathered = t.select([c for c in PASS_COLS if c in t.column_names])
+    units = plan_reads(events)
+    cap = TrainConfig().max_events_per_user
+    t = read_unit(asdict(units[0]), n_buckets=64, on_bad_rows="error", max_events=cap)
+    first = pa.concat_tables([read_unit(asdict(u), n_buckets=64, on_bad_rows="error", max_events=cap)
+                              for u in units if u.path == units[0].path])
+    lg = block_log(first.drop_columns(["_bucket"]), "bench")
+    part = visit_part(lg, np.zeros(lg.n_users))
     return {"parquet": round(_du(events) / n, 1), "shuffle": round(t.nbytes / t.num_rows, 1),
-            "campaign_pass": round(gathered.nbytes / t.num_rows + 8, 1)}  # + the user score, float64
+            "campaign_pass": round(len(pickle.dumps(part, protocol=5)) / lg.n_events, 1),
+            "visits_per_event": round(len(part.v_row) / lg.n_events, 3)}
 
 
 def growth(a, w: Path, model: Path, out: Path) -> dict:
@@ -398,6 +411,8 @@ def _row(r: dict) -> str:
                 f"encoder {r['encoder_s']:.0f} s, detector fit {r['serial_s']:.0f} s")
     else:
         what = f"campaign pass {r['serial_s']:.1f} s" if "serial_s" in r else "load, score, write"
+        if "visits_s" in r:
+            what = f"block visits {r['visits_s']:.1f} s, {what}"
     if "ray_init_s" in r:
         what += f", Ray start {r['ray_init_s']:.0f} s + stop {r['ray_shutdown_s']:.0f} s"
     if "phases_s" in r:

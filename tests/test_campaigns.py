@@ -14,8 +14,9 @@ from seqguard_ray.core.campaigns import (
     apply_allow,
     apply_campaigns,
     detect_campaigns,
-    membership,
+    find_in_parts,
     result_for,
+    visit_part,
 )
 from seqguard_ray.core.repair import RepairPolicy
 from seqguard_ray.core.results import Scored, score_result
@@ -243,39 +244,50 @@ def test_members_are_flagged_typed_and_repaired(clean, detector):
 
 
 
-def test_the_result_merged_into_parts_of_the_users_equals_the_parts_of_the_whole(clean, detector):
-    """membership / result_for: a partitioned engine merges the global result per block of whole
-    users, from the members and their events alone."""
+def _part(lg, users):
+    """The sub-log of ``lg``'s users ``users`` (indices), and its events' positions in ``lg``."""
+    ev = np.concatenate([np.arange(lg.offsets[u], lg.offsets[u + 1]) for u in users] or [np.zeros(0, int)])
+    sub = from_frame(lg.frame.drop(columns="_row").iloc[ev])
+    sub.frame["_row"] = lg.frame["_row"].to_numpy()[ev]
+    return sub, ev
+
+
+def test_the_stage_over_partitions_of_the_users_equals_the_whole(clean, detector):
+    """find_in_parts / result_for: a partitioned engine hands over its blocks' visits, not their
+    events, and merges the global result per block of whole users: the same items, campaigns,
+    per-user and per-event verdicts as the whole log in one partition, whatever the partitions."""
     det, rng = detector
     df, planted = plant(clean)
-    lg, cr, members, _ = found(det, df, rng)
-    rows = lg.frame["_row"].to_numpy()
-    ms = membership(cr, lg.users, rows)
-    assert len(ms.user_ids) == len(members) and len(ms.event_rows) == cr.event_campaign.sum()
-    assert ms.items["suspicious"].all() and len(ms.items) == cr.items["suspicious"].sum()
+    df = pd.concat([df, plant(clean, members=12, targets=(280, 285), start=20 * DAY, seed=4, real=True)[0].iloc[len(clean):]],
+                   ignore_index=True)
+    lg = from_frame(df)
+    score = rng.random(lg.n_users)
+    cr = detect_campaigns(det, lg, score)
+    assert len(cr.campaigns) >= 2 and cr.event_campaign.any()
     s = _scored(lg, {sorted(planted)[0], lg.users[0]})
     whole = apply_campaigns(lg.offsets, s, cr, threshold=0.99)
-    n = np.diff(lg.offsets)
-    for users in (np.flatnonzero(np.isin(lg.users, sorted(planted))), np.arange(0, lg.n_users, 7), np.arange(0)):
-        ev = np.concatenate([np.arange(lg.offsets[u], lg.offsets[u + 1]) for u in users] or [np.zeros(0, int)])
-        part = result_for(ms, lg.users[users], rows[ev])
-        assert part.campaigns is cr.campaigns
-        for k in ("user_campaign", "user_score", "user_fake"):
-            assert (getattr(part, k) == getattr(cr, k)[users]).all() and getattr(part, k).dtype == getattr(cr, k).dtype, k
-        assert (part.event_campaign == cr.event_campaign[ev]).all()
-        sub = Scored(score=s.score[users], anomalous=s.anomalous[users], anomaly_type=s.anomaly_type[users],
-                     reasons=[s.reasons[u] for u in users], event_score=s.event_score[ev],
-                     event_anomalous=s.event_anomalous[ev], detector_scores=s.detector_scores[users],
-                     length_doubt=s.length_doubt[users])
-        got = apply_campaigns(np.r_[0, np.cumsum(n[users])], sub, part, threshold=0.99)
-        assert (got.score == whole.score[users]).all() and (got.anomaly_type == whole.anomaly_type[users]).all()
-        assert got.reasons == [whole.reasons[u] for u in users]
-        assert (got.event_anomalous == whole.event_anomalous[ev]).all() and (got.event_score == whole.event_score[ev]).all()
-    small = from_frame(clean.head(300))
-    none = membership(detect_campaigns(det, small, np.zeros(small.n_users)), small.users, small.frame["_row"])
-    assert len(none.user_ids) == 0 and (result_for(none, np.array(["u1", "u2"]), np.arange(4)).user_campaign == -1).all()
-    with pytest.raises(ValueError, match="given 1 users"):
-        membership(cr, lg.users[:1], rows)
+    for k in (2, 5):
+        blocks = np.array_split(np.random.default_rng(k).permutation(lg.n_users), k)
+        parts = [_part(lg, np.sort(b)) for b in blocks]
+        items, ms = find_in_parts(det, [visit_part(sub, score[np.searchsorted(lg.users, sub.users)]) for sub, _ in parts])
+        pd.testing.assert_frame_equal(items, cr.items)
+        pd.testing.assert_frame_equal(ms.campaigns, cr.campaigns)
+        assert len(ms.user_ids) == (cr.user_campaign >= 0).sum() and ms.items["suspicious"].all()
+        for (sub, ev), users in zip(parts, blocks):
+            users = np.sort(users)
+            part = result_for(ms, sub)
+            for key in ("user_campaign", "user_score", "user_fake"):
+                assert (getattr(part, key) == getattr(cr, key)[users]).all(), key
+            assert (part.event_campaign == cr.event_campaign[ev]).all()
+            got = apply_campaigns(sub.offsets, Scored(
+                score=s.score[users], anomalous=s.anomalous[users], anomaly_type=s.anomaly_type[users],
+                reasons=[s.reasons[u] for u in users], event_score=s.event_score[ev],
+                event_anomalous=s.event_anomalous[ev], detector_scores=s.detector_scores[users],
+                length_doubt=s.length_doubt[users]), part, threshold=0.99)
+            assert (got.score == whole.score[users]).all() and got.reasons == [whole.reasons[u] for u in users]
+            assert (got.event_anomalous == whole.event_anomalous[ev]).all()
+    with pytest.raises(ValueError, match="more than one partition"):
+        find_in_parts(det, [visit_part(lg, score), visit_part(lg, score)])
 
 
 def test_campaign_events_get_the_campaign_action_whatever_the_users_own():
@@ -397,7 +409,7 @@ def test_a_format_11_bundle_loads_with_the_stage_off():
 def test_item_codes_are_numpy_uniques_codes_and_first_events(n):
     """item_codes (a hash of the ids, a sort of the distinct ones) gives np.unique's codes in
     sorted id order and each item's first event, on ids that sort unlike numbers."""
-    from seqguard_ray.core.campaigns.result import item_codes
+    from seqguard_ray.core.campaigns.parts import item_codes
 
     rng = np.random.default_rng(n)
     pool = np.array(["10", "9", "", "é", "a", "A", "0010", "b" * 40] + [str(x) for x in range(50)], dtype=object)
@@ -406,3 +418,27 @@ def test_item_codes_are_numpy_uniques_codes_and_first_events(n):
     got_codes, got_first = item_codes(ids)
     assert np.array_equal(got_codes, codes.reshape(-1)) and np.array_equal(got_first, first)
     assert got_codes.dtype == np.int64 and got_first.dtype == np.int64
+
+
+def test_the_timing_check_over_parts_equals_the_whole():
+    """time_part / time_signal: timestamps that are the input rows in disguise (an affine function
+    of the row, gaps from skipped rows included) carry no timing, whichever partition of the
+    events each part holds; real times, or a span under two days, are judged as on the whole."""
+    from seqguard_ray.core.campaigns import has_time_signal, time_part, time_signal
+
+    rng = np.random.default_rng(0)
+    row = np.sort(rng.choice(10_000, 3_000, replace=False))  # rows with gaps: bad rows skipped
+    cases = {
+        "rows as seconds": (T0 + 60.0 * row, False),
+        "real times": (T0 + np.cumsum(rng.exponential(600, len(row))), True),
+        "one row off the line": (T0 + 60.0 * row + (row == row[1500]), True),
+        "under two days": (T0 + 10.0 * np.arange(len(row)), False),
+        "constant": (np.full(len(row), float(T0)), False),
+    }
+    for name, (ts, timed) in cases.items():
+        assert has_time_signal(ts, row) is timed, name
+        for k in (1, 2, 7):
+            owner = rng.integers(0, k, len(row))  # any partition of the events, e.g. by user
+            assert time_signal([time_part(ts[owner == b], row[owner == b]) for b in range(k)]) is timed, (name, k)
+    assert has_time_signal(T0 + 60.0 * row) is True  # no rows: the span alone
+    assert time_signal([time_part(np.array([float(T0)]), np.array([3]))]) is False  # one event

@@ -224,9 +224,9 @@ def test_campaign_phases_on_blocks_of_users_equal_the_in_process_engine(data, pl
     verdicts in, every output equals the in-process engine's, the allow-list honoured too."""
     from seqguard_ray.core.allowlist import AllowList
     from seqguard_ray.io.outputs import prepare_parts, write_outputs
-    from seqguard_ray.runtime.ray.batch import _pass_columns
     from seqguard_ray.runtime.ray.campaigns import (
         apply_block,
+        block_visits,
         campaign_pass,
         scored_block,
         scored_from_block,
@@ -247,7 +247,7 @@ def test_campaign_phases_on_blocks_of_users_equal_the_in_process_engine(data, pl
         assert back.frame.columns.tolist() == part.frame.columns.tolist() and s2.reasons == s.reasons
     out = tmp_path / "blocks"
     prepare_parts(out)
-    counts, found = campaign_pass(bundle_payload(data / "model"), allow, str(out), *map(_pass_columns, blocks))
+    counts, found = campaign_pass(bundle_payload(data / "model"), allow, str(out), *(block_visits(t, allow) for t in blocks))
     rows = [json.loads(apply_block(t, found, str(out), allow).column("summary")[0].as_py()) for t in blocks]
     summary = {**merge_summaries(rows), **counts}
     local = sg.score(path, allow=allow)

@@ -77,17 +77,146 @@ class Adoptions:
         return float(self.user_last.max()) if self.n_users else 0.0
 
 
-def has_time_signal(ts: np.ndarray, row: np.ndarray | None = None) -> bool:
-    """Whether timestamps can time a campaign: they span at least MIN_TIME_SPAN and are not the
-    row numbers in disguise (one constant step from row to row)."""
+def time_part(ts: np.ndarray, row: np.ndarray | None = None) -> np.ndarray:
+    """What :func:`time_signal` needs of one part of a log (any partition of its events): (8,)
+    float64 ``[events, t_min, t_max, r0, t0, r1, t1, straight]``, (r0, t0) / (r1, t1) its events
+    of lowest / highest input row, ``straight``: every event lies on the line through them (0 without
+    ``row``: no row check)."""
     ts = np.asarray(ts, np.float64)
-    if len(ts) < 2 or float(ts.max() - ts.min()) < MIN_TIME_SPAN:
-        return False
+    if len(ts) == 0:
+        return np.array([0, np.inf, -np.inf, 0, 0, 0, 0, 1], np.float64)
+    out = np.array([len(ts), ts.min(), ts.max(), 0, 0, 0, 0, 0], np.float64)
     if row is not None:
-        by_row = np.diff(ts[np.argsort(row, kind="stable")])
-        if len(by_row) and np.all(by_row == by_row[0]):
-            return False
-    return True
+        row = np.asarray(row, np.float64)
+        lo, hi = int(np.argmin(row)), int(np.argmax(row))
+        out[3:7] = row[lo], ts[lo], row[hi], ts[hi]
+        out[7] = float(_on_line(row, ts, *out[3:7]).all())
+    return out
+
+
+def _on_line(r: np.ndarray, t: np.ndarray, r0: float, t0: float, r1: float, t1: float) -> np.ndarray:
+    """Whether the points (r, t) lie on the line through (r0, t0) and (r1, t1), to a millionth of
+    its step per row (a single point: on it when it is that point)."""
+    if r1 == r0:
+        return (r == r0) & (t == t0)
+    step = (t1 - t0) / (r1 - r0)
+    return np.abs(t - (t0 + step * (r - r0))) <= 1e-6 * max(abs(step), 1e-9)
+
+
+def time_signal(parts: list[np.ndarray] | np.ndarray) -> bool:
+    """Whether timestamps can time a campaign, from the :func:`time_part` of each part of a log:
+    they span at least MIN_TIME_SPAN and are not the input row numbers in disguise (an affine
+    function of the row: one line through every part, which each part checks on its own events
+    and the parts' end points check across them)."""
+    p = np.asarray(parts, np.float64).reshape(-1, 8)
+    p = p[p[:, 0] > 0]
+    if p[:, 0].sum() < 2 or float(p[:, 2].max() - p[:, 1].min()) < MIN_TIME_SPAN:
+        return False
+    if not p[:, 7].all():
+        return True
+    lo, hi = int(np.argmin(p[:, 3])), int(np.argmax(p[:, 5]))
+    ends = np.r_[p[:, 3], p[:, 5]], np.r_[p[:, 4], p[:, 6]]
+    return not _on_line(*ends, p[lo, 3], p[lo, 4], p[hi, 5], p[hi, 6]).all()
+
+
+def has_time_signal(ts: np.ndarray, row: np.ndarray | None = None) -> bool:
+    """:func:`time_signal` of a whole log: its timestamps (N,) and input rows (N,) (None: the span only)."""
+    return time_signal([time_part(ts, row)])
+
+
+@dataclass
+class Visits:
+    """A log's visits (V rows, in no particular order), made per user: any partition of whole
+    users makes its own visits, which :func:`assemble_adoptions` joins into the log's adoptions.
+
+    ``user`` (V,) user index, ``item`` (V,) item code, ``ts`` / ``last`` (V,) the first / last
+    event's time, ``n_events`` (V,), ``value`` (V,) mean of the values (NaN: none),
+    ``first_event`` / ``last_event`` (V,) those events' positions in the log; ``event_visit`` (N,)
+    each event's visit, -1 for events of users left out.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    last: np.ndarray
+    n_events: np.ndarray
+    value: np.ndarray
+    first_event: np.ndarray
+    last_event: np.ndarray
+    event_visit: np.ndarray
+
+
+def user_visits(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray, value: np.ndarray,
+                left_out: np.ndarray | None = None) -> Visits:
+    """The visits of a log sorted by user then time (arrays as in :func:`build_adoptions`): a
+    user's events on one item with no gap over EPISODE_GAP are one visit."""
+    offsets = np.asarray(offsets, np.int64)
+    n_users = len(offsets) - 1
+    n_ev = np.diff(offsets)
+    uix = np.repeat(np.arange(n_users, dtype=np.int64), n_ev)
+    item_codes = np.asarray(item_codes, np.int64)
+    ts = np.asarray(ts, np.float64)
+    # events by (item, user, time): one visit's events adjacent, earliest first (every event
+    # unless some users are left out: no gathered copies of the columns then)
+    if left_out is None:
+        order = np.lexsort((ts, uix, item_codes))
+    else:
+        ev = np.flatnonzero(~np.repeat(np.asarray(left_out, bool), n_ev))
+        order = ev[np.lexsort((ts[ev], uix[ev], item_codes[ev]))]
+        del ev
+    u, it, t = uix[order], item_codes[order], ts[order]
+    del uix
+    start = (np.r_[True, (u[1:] != u[:-1]) | (it[1:] != it[:-1]) | (np.diff(t) > EPISODE_GAP)]
+             if len(order) else np.zeros(0, bool))
+    visit_of = np.cumsum(start) - 1
+    first = np.flatnonzero(start)
+    last = np.r_[first[1:], len(order)] - 1
+    v = np.asarray(value, np.float64)[order]
+    fin = np.isfinite(v)
+    vsum = np.bincount(visit_of[fin], weights=v[fin], minlength=len(first))
+    vcnt = np.bincount(visit_of[fin], minlength=len(first))
+    event_visit = np.full(len(ts), -1, np.int64)
+    event_visit[order] = visit_of
+    return Visits(user=u[first], item=it[first], ts=t[first], last=t[last], n_events=(last - first + 1).astype(np.int64),
+                  value=np.where(vcnt > 0, vsum / np.maximum(vcnt, 1), np.nan), first_event=order[first],
+                  last_event=order[last], event_visit=event_visit)
+
+
+def assemble_adoptions(user: np.ndarray, item: np.ndarray, ts: np.ndarray, n_events: np.ndarray,
+                       value: np.ndarray, *, n_items: int, user_first: np.ndarray, user_last: np.ndarray,
+                       user_events: np.ndarray, timed: bool) -> tuple[Adoptions, np.ndarray]:
+    """The :class:`Adoptions` of a log's visits (any order; user indices and item codes of the
+    whole log), and ``order`` (V,): adoption row ``r`` is visit ``order[r]``."""
+    user, item, ts = np.asarray(user, np.int64), np.asarray(item, np.int64), np.asarray(ts, np.float64)
+    if len(item) and (item.min() < 0 or item.max() >= n_items):
+        raise ValueError(f"item codes must lie in [0, {n_items}), got {item.min()}..{item.max()}")
+    order = np.lexsort((user, ts, item))  # by item, then first time (a user's visits to an item differ in time)
+    user, item, ts = user[order], item[order], ts[order]
+    # the row of each (user, item) pair's first visit: its earliest
+    by_pair = np.lexsort((ts, user, item))
+    new = (np.r_[True, (user[by_pair][1:] != user[by_pair][:-1]) | (item[by_pair][1:] != item[by_pair][:-1])]
+           if len(by_pair) else np.zeros(0, bool))
+    head = by_pair[np.maximum.accumulate(np.where(new, np.arange(len(by_pair)), 0))] if len(by_pair) else by_pair
+    pair_first = np.empty(len(by_pair), np.int64)
+    pair_first[by_pair] = head
+    ad = Adoptions(
+        user=user, item=item, ts=ts, n_events=np.asarray(n_events, np.int64)[order],
+        value=np.asarray(value, np.float64)[order],
+        item_offsets=np.r_[0, np.cumsum(np.bincount(item, minlength=n_items))].astype(np.int64),
+        pair_first=pair_first, event_pair=np.zeros(0, np.int64), user_first=np.asarray(user_first, np.float64),
+        user_last=np.asarray(user_last, np.float64), user_events=np.asarray(user_events, np.int64), timed=bool(timed))
+    return ad, order
+
+
+def user_span(offsets: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U,) each user's first and last event time (0 without events) and event count."""
+    offsets = np.asarray(offsets, np.int64)
+    n_ev = np.diff(offsets)
+    has = n_ev > 0
+    first, last = np.zeros(len(n_ev)), np.zeros(len(n_ev))
+    first[has] = np.asarray(ts, np.float64)[offsets[:-1][has]]
+    last[has] = np.asarray(ts, np.float64)[offsets[1:][has] - 1]
+    return first, last, n_ev.astype(np.int64)
 
 
 def build_adoptions(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray, value: np.ndarray, *,
@@ -98,56 +227,15 @@ def build_adoptions(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray,
     ``left_out`` (U,) bool: users whose events are left out (allow-listed: never members, and
     their adoptions do not count); ``row`` (N,): input row numbers (for the row-order check).
     """
-    offsets = np.asarray(offsets, np.int64)
-    n_users = len(offsets) - 1
-    n_ev = np.diff(offsets)
-    uix = np.repeat(np.arange(n_users, dtype=np.int64), n_ev)
-    item_codes = np.asarray(item_codes, np.int64)
-    ts = np.asarray(ts, np.float64)
-    value = np.asarray(value, np.float64)
-    if len(item_codes) and (item_codes.min() < 0 or item_codes.max() >= n_items):
-        raise ValueError(f"item codes must lie in [0, {n_items}), got {item_codes.min()}..{item_codes.max()}")
-    has = n_ev > 0
-    user_first = np.zeros(n_users)
-    user_last = np.zeros(n_users)
-    user_first[has] = ts[offsets[:-1][has]]
-    user_last[has] = ts[offsets[1:][has] - 1]
-    keep = None if left_out is None else ~np.repeat(np.asarray(left_out, bool), n_ev)
-    # events by (item, user, time): one visit's events adjacent, earliest first (every event
-    # unless some users are left out: no gathered copies of the columns then)
-    if keep is None:
-        order = np.lexsort((ts, uix, item_codes))
-    else:
-        ev = np.flatnonzero(keep)
-        order = ev[np.lexsort((ts[ev], uix[ev], item_codes[ev]))]
-        del ev
-    u, it, t = uix[order], item_codes[order], ts[order]
-    del uix
-    start = (np.r_[True, (u[1:] != u[:-1]) | (it[1:] != it[:-1]) | (np.diff(t) > EPISODE_GAP)]
-             if len(order) else np.zeros(0, bool))
-    pair_of = np.cumsum(start) - 1
-    first = np.flatnonzero(start)
-    n_pair = np.bincount(pair_of, minlength=len(first)).astype(np.int64)
-    v = value[order]
-    fin = np.isfinite(v)
-    vsum = np.bincount(pair_of[fin], weights=v[fin], minlength=len(first))
-    vcnt = np.bincount(pair_of[fin], minlength=len(first))
-    p_user, p_item, p_ts = u[first], it[first], t[first]
-    p_value = np.where(vcnt > 0, vsum / np.maximum(vcnt, 1), np.nan)
-    del u, it, t, v, fin  # the event-sized sort copies (the pass's peak)
-    new_pair = np.r_[True, (p_user[1:] != p_user[:-1]) | (p_item[1:] != p_item[:-1])] if len(first) else start[:0]
-    first_of_pair = np.maximum.accumulate(np.where(new_pair, np.arange(len(first)), 0))
-    # re-sort pairs by item, then first time (users of one item were in user order)
-    by_time = np.lexsort((p_user, p_ts, p_item))
-    rank = np.empty(len(by_time), np.int64)
-    rank[by_time] = np.arange(len(by_time))
-    event_pair = np.full(len(ts), -1, np.int64)
-    event_pair[order] = rank[pair_of]
-    p_item = p_item[by_time]
-    return Adoptions(
-        user=p_user[by_time], item=p_item, ts=p_ts[by_time], n_events=n_pair[by_time], value=p_value[by_time],
-        item_offsets=np.r_[0, np.cumsum(np.bincount(p_item, minlength=n_items))].astype(np.int64),
-        pair_first=rank[first_of_pair[by_time]], event_pair=event_pair, user_first=user_first, user_last=user_last, user_events=n_ev.astype(np.int64),
-        timed=(has_time_signal(ts, row) if keep is None
-               else has_time_signal(ts[keep], None if row is None else np.asarray(row)[keep])),
-    )
+    vis = user_visits(offsets, item_codes, ts, value, left_out)
+    keep = None if left_out is None else ~np.repeat(np.asarray(left_out, bool), np.diff(offsets))
+    timed = (has_time_signal(ts, row) if keep is None
+             else has_time_signal(np.asarray(ts)[keep], None if row is None else np.asarray(row)[keep]))
+    first, last, n_ev = user_span(offsets, ts)
+    ad, order = assemble_adoptions(vis.user, vis.item, vis.ts, vis.n_events, vis.value, n_items=n_items,
+                                   user_first=first, user_last=last, user_events=n_ev, timed=timed)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    on = vis.event_visit >= 0
+    ad.event_pair = np.where(on, rank[np.maximum(vis.event_visit, 0)], -1)
+    return ad

@@ -196,14 +196,11 @@ class CampaignDetector:
         return group_campaigns(ad, aud, best, nats, self.tau_, min_members=int(self.min_members),
                                value_mean=self.value_mean_, target_ok=target_ok)
 
-    def find(self, offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray, value: np.ndarray,
-             user_score: np.ndarray, *, n_items: int, left_out: np.ndarray | None = None,
-             target_ok: np.ndarray | None = None, row: np.ndarray | None = None) -> Found:
-        """Campaigns of a scored log (arrays as in :meth:`fit`; ``user_score`` the detectors' (U,)).
-        ``left_out`` (U,): users never members whose adoptions do not count (allow-listed);
-        ``target_ok`` (n_items,): items that may be targets."""
+    def find(self, ad: Adoptions, user_score: np.ndarray, target_ok: np.ndarray | None = None) -> Found:
+        """Campaigns of a scored log's adoptions (assembled from its partitions' visits:
+        parts.find_in_parts); ``user_score`` the detectors' (U,); ``target_ok`` (I,): items that
+        may be targets (users left out are already out of the adoptions)."""
         check_is_fitted(self, ["tau_"])
-        ad = build_adoptions(offsets, item_codes, ts, value, n_items=n_items, left_out=left_out, row=row)
         aud = self.evidence(ad, self.context(user_score))
         cand, best, nats = self.calibrate(ad, aud)
         best = self.pushing(ad, aud, cand, best)

@@ -1,7 +1,10 @@
-"""The campaign stage's answer as a :class:`~..results.CampaignResult`: the items and campaigns
-frames (ids and timestamps as the input had them), members, the events repair undoes, reasons."""
+"""The campaign stage's answer: the items and campaigns frames (ids and timestamps as the input
+had them), members, the visits repair undoes, reasons; from the joined visits of a log's
+partitions (:mod:`.parts`), and for a whole log as a :class:`~..results.CampaignResult`."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,6 +14,8 @@ from ..results import CampaignResult
 from ..schema import EventLog
 from .audience import COMPONENTS, Audiences
 from .detector import CampaignDetector, Found
+from .parts import Joined, VisitPart, join_parts, visit_part
+from .verdicts import Membership, result_for
 
 SHOW_NATS = 3.0      # evidence components below this are not named in reasons
 SHOWN_IDS = 5        # ids named in a reason
@@ -54,19 +59,14 @@ def evidence_text(aud: Audiences, c: int, item_ids: np.ndarray) -> str:
     return ", ".join(parts) if parts else "weak evidence in every test"
 
 
-def campaign_result(log_: EventLog, item_codes: np.ndarray, item_first: np.ndarray, found: Found, *,
-                    allowed_items: np.ndarray | None = None, min_members: int = 3) -> CampaignResult:
-    """Frames and arrays of the contract from what the stage found in ``log_``.
-
-    ``item_codes`` (N,): each event's item code; ``item_first`` (I,): each item's first event (for
-    its input id); ``allowed_items`` (I,) bool.
-    """
+def campaign_result(j: Joined, found: Found, *, min_members: int = 3) -> tuple[pd.DataFrame, Membership]:
+    """The items frame (every item of the log) and the :class:`~.verdicts.Membership` (the
+    campaigns, their members and the visits repair undoes) of what the stage found in the joined
+    log ``j``: O(items + members), whichever partitions the log came in."""
     ad, aud, g = found.ad, found.aud, found.groups
-    f = log_.frame
     n_items = ad.n_items
-    item_col = f["item_id"]
-    item_ids = item_col.iloc[item_first].astype(str).to_numpy()
-    allowed = np.zeros(n_items, bool) if allowed_items is None else np.asarray(allowed_items, bool)
+    item_ids = j.item_values.astype(str).to_numpy()
+    allowed = np.asarray(j.allowed_items, bool)
     reasons = np.full(n_items, "", dtype=object)
     camo = {int(i): cid for cid, items in enumerate(g.items) for i in items}
     for i in np.flatnonzero((found.nats >= found.tau) | allowed):
@@ -86,75 +86,67 @@ def campaign_result(log_: EventLog, item_codes: np.ndarray, item_first: np.ndarr
     cid_item = pd.array(np.where(g.item_campaign >= 0, g.item_campaign, 0), dtype="Int64")
     cid_item[g.item_campaign < 0] = pd.NA
     items = pd.DataFrame({
-        "item_id": item_col.iloc[item_first].astype(item_col.dtype).reset_index(drop=True),
+        "item_id": j.item_values.astype(j.item_values.dtype).reset_index(drop=True),
         "campaign_score": found.score.astype(np.float64), "suspicious": g.item_campaign >= 0,
         "campaign_id": cid_item, "reasons": reasons.astype(str),
     })
-    uix = log_.user_index()
-    event_campaign = np.zeros(log_.n_events, bool)
-    if len(g.member_rows):
-        on = ad.event_pair >= 0
-        event_campaign[on] = np.isin(ad.event_pair[on], g.member_rows)
-    rows, user_score, user_fake = [], np.zeros(log_.n_users), np.zeros(log_.n_users, bool)
-    users = log_.users
+    rows, user_score, user_fake = [], np.zeros(ad.n_users), np.zeros(ad.n_users, bool)
+    # a campaign's events: its members' visits to its targets (ties in time: the first in the
+    # log's order of users, then input rows)
+    mine = np.asarray(g.member_rows, np.int64)
     for cid, targets in enumerate(g.targets):
         members = np.flatnonzero(g.user_campaign == cid)
-        ev = np.flatnonzero(event_campaign & (g.user_campaign[uix] == cid))
+        vis = mine[g.user_campaign[ad.user[mine]] == cid]
         t_ids = list(item_ids[targets])
         lead = found.best[targets[0]]
         score = float(found.campaign_score[cid])
-        if len(ev):
-            first, last = ev[np.argmin(log_.ts[ev])], ev[np.argmax(log_.ts[ev])]
-            t0, t1 = float(log_.ts[first]), float(log_.ts[last])
+        if len(vis):
+            row, end = j.visits_of(vis, "v_row"), j.visits_of(vis, "v_last")
+            at = np.lexsort((row, ad.user[vis], ad.ts[vis]))[0]
+            to = np.lexsort((row, ad.user[vis], -end))[0]
+            t0, t1 = float(ad.ts[vis[at]]), float(end[to])
+            first_ts, last_ts = j.input_ts(vis[at], "v_ts_in"), j.input_ts(vis[to], "v_last_in")
         else:
-            first = last = 0
             t0, t1 = ad.t_min, ad.t_max
+            first_ts = last_ts = j.first_ts.iloc[0]
         rows.append({
-            "campaign_id": cid, "user_ids": [str(u) for u in users[members]], "target_item_ids": t_ids,
-            "first_ts": f["ts"].iloc[first], "last_ts": f["ts"].iloc[last], "n_events": len(ev), "score": score,
+            "campaign_id": cid, "user_ids": [str(u) for u in j.users[members]], "target_item_ids": t_ids,
+            "first_ts": first_ts, "last_ts": last_ts, "n_events": int(ad.n_events[vis].sum()), "score": score,
             "reasons": (f"{len(members)} accounts on {len(targets)} target item(s) ({_ids(t_ids)}); strongest target "
                         f"{t_ids[0]}: {_audience_text(aud, lead, int(ad.item_size[targets[0]]), item_ids)}: "
                         f"{evidence_text(aud, lead, item_ids)}"),
         })
         user_score[members] = score
-        on_items = np.isin(item_codes, g.items[cid])
-        share = np.bincount(uix[on_items], minlength=log_.n_users)[members] / np.maximum(ad.user_events[members], 1)
+        on_items = np.isin(ad.item, g.items[cid])
+        share = (np.bincount(ad.user[on_items], weights=ad.n_events[on_items], minlength=ad.n_users)[members]
+                 / np.maximum(ad.user_events[members], 1))
         inside = (ad.user_first[members] >= t0 - ACCOUNT_SLACK) & (ad.user_last[members] <= t1 + ACCOUNT_SLACK)
         user_fake[members] = (share >= FAKE_SHARE) | (ad.timed & inside)
     campaigns = pd.DataFrame(rows, columns=["campaign_id", "user_ids", "target_item_ids", "first_ts", "last_ts",
                                             "n_events", "score", "reasons"])
     campaigns = campaigns.astype({"campaign_id": np.int64, "n_events": np.int64, "score": np.float64})
     for col in ("first_ts", "last_ts"):
-        campaigns[col] = campaigns[col].astype(f["ts"].dtype)
-    return CampaignResult(items, campaigns, g.user_campaign.copy(), event_campaign, user_score, user_fake)
+        campaigns[col] = campaigns[col].astype(j.first_ts.dtype)
+    m = np.flatnonzero(g.user_campaign >= 0)  # the users are in id order
+    ms = Membership(np.asarray(j.users[m]).astype(str), g.user_campaign[m].astype(np.int64),
+                    user_score[m].astype(np.float64), user_fake[m], np.sort(j.visits_of(mine, "v_row")),
+                    items[items["suspicious"].to_numpy(bool)].reset_index(drop=True), campaigns)
+    return items, ms
 
 
-
-def item_codes(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) int64 code of each event's item id, codes in sorted id order, and (I,) each item's
-    first event: ``np.unique(item, return_index=True, return_inverse=True)``'s, from a hash of
-    the ids and a sort of the distinct ones only (a log's N ids repeat: sorting them all as
-    Python strings was most of the campaign pass's first second, and 24 B/event)."""
-    raw, uniques = pd.factorize(np.asarray(item, dtype=object), use_na_sentinel=False)
-    raw = raw.astype(np.int64, copy=False)
-    # factorize numbers ids in order of first appearance: a new code is one above all before it
-    first = np.flatnonzero(np.r_[True, raw[1:] > np.maximum.accumulate(raw)[:-1]]) if len(raw) else raw
-    order = np.argsort(np.asarray(uniques, dtype=object), kind="stable")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return rank[raw], first[order]
+def find_in_parts(detector: CampaignDetector, parts: list[VisitPart],
+                  allow: AllowList | None = None) -> tuple[pd.DataFrame, Membership]:
+    """The campaign stage over a log given as partitions of whole users (:mod:`.parts`): the
+    items frame and the :class:`~.verdicts.Membership` each partition merges (``result_for``)."""
+    j = join_parts(parts, allow)
+    found = detector.find(j.ad, j.user_score, ~j.allowed_items)
+    return campaign_result(j, found, min_members=int(detector.min_members))
 
 
 def detect_campaigns(detector: CampaignDetector, log_: EventLog, user_score: np.ndarray,
                      allow: AllowList | None = None) -> CampaignResult:
     """The campaigns of a scored log: ``user_score`` (U,) its users' scores from the per-user
     detectors; ``allow``: allowed users are never members (their adoptions do not count),
-    allowed items never targets."""
-    codes, item_first = item_codes(log_.item)
-    n_items = len(item_first)
-    left_out = allow.user_mask(log_.users) if allow else None
-    allowed_items = allow.item_mask(log_.item[item_first]) if allow else np.zeros(n_items, bool)
-    found = detector.find(log_.offsets, codes, log_.ts, log_.value, user_score, n_items=n_items, left_out=left_out,
-                          target_ok=~allowed_items, row=log_.frame["_row"].to_numpy())
-    return campaign_result(log_, codes, item_first, found, allowed_items=allowed_items,
-                           min_members=int(detector.min_members))
+    allowed items never targets. The log is one partition of :func:`find_in_parts`."""
+    items, ms = find_in_parts(detector, [visit_part(log_, user_score, allow)], allow)
+    return replace(result_for(ms, log_), items=items)

@@ -14,56 +14,55 @@ import numpy as np
 import pandas as pd
 
 from ..results import CampaignResult, Scored
+from ..schema import EventLog
+from .adoptions import user_visits
 
 
 @dataclass
 class Membership:
-    """A whole log's :class:`~..results.CampaignResult` reduced to what a partition of whole users
-    needs to merge it (:func:`membership`; :func:`result_for`): O(members + their campaign
-    events), not O(users + events).
+    """A whole log's campaign result reduced to what a partition of whole users needs to merge it
+    (:func:`result_for`): O(members + their campaign visits), not O(users + events); made by
+    ``result.campaign_result``.
 
     ``user_ids`` (M,) the members' ids as text, sorted; ``user_campaign``, ``user_score``,
-    ``user_fake`` (M,) theirs; ``event_rows`` (E,) sorted input rows of the campaign's events on
-    its targets (``event_campaign``); ``items`` the suspicious items' rows; ``campaigns`` whole.
+    ``user_fake`` (M,) theirs; ``visit_rows`` (E,) sorted input rows of the first events of the
+    members' visits to their campaign's targets (what ``event_campaign`` marks: those visits'
+    events); ``items`` the suspicious items' rows; ``campaigns`` whole.
     """
 
     user_ids: np.ndarray
     user_campaign: np.ndarray
     user_score: np.ndarray
     user_fake: np.ndarray
-    event_rows: np.ndarray
+    visit_rows: np.ndarray
     items: pd.DataFrame
     campaigns: pd.DataFrame
 
 
-def membership(cr: CampaignResult, users: np.ndarray, rows: np.ndarray) -> Membership:
-    """The :class:`Membership` of ``cr``, the result for a log whose users are ``users`` (U,) (ids
-    as text) and whose sorted events have input rows ``rows`` (N,)."""
-    if len(users) != len(cr.user_campaign) or len(rows) != len(cr.event_campaign):
-        raise ValueError(f"a result for {len(cr.user_campaign)} users and {len(cr.event_campaign)} events, "
-                         f"given {len(users)} users and {len(rows)} rows")
-    m = np.flatnonzero(np.asarray(cr.user_campaign) >= 0)
-    ids = np.asarray(users).astype(str)[m]
-    order = np.argsort(ids, kind="stable")
-    m = m[order]
-    return Membership(ids[order], cr.user_campaign[m].astype(np.int64), cr.user_score[m].astype(np.float64),
-                      cr.user_fake[m].astype(bool), np.sort(np.asarray(rows, np.int64)[np.asarray(cr.event_campaign, bool)]),
-                      cr.items[cr.items["suspicious"].to_numpy(bool)].reset_index(drop=True), cr.campaigns)
+def result_for(ms: Membership, lg: EventLog) -> CampaignResult:
+    """The part of a whole log's result that concerns ``lg``, a partition of whole users of it
+    (``lg.frame["_row"]``: input rows; the whole log itself in process): per-user arrays for its
+    users, ``event_campaign`` for its events (their visits, made again here: a visit is one user's
+    events). :func:`apply_campaigns` on the parts equals the parts of :func:`apply_campaigns` on
+    the whole; the items frame holds the suspicious items only (the whole table is written once)."""
+    from .parts import item_codes
 
-
-def result_for(ms: Membership, users: np.ndarray, rows: np.ndarray) -> CampaignResult:
-    """The part of a whole log's result that concerns a partition of whole users: ``users`` (k,)
-    their ids, ``rows`` (n,) the input rows of their sorted events. :func:`apply_campaigns` on
-    the parts equals the parts of :func:`apply_campaigns` on the whole; the items frame holds
-    the suspicious items only (the whole table is written once, by the global pass)."""
-    ids = np.asarray(users).astype(str)
+    ids = np.asarray(lg.users).astype(str)
     pos = np.minimum(np.searchsorted(ms.user_ids, ids), max(len(ms.user_ids) - 1, 0))
     hit = (ms.user_ids[pos] == ids) if len(ms.user_ids) else np.zeros(len(ids), bool)
     pos = pos[hit]
     campaign = np.full(len(ids), -1, np.int64)
     score, fake = np.zeros(len(ids)), np.zeros(len(ids), bool)
     campaign[hit], score[hit], fake[hit] = ms.user_campaign[pos], ms.user_score[pos], ms.user_fake[pos]
-    events = np.isin(np.asarray(rows, np.int64), ms.event_rows)
+    events = np.zeros(lg.n_events, bool)
+    if hit.any() and len(ms.visit_rows):
+        member_events = np.repeat(campaign >= 0, np.diff(lg.offsets))
+        codes = np.zeros(lg.n_events, np.int64)  # the members' items only: a visit is one user's
+        codes[member_events] = item_codes(lg.item[member_events])[0]
+        vis = user_visits(lg.offsets, codes, lg.ts, np.full(lg.n_events, np.nan), ~(campaign >= 0))
+        rows = lg.frame["_row"].to_numpy()
+        marked = np.isin(rows[vis.first_event], ms.visit_rows)
+        events[member_events] = marked[vis.event_visit[member_events]]
     return CampaignResult(ms.items, ms.campaigns, campaign, events, score, fake)
 
 

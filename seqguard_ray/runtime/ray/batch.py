@@ -52,7 +52,7 @@ from ...core.schema import EventsError
 from ...io.outputs import merge_summaries, prepare_parts, write_summary
 from ...io import read_plan
 from ...io.read_plan import count_rows, estimate_rows, plan_reads, read_unit
-from .campaigns import PASS_COLS, SCORE, apply_block, campaign_pass
+from .campaigns import apply_block, block_visits, campaign_pass
 from .cluster import TASK_CPUS, cluster_gpus, default_pool_size, encoder_resources
 from .payload import bundle_payload, has_campaign_stage, history_cap
 from .stages import DetectStage, EncodeStage, ScoreStage
@@ -202,33 +202,31 @@ def score(model_dir: str | Path, events: str | Path, out: str | Path, *, on_bad_
     return summary
 
 
-def _pass_columns(table: pa.Table) -> pa.Table:
-    """The columns of a scored block that the campaign pass reads (an empty block: none)."""
-    if SCORE not in table.column_names:
-        return pa.table({})
-    return table.select([c for c in PASS_COLS if c in table.column_names])
-
-
 def campaigns_then_write(ds, payload_ref, out: str, allow: AllowList | None) -> tuple[list[dict], dict]:
-    """Phases 2 and 3 of runtime/ray/campaigns.py over the scored blocks of ``ds``: the global
-    campaign pass on one task, then the result merged, repaired and written per block (a task
-    each). Returns the blocks' summary rows and the pass's campaign counts."""
+    """Phases 2 and 3 of runtime/ray/campaigns.py over the scored blocks of ``ds``: each block's
+    visits (a task each), the global campaign pass over them on one task, then the result
+    merged, repaired and written per block (a task each). Returns the blocks' summary rows and
+    the pass's campaign counts."""
     import ray
 
     t0 = time.perf_counter()
     scored = ds.materialize()  # phase 1 runs here; its blocks stay in the object store
     t1 = time.perf_counter()
-    refs = scored.map_batches(_pass_columns, batch_size=None, batch_format="pyarrow").to_arrow_refs()
+    visits = ray.remote(block_visits).options(num_cpus=TASK_CPUS)
+    parts = [visits.remote(ref, allow) for ref in scored.to_arrow_refs()]
+    ray.wait(parts, num_returns=len(parts), fetch_local=False)  # the pass starts once all are in (timed apart)
+    t_visits = time.perf_counter()
     counts_ref, found_ref = ray.remote(num_returns=2)(campaign_pass).options(num_cpus=1).remote(
-        payload_ref, allow, out, *refs)
+        payload_ref, allow, out, *parts)
+    del parts  # the task holds them now
     counts = ray.get(counts_ref)
     t2 = time.perf_counter()
     # plain tasks: a block needs the small PassResult, not the bundle (no actor start-up)
     applied = scored.map_batches(apply_block, fn_args=(found_ref, out, allow), batch_size=None,
                                  batch_format="pyarrow", num_cpus=TASK_CPUS)
     rows = [json.loads(r["summary"]) for r in applied.iter_rows()]
-    log.info("Ray scoring: per-user phase %.1f s, campaign pass %.1f s, merge + repair + write %.1f s",
-             t1 - t0, t2 - t1, time.perf_counter() - t2)
+    log.info("Ray scoring: per-user phase %.1f s, block visits %.1f s, campaign pass %.1f s, "
+             "merge + repair + write %.1f s", t1 - t0, t_visits - t1, t2 - t_visits, time.perf_counter() - t2)
     return rows, counts
 
 

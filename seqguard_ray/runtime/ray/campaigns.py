@@ -5,9 +5,11 @@ phase 1  ScoreStage / DetectStage   actor pool   per bucket of whole users: enco
                                                  block goes on as its events with the verdicts
                                                  (Scored) as columns (:func:`scored_block`)
          materialize                             object store (spilled to disk when large)
-phase 2  campaign_pass              one task     the compact columns of every block (user, item,
-                                                 ts, value, input row, user score) -> the core's
-                                                 detect_campaigns -> OUT/items, OUT/campaigns
+phase 2  block_visits               tasks        per block: its users, items and visits (a user's
+                                                 events on an item, a day apart at most), no events:
+                                                 the core's visit_part
+         campaign_pass              one task     the core's find_in_parts over every block's visits
+                                                 -> OUT/items, OUT/campaigns, the membership
 phase 3  apply_block                tasks        per block: its part of the result (result_for,
                                                  from the members and their events alone),
                                                  apply_campaigns + apply_allow, repair, write
@@ -15,8 +17,9 @@ phase 3  apply_block                tasks        per block: its part of the resu
 
 Every decision is the core's (``detect_campaigns``, ``apply_campaigns``, ``apply_allow``,
 ``RepairPolicy``): this module only moves a block's verdicts between phases and slices the
-global result per block. Phase 2 gathers six columns of every event on one task: see
-docs/scaling.md, "Campaigns at 1B events", for what that bounds and the partitioned plan.
+global result per block. Phase 2's global task gathers one row per visit (not per event) and
+one per user and item: see docs/scaling.md, "Campaigns at 1B events", for what that bounds and
+the rest of the partitioned plan.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -32,11 +36,12 @@ import pyarrow as pa
 from ...core.allowlist import AllowList
 from ...core.campaigns import (
     Membership,
+    VisitPart,
     apply_allow,
     apply_campaigns,
-    detect_campaigns,
-    membership,
+    find_in_parts,
     result_for,
+    visit_part,
 )
 from ...core.repair import RepairPolicy
 from ...core.results import CampaignResult, Scored, score_result
@@ -52,7 +57,7 @@ SCORE = "_s_score"                       # (N,) the user's score, on every event
 EVENT_COLS = ("_s_event_score", "_s_event_anomalous")
 USER_COLS = ("_s_anomalous", "_s_type", "_s_reasons", "_s_detectors", "_s_doubt", "_s_takeover", "_s_nodes")
 SCORED_COLS = (SCORE, "_n", *EVENT_COLS, *USER_COLS)
-# what the global pass reads of each event (value only where the input has one)
+# what phase 2 reads of each event (value only where the input has one)
 PASS_COLS = ("user_id", "item_id", "ts", "value", "_in_row", SCORE)
 
 
@@ -142,20 +147,29 @@ class PassResult:
     policy: RepairPolicy
 
 
-def campaign_pass(payload, allow: AllowList | None, out: str, *parts: pa.Table) -> tuple[dict, PassResult]:
-    """Phase 2 (one Ray task): the campaign stage over the compact columns (PASS_COLS) of every
-    block; writes OUT/items.parquet and OUT/campaigns.parquet. Returns the campaign counts of the
-    summary and the :class:`PassResult` for phase 3."""
+def block_visits(table: pa.Table, allow: AllowList | None) -> VisitPart | None:
+    """Phase 2, per block (a Ray task each): the :func:`visit_part` of a :func:`scored_block`
+    (None for an empty block), from its PASS_COLS."""
+    if table.num_rows == 0 or SCORE not in table.column_names:
+        return None
+    lg = block_log(table.select([c for c in PASS_COLS if c in table.column_names]), "campaign pass")
+    return visit_part(lg, lg.frame[SCORE].to_numpy(np.float64)[lg.offsets[:-1]], allow)
+
+
+def campaign_pass(payload, allow: AllowList | None, out: str, *parts: VisitPart | None) -> tuple[dict, PassResult]:
+    """Phase 2, global (one Ray task): the campaign stage over every block's visits; writes
+    OUT/items.parquet and OUT/campaigns.parquet. Returns the campaign counts of the summary and
+    the :class:`PassResult` for phase 3."""
     sg = load_payload(payload)
-    tables = [t for t in parts if t.num_rows]
-    lg = block_log(pa.concat_tables(tables, promote_options="default"), "campaign pass")
-    cr = detect_campaigns(sg.campaign_detector, lg, lg.frame[SCORE].to_numpy(np.float64)[lg.offsets[:-1]], allow)
-    write_campaigns(cr, out)
-    counts = campaign_summary(cr, {})
+    parts = [p for p in parts if p is not None]
+    items, members = find_in_parts(sg.campaign_detector, parts, allow)
+    found = SimpleNamespace(items=items, campaigns=members.campaigns, user_campaign=members.user_campaign)
+    write_campaigns(found, out)
+    counts = campaign_summary(found, {})
     counts.pop("campaign_events_removed")  # the blocks' repairs count those
-    log.info("campaign pass over %d events of %d users: %d campaign(s), %d member(s)", lg.n_events, lg.n_users,
+    log.info("campaign pass over %d visits of %d users in %d blocks: %d campaign(s), %d member(s)",
+             sum(len(p.v_row) for p in parts), sum(len(p.users) for p in parts), len(parts),
              counts["campaigns"], counts["campaign_members"])
-    members = membership(cr, lg.users, lg.frame["_row"].to_numpy())
     return counts, PassResult(members, float(sg.strata.threshold_), sg.policy)
 
 
@@ -170,7 +184,7 @@ def apply_block(table: pa.Table, found: PassResult, out: str, allow: AllowList |
 
         found = ray.get(found)
     lg, scored, nodes = scored_from_block(table)
-    cr = result_for(found.members, lg.users, lg.frame["_row"].to_numpy())
+    cr = result_for(found.members, lg)
     scored = apply_campaigns(lg.offsets, scored, cr, threshold=found.threshold)
     summary = write_block(found.policy, lg, scored, out, allow=allow, campaigns=cr)
     summary.update(encode_nodes=sorted({x for d in nodes for x in d.get("encode_nodes", [])}),
