@@ -16,6 +16,7 @@ import pandas as pd
 from ..results import CampaignResult, Scored
 from ..schema import EventLog
 from .adoptions import user_visits
+from .parts import item_codes
 
 
 @dataclass
@@ -45,8 +46,6 @@ def result_for(ms: Membership, lg: EventLog) -> CampaignResult:
     users, ``event_campaign`` for its events (their visits, made again here: a visit is one user's
     events). :func:`apply_campaigns` on the parts equals the parts of :func:`apply_campaigns` on
     the whole; the items frame holds the suspicious items only (the whole table is written once)."""
-    from .parts import item_codes
-
     ids = np.asarray(lg.users).astype(str)
     pos = np.minimum(np.searchsorted(ms.user_ids, ids), max(len(ms.user_ids) - 1, 0))
     hit = (ms.user_ids[pos] == ids) if len(ms.user_ids) else np.zeros(len(ids), bool)

@@ -11,11 +11,11 @@ phase 2  block_visits               tasks        per block: its users, items and
          campaign_pass              one task     the core's find_in_parts over every block's visits
                                                  -> OUT/items, OUT/campaigns, the membership
 phase 3  apply_block                tasks        per block: its part of the result (result_for,
-                                                 from the members and their events alone),
+                                                 from the members and their visits alone),
                                                  apply_campaigns + apply_allow, repair, write
 ```
 
-Every decision is the core's (``detect_campaigns``, ``apply_campaigns``, ``apply_allow``,
+Every decision is the core's (``visit_part``, ``find_in_parts``, ``apply_campaigns``, ``apply_allow``,
 ``RepairPolicy``): this module only moves a block's verdicts between phases and slices the
 global result per block. Phase 2's global task gathers one row per visit (not per event) and
 one per user and item: see docs/scaling.md, "Campaigns at 1B events", for what that bounds and
