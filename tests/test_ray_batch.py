@@ -247,7 +247,11 @@ def test_campaign_phases_on_blocks_of_users_equal_the_in_process_engine(data, pl
         assert back.frame.columns.tolist() == part.frame.columns.tolist() and s2.reasons == s.reasons
     out = tmp_path / "blocks"
     prepare_parts(out)
-    counts, found = campaign_pass(bundle_payload(data / "model"), allow, str(out), *(block_visits(t, allow) for t in blocks))
+    parts = [block_visits(t, allow) for t in blocks]
+    # the global task gets each block's users, items and visits, never its events
+    assert sum(len(p.users) for p in parts) == lg.n_users
+    assert 0 < sum(len(p.v_row) for p in parts) < lg.n_events
+    counts, found = campaign_pass(bundle_payload(data / "model"), allow, str(out), *parts)
     rows = [json.loads(apply_block(t, found, str(out), allow).column("summary")[0].as_py()) for t in blocks]
     summary = {**merge_summaries(rows), **counts}
     local = sg.score(path, allow=allow)

@@ -31,7 +31,6 @@ class Adoptions:
     - ``item_offsets`` (I + 1,): item ``i``'s visits are rows ``item_offsets[i]:item_offsets[i+1]``
     - ``pair_first`` (P,) int64 the row of the same user's first visit to the same item (itself
       for a first visit): counts of adopters are of users, not visits
-    - ``event_pair`` (N,) int64 each event's row, -1 for events of users left out (allow-list)
     - ``user_first`` / ``user_last`` (U,) float64 each user's first / last event time;
       ``user_events`` (U,) int64 events per user
     - ``timed``: the log's timestamps carry timing (see :func:`has_time_signal`)
@@ -44,7 +43,6 @@ class Adoptions:
     value: np.ndarray
     item_offsets: np.ndarray
     pair_first: np.ndarray
-    event_pair: np.ndarray
     user_first: np.ndarray
     user_last: np.ndarray
     user_events: np.ndarray
@@ -203,7 +201,7 @@ def assemble_adoptions(user: np.ndarray, item: np.ndarray, ts: np.ndarray, n_eve
         user=user, item=item, ts=ts, n_events=np.asarray(n_events, np.int64)[order],
         value=np.asarray(value, np.float64)[order],
         item_offsets=np.r_[0, np.cumsum(np.bincount(item, minlength=n_items))].astype(np.int64),
-        pair_first=pair_first, event_pair=np.zeros(0, np.int64), user_first=np.asarray(user_first, np.float64),
+        pair_first=pair_first, user_first=np.asarray(user_first, np.float64),
         user_last=np.asarray(user_last, np.float64), user_events=np.asarray(user_events, np.int64), timed=bool(timed))
     return ad, order
 
@@ -220,22 +218,12 @@ def user_span(offsets: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def build_adoptions(offsets: np.ndarray, item_codes: np.ndarray, ts: np.ndarray, value: np.ndarray, *,
-                    n_items: int, left_out: np.ndarray | None = None, row: np.ndarray | None = None) -> Adoptions:
-    """Adoptions of a log sorted by user then time.
-
-    offsets (U + 1,), item_codes (N,) int in [0, n_items), ts (N,) seconds, value (N,) (NaN: none);
-    ``left_out`` (U,) bool: users whose events are left out (allow-listed: never members, and
-    their adoptions do not count); ``row`` (N,): input row numbers (for the row-order check).
-    """
-    vis = user_visits(offsets, item_codes, ts, value, left_out)
-    keep = None if left_out is None else ~np.repeat(np.asarray(left_out, bool), np.diff(offsets))
-    timed = (has_time_signal(ts, row) if keep is None
-             else has_time_signal(np.asarray(ts)[keep], None if row is None else np.asarray(row)[keep]))
+                    n_items: int) -> Adoptions:
+    """Adoptions of a whole log sorted by user then time, in one piece (training: the fit's log);
+    offsets (U + 1,), item_codes (N,) int in [0, n_items), ts (N,) seconds, value (N,) (NaN: none).
+    Scoring builds them from partitions' visits (``parts.join_parts``), with the row check in its
+    timing check; training's is the span alone, as it has always been."""
+    vis = user_visits(offsets, item_codes, ts, value)
     first, last, n_ev = user_span(offsets, ts)
-    ad, order = assemble_adoptions(vis.user, vis.item, vis.ts, vis.n_events, vis.value, n_items=n_items,
-                                   user_first=first, user_last=last, user_events=n_ev, timed=timed)
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    on = vis.event_visit >= 0
-    ad.event_pair = np.where(on, rank[np.maximum(vis.event_visit, 0)], -1)
-    return ad
+    return assemble_adoptions(vis.user, vis.item, vis.ts, vis.n_events, vis.value, n_items=n_items,
+                              user_first=first, user_last=last, user_events=n_ev, timed=has_time_signal(ts))[0]

@@ -107,7 +107,6 @@ class Joined:
     users: np.ndarray        # (U,) ids as text, sorted
     user_score: np.ndarray   # (U,)
     first_ts: pd.Series      # (U,) input ts of each user's first event
-    item_text: np.ndarray    # (I,) ids as text, sorted (the codes' order)
     item_values: pd.Series   # (I,) input values
     allowed_items: np.ndarray  # (I,) bool
     ad: Adoptions
@@ -170,6 +169,6 @@ def join_parts(parts: list[VisitPart], allow: AllowList | None = None) -> Joined
                                 n_items=len(item_first), user_first=cat["first"], user_last=cat["last"],
                                 user_events=cat["events"], timed=time_signal([p.time for p in parts]))
     text = np.asarray(all_items[item_first], dtype=object)
-    return Joined(users=ids, user_score=cat["score"], first_ts=first_ts, item_text=text, item_values=item_values,
+    return Joined(users=ids, user_score=cat["score"], first_ts=first_ts, item_values=item_values,
                   allowed_items=allow.item_mask(text) if allow else np.zeros(len(text), bool), ad=ad, by=by,
                   base=np.cumsum([0] + [len(p.v_row) for p in parts]), parts=parts)

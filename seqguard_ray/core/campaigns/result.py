@@ -86,7 +86,7 @@ def campaign_result(j: Joined, found: Found, *, min_members: int = 3) -> tuple[p
     cid_item = pd.array(np.where(g.item_campaign >= 0, g.item_campaign, 0), dtype="Int64")
     cid_item[g.item_campaign < 0] = pd.NA
     items = pd.DataFrame({
-        "item_id": j.item_values.astype(j.item_values.dtype).reset_index(drop=True),
+        "item_id": j.item_values.reset_index(drop=True),
         "campaign_score": found.score.astype(np.float64), "suspicious": g.item_campaign >= 0,
         "campaign_id": cid_item, "reasons": reasons.astype(str),
     })
