@@ -19,7 +19,8 @@ visit) at each size, and the slope between sizes. Usage:
 
 ``--log``: a Parquet log of bench/batch.py's generator (its first N rows in row order, which
 hold whole users' ranges); without it the generator makes the log in memory. ``--ratings``
-makes each (user, item) pair one event instead, as a ratings log (ML-100k) has: visits = events.
+keeps each (user, item) pair's first event of those N rows, as a ratings log (ML-100k) has one
+event per pair: visits = events (the sizes printed are then the events kept).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from seqguard_ray.io.read_plan import user_bucket  # noqa: E402
 EVENTS_PER_BUCKET = 20_000  # runtime/ray/batch.py's default block of users
 
 
-def load(n: int, log: str | None, ratings: bool) -> pd.DataFrame:
+def load(n: int, log: str | None) -> pd.DataFrame:
     if log:
         import pyarrow.dataset as ds
 
@@ -56,8 +57,13 @@ def load(n: int, log: str | None, ratings: bool) -> pd.DataFrame:
         from batch import make_events
 
         df = make_events(n, seed=1)
-    df = df[["user_id", "item_id", "ts", "value"]]
-    if ratings:  # one event per (user, item): the first
+    return df[["user_id", "item_id", "ts", "value"]].reset_index(drop=True)
+
+
+def first_rows(df: pd.DataFrame, n: int, ratings: bool) -> pd.DataFrame:
+    """The log's first ``n`` rows; with ``ratings``, each (user, item) pair's first event only."""
+    df = df.head(n) if n < len(df) else df
+    if ratings:
         df = df.sort_values("ts", kind="stable").drop_duplicates(["user_id", "item_id"]).sort_index()
     return df.reset_index(drop=True)
 
@@ -129,14 +135,14 @@ def main() -> None:
     p.add_argument("--ratings", action="store_true", help="one event per (user, item), as a ratings log")
     a = p.parse_args()
     sizes = [int(x) for x in a.events.split(",")]
-    full = load(max(sizes), a.log, a.ratings)
-    det = fitted_detector(full)
+    full = load(max(sizes), a.log)
+    det = fitted_detector(first_rows(full, max(sizes), a.ratings))
     rows = []
     print("| events | visits | blocks | gathered peak MB | B/event | s | visits peak MB | B/event | B/visit | s | "
           "parts on the wire MB | campaigns |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        r = measure(full.head(n) if n < len(full) else full, det)
+        r = measure(first_rows(full, n, a.ratings), det)
         rows.append(r)
         print(f"| {r['events']:,} | {r['visits']:,} | {r['blocks']} | {r['gathered_mb']:,.0f} | "
               f"{r['gathered_mb'] * 1e6 / r['events']:.0f} | {r['gathered_s']:.1f} | {r['visits_mb']:,.0f} | "
