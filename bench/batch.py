@@ -554,7 +554,8 @@ def plan(res: dict, *, events: float, nodes: int, cores: int, mem_gb: float) -> 
         print(f"  network: read E x {b['parquet']} B (Parquet) = {_gb(E * b['parquet'])} from storage;"
               f" shuffle by user E x {b['shuffle']} B x (N-1)/N = {_gb(E * b['shuffle'] * cross)}")
         ob = hi["out_bytes"] / hi["events"]
-        print(f"    campaign pass gather: E x {b['campaign_pass']} B x (N-1)/N = {_gb(E * b['campaign_pass'] * cross)}"
+        print(f"    the blocks' visits to the campaign pass: E x {b['campaign_pass']} B x (N-1)/N"
+              f" = {_gb(E * b['campaign_pass'] * cross)}"
               f" to one node; outputs E x {ob:.1f} B = {_gb(E * ob)} to storage")
 
 
