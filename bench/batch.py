@@ -358,9 +358,9 @@ def event_bytes(events: Path, n: int) -> dict:
 
     units = plan_reads(events)
     cap = TrainConfig().max_events_per_user
-    t = read_unit(asdict(units[0]), n_buckets=64, on_bad_rows="error", max_events=cap)
-    first = pa.concat_tables([read_unit(asdict(u), n_buckets=64, on_bad_rows="error", max_events=cap)
-                              for u in units if u.path == units[0].path])
+    tables = [read_unit(asdict(u), n_buckets=64, on_bad_rows="error", max_events=cap)
+              for u in units if u.path == units[0].path]
+    t, first = tables[0], pa.concat_tables(tables)
     lg = block_log(first.drop_columns(["_bucket"]), "bench")
     part = visit_part(lg, np.zeros(lg.n_users))
     return {"parquet": round(_du(events) / n, 1), "shuffle": round(t.nbytes / t.num_rows, 1),

@@ -43,9 +43,9 @@ def item_codes(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class VisitPart:
     """What one partition of whole users gives the campaign stage (k users, j items, V visits).
 
-    - ``users`` (k,) ids as text; ``score``, ``first``, ``last`` (k,) float64; ``events`` (k,)
-      int64; ``left_out`` (k,) bool (allow-listed: never members, no visits); ``first_ts`` (k,) the
-      input ``ts`` of each user's first event (input dtype)
+    - ``users`` (k,) ids as text (allow-listed ones too: they count as active users, but have no
+      visits); ``score``, ``first``, ``last`` (k,) float64; ``events`` (k,) int64; ``first_ts`` (k,)
+      the input ``ts`` of each user's first event (input dtype)
     - ``items`` (j,) its distinct item ids as text, sorted; ``item_values`` (j,) their input values
     - visits, aligned (V,): ``v_user`` index into ``users``, ``v_item`` index into ``items``,
       ``v_ts`` / ``v_last`` first / last event time, ``v_events``, ``v_value`` (mean; NaN: none),
@@ -59,7 +59,6 @@ class VisitPart:
     first: np.ndarray
     last: np.ndarray
     events: np.ndarray
-    left_out: np.ndarray
     first_ts: pd.Series
     items: np.ndarray
     item_values: pd.Series
@@ -83,11 +82,12 @@ def visit_part(lg: EventLog, user_score: np.ndarray, allow: AllowList | None = N
     vis = user_visits(lg.offsets, codes, lg.ts, lg.value, left_out if left_out.any() else None)
     first, last, events = user_span(lg.offsets, lg.ts)
     rows = lg.frame["_row"].to_numpy()
-    keep = ~np.repeat(left_out, np.diff(lg.offsets))
+    # the allowed users' events out of the timing check (without any: views, no copies)
+    keep = ~np.repeat(left_out, np.diff(lg.offsets)) if left_out.any() else slice(None)
     ts_in = lg.frame["ts"]
     return VisitPart(
         users=np.asarray(lg.users, dtype=object), score=np.asarray(user_score, np.float64), first=first, last=last,
-        events=events, left_out=left_out, first_ts=ts_in.iloc[lg.offsets[:-1]].reset_index(drop=True),
+        events=events, first_ts=ts_in.iloc[lg.offsets[:-1]].reset_index(drop=True),
         items=np.asarray(lg.item[item_first], dtype=object),
         item_values=lg.frame["item_id"].iloc[item_first].reset_index(drop=True),
         v_user=vis.user, v_item=vis.item, v_ts=vis.ts, v_last=vis.last, v_events=vis.n_events, v_value=vis.value,
@@ -153,7 +153,7 @@ def join_parts(parts: list[VisitPart], allow: AllowList | None = None) -> Joined
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     cat = {k: np.concatenate([getattr(p, k) for p in parts])[order]
-           for k in ("score", "first", "last", "events", "left_out")}
+           for k in ("score", "first", "last", "events")}
     first_ts = _concat([p.first_ts for p in parts]).iloc[order].reset_index(drop=True)
     all_items = np.concatenate([p.items for p in parts])
     codes, item_first = item_codes(all_items)
